@@ -1,0 +1,1 @@
+"""Subcommands of `hrtemflow`, one module per stage (see hrtemflow.cli)."""

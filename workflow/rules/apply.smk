@@ -1,0 +1,22 @@
+# Apply: run the trained bundles on every micrograph of apply.input_dir.
+
+
+rule apply:
+    input:
+        unpack(apply_inputs),
+    output:
+        f"{R}/apply/summary.json",
+    params:
+        input_dir=CFG["apply"]["input_dir"] or "",
+        pixel=f"--pixel-size {CFG['apply']['pixel_size_nm']}" if CFG["apply"]["pixel_size_nm"] else "",
+    log:
+        f"{R}/logs/apply.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=lambda wc, attempt: 60 * attempt,
+    conda:
+        "../../envs/learn.yaml"
+    shell:
+        "hrtemflow predict {params.input_dir:q} --bundles $(dirname {input.models:q}) {params.pixel} "
+        "--out $(dirname {output:q}) > {log:q} 2>&1"

@@ -1,0 +1,38 @@
+# MD: one job per shard of samples; one LAMMPS instance per job.
+
+
+rule md:
+    input:
+        spec=f"{R}/plan/md/{{group}}/{{shard}}.json",
+        potential=lambda wc: POTENTIALS[SHARDS[wc.shard].family],
+    output:
+        structures=f"{R}/md/{{group}}/{{shard}}.extxyz",
+        manifest=f"{R}/md/{{group}}/{{shard}}.manifest.json",
+    log:
+        f"{R}/logs/md/{{group}}/{{shard}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=lambda wc, attempt: 120 * attempt,
+    conda:
+        "../../envs/md.yaml"
+    shell:
+        "hrtemflow md {input.spec:q} --structures {output.structures:q} "
+        "--manifest {output.manifest:q} --threads {threads} --no-progress > {log:q} 2>&1"
+
+
+rule md_figure:
+    input:
+        structures=lambda wc: [hplan.paths(CFG, s)["structures"] for s in family_shards(wc.family)],
+        manifests=lambda wc: [hplan.paths(CFG, s)["manifest"] for s in family_shards(wc.family)],
+    output:
+        report(f"{R}/figures/md_{{family}}.png", caption="../report/md_figure.rst", category="1. Structures"),
+    log:
+        f"{R}/logs/figures/md_{{family}}.log",
+    resources:
+        runtime=30,
+    conda:
+        "../../envs/md.yaml"
+    shell:
+        "hrtemflow md-figure --family {wildcards.family} --structures {input.structures:q} "
+        "--manifests {input.manifests:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,92 @@
+# Config validation, the plan, and the paths every rule uses.
+import os
+import sys
+
+import yaml
+
+from hrtemflow import plan as hplan
+from hrtemflow.config import load_config, potential_files
+from hrtemflow.errors import ConfigError
+
+if not config:
+    # `--configfile` replaces this default instead of being merged into it
+    with open(os.path.join(workflow.basedir, "config", "config.yaml")) as fh:
+        config.update(yaml.safe_load(fh))
+
+try:
+    CFG = load_config(config)
+except ConfigError as exc:
+    sys.exit(f"hrtemflow: {exc}")
+
+PLAN = hplan.make_plan(CFG)
+R = hplan.results_dir(CFG)
+if workflow.is_main_process:
+    hplan.write_plan(PLAN)
+
+SHARDS = {s.name: s for s in PLAN.shards}
+IMAGING = CFG["imaging"]["enabled"]
+LEARNING = bool(PLAN.tasks())
+POTENTIALS = potential_files(CFG)
+
+
+wildcard_constraints:
+    group=r"[a-z0-9]+(-[a-z0-9]+)*",
+    shard=r"[a-z0-9]+(-[a-z0-9]+)*-s\d{5}",
+    family=r"nanoalloy|cnt|amorphous",
+    task=r"chirality|ordering|aberrations|denoise|structure",
+
+
+def shard_paths(wildcards):
+    return hplan.paths(CFG, SHARDS[wildcards.shard])
+
+
+def family_shards(family):
+    return PLAN.of_family(family)
+
+
+def families():
+    return [f for f in ("nanoalloy", "cnt", "amorphous") if PLAN.of_family(f)]
+
+
+def final_targets():
+    out = [f"{R}/summary/campaign.json"]
+    out += [f"{R}/figures/md_{f}.png" for f in families()]
+    if IMAGING:
+        out += [f"{R}/figures/images_{f}.png" for f in families()]
+    for task in PLAN.tasks():
+        out.append(hplan.train_paths(CFG, task)["report"])
+    if CFG["apply"]["enabled"]:
+        out.append(f"{R}/apply/summary.json")
+    return out
+
+
+def image_inputs(wc):
+    shard = SHARDS[wc.shard]
+    p = hplan.paths(CFG, shard)
+    return {
+        "spec": p["image_spec"],
+        "structures": p["structures"],
+        "manifest": p["manifest"],
+        "support": [hplan.paths(CFG, s)["structures"] for s in hplan.support_shards(PLAN, shard)],
+    }
+
+
+def train_inputs(wc):
+    return {
+        "spec": hplan.train_paths(CFG, wc.task)["spec"],
+        "shards": [hplan.paths(CFG, s)["images"] for s in PLAN.task_shards(wc.task)],
+    }
+
+
+def apply_inputs(wc):
+    return {
+        "models": [hplan.train_paths(CFG, t)["model"] for t in CFG["apply"]["tasks"]],
+        "cards": [hplan.train_paths(CFG, t)["card"] for t in CFG["apply"]["tasks"]],
+    }
+
+
+def summary_inputs(wc):
+    return {
+        "manifests": [hplan.paths(CFG, s)["manifest"] for s in PLAN.shards],
+        "images": [hplan.paths(CFG, s)["images"] for s in PLAN.shards] if IMAGING else [],
+    }

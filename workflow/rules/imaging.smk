@@ -1,0 +1,34 @@
+# Imaging: one job per MD shard; one multislice per view, many optics variants per exit wave.
+
+
+rule image:
+    input:
+        unpack(image_inputs),
+    output:
+        directory(f"{R}/images/{{group}}/{{shard}}.zarr"),
+    log:
+        f"{R}/logs/images/{{group}}/{{shard}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=lambda wc, attempt: 120 * attempt,
+        gpu=1 if CFG["imaging"]["device"] == "gpu" else 0,
+    conda:
+        "../../envs/imaging.yaml"
+    shell:
+        "hrtemflow image {input.spec:q} --out {output:q} --threads {threads} --no-progress > {log:q} 2>&1"
+
+
+rule image_figure:
+    input:
+        lambda wc: [hplan.paths(CFG, s)["images"] for s in family_shards(wc.family)],
+    output:
+        report(f"{R}/figures/images_{{family}}.png", caption="../report/image_figure.rst", category="2. Images"),
+    log:
+        f"{R}/logs/figures/images_{{family}}.log",
+    resources:
+        runtime=30,
+    conda:
+        "../../envs/imaging.yaml"
+    shell:
+        "hrtemflow image-figure --family {wildcards.family} --shards {input:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,39 @@
+# Learning: one training and one evaluation job per task, on all image shards of its families.
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model=f"{R}/models/{{task}}/model.keras",
+        card=f"{R}/models/{{task}}/card.json",
+    log:
+        f"{R}/logs/train/{{task}}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=lambda wc, attempt: 240 * attempt,
+    conda:
+        "../../envs/learn.yaml"
+    shell:
+        "hrtemflow train {input.spec:q} --out-dir $(dirname {output.model:q}) > {log:q} 2>&1"
+
+
+rule evaluate:
+    input:
+        spec=f"{R}/plan/train/{{task}}.json",
+        model=f"{R}/models/{{task}}/model.keras",
+        card=f"{R}/models/{{task}}/card.json",
+    output:
+        metrics=f"{R}/reports/{{task}}/metrics.json",
+    log:
+        f"{R}/logs/evaluate/{{task}}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=lambda wc, attempt: 60 * attempt,
+    conda:
+        "../../envs/learn.yaml"
+    shell:
+        "hrtemflow evaluate {input.spec:q} --model-dir $(dirname {input.model:q}) "
+        "--out-dir $(dirname {output.metrics:q}) > {log:q} 2>&1"
