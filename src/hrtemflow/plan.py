@@ -253,23 +253,30 @@ def spec_texts(plan: Plan) -> dict[str, str]:
     return out
 
 
-def write_plan(plan: Plan, base: str | Path = ".") -> dict[str, int]:
+def write_plan(plan: Plan, base: str | Path = ".", *, only_missing: bool = False) -> dict[str, int]:
     """Write every spec whose content changed; remove specs the config no longer asks for.
 
-    Outputs of removed shards are left alone (they are data, not the plan).
+    `only_missing` writes just the specs that do not exist yet and changes nothing else (what a dry
+    run may do). Outputs of removed shards are left alone (they are data, not the plan).
     """
     base = Path(base)
     texts = spec_texts(plan)
     counts = Counter(written=0, unchanged=0, removed=0)
     for rel, text in texts.items():
+        if only_missing and (base / rel).exists():
+            counts["unchanged"] += 1
+            continue
         counts["written" if write_if_changed(base / rel, text) else "unchanged"] += 1
     plan_root = base / results_dir(plan.cfg) / "plan"
-    if plan_root.is_dir():
+    if plan_root.is_dir() and not only_missing:
         keep = {str((base / rel).resolve()) for rel in texts}
         for spec in plan_root.rglob("*.json"):
             if str(spec.resolve()) not in keep:
                 spec.unlink()
                 counts["removed"] += 1
+        for folder in sorted((d for d in plan_root.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+            if not any(folder.iterdir()):
+                folder.rmdir()
     return dict(counts)
 
 

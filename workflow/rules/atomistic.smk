@@ -8,6 +8,8 @@ rule md:
     output:
         structures=f"{R}/md/{{group}}/{{shard}}.extxyz",
         manifest=f"{R}/md/{{group}}/{{shard}}.manifest.json",
+    params:
+        spec=lambda wc: spec_hash(f"{R}/plan/md/{wc.group}/{wc.shard}.json"),
     log:
         f"{R}/logs/md/{{group}}/{{shard}}.log",
     threads: 1

@@ -6,6 +6,8 @@ rule image:
         unpack(image_inputs),
     output:
         directory(f"{R}/images/{{group}}/{{shard}}.zarr"),
+    params:
+        spec=lambda wc: spec_hash(f"{R}/plan/images/{wc.group}/{wc.shard}.json"),
     log:
         f"{R}/logs/images/{{group}}/{{shard}}.log",
     threads: 1

@@ -7,6 +7,8 @@ rule train:
     output:
         model=f"{R}/models/{{task}}/model.keras",
         card=f"{R}/models/{{task}}/card.json",
+    params:
+        spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
     log:
         f"{R}/logs/train/{{task}}.log",
     threads: 2
@@ -26,6 +28,8 @@ rule evaluate:
         card=f"{R}/models/{{task}}/card.json",
     output:
         metrics=f"{R}/reports/{{task}}/metrics.json",
+    params:
+        spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
     log:
         f"{R}/logs/evaluate/{{task}}.log",
     threads: 2

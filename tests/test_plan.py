@@ -1,0 +1,119 @@
+"""The plan: stable ids and seeds, fixed shard blocks, specs rewritten only when their content changes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hrtemflow.config import load_config
+from hrtemflow.io import write_if_changed
+from hrtemflow.plan import format_summary, make_plan, paths, sample_seed, write_plan
+
+
+def _plan(cfg, root):
+    return make_plan(load_config(cfg, base=root))
+
+
+def test_seeds_are_stable_and_distinct():
+    assert sample_seed(2026, "cnt-8-4", 0) == sample_seed(2026, "cnt-8-4", 0)
+    seeds = {sample_seed(2026, g, i) for g in ("cnt-8-4", "cnt-10-0") for i in range(1000)}
+    assert len(seeds) == 2000
+    assert all(0 <= s < 2**63 for s in seeds)
+    # pinned: a seed must never change between versions, or old campaigns could not be extended
+    assert sample_seed(2026, "cnt-8-4", 0) == 428020778150930653
+
+
+def test_shards_are_fixed_blocks(demo_cfg, repo_root):
+    demo_cfg["families"]["cnt"]["samples_per_chirality"] = 10
+    demo_cfg["families"]["cnt"]["shard_size"] = 4
+    plan = _plan(demo_cfg, repo_root)
+    cnt = [s for s in plan.of_family("cnt") if s.group.name == "cnt-8-4"]
+    assert [s.name for s in cnt] == ["cnt-8-4-s00000", "cnt-8-4-s00001", "cnt-8-4-s00002"]
+    assert [list(s.group.shard_indices(s.k)) for s in cnt] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_spec_files_rewritten_only_on_change(demo_cfg, repo_root, tmp_path):
+    demo_cfg["campaign"]["results"] = "res"
+    plan = _plan(demo_cfg, repo_root)
+    first = write_plan(plan, tmp_path)
+    assert first["written"] > 0 and first["unchanged"] == 0
+    md = tmp_path / paths(plan.cfg, plan.shards[0])["md_spec"]
+    img = tmp_path / paths(plan.cfg, plan.shards[0])["image_spec"]
+    os.utime(md, (1, 1))
+    os.utime(img, (1, 1))
+    again = write_plan(plan, tmp_path)
+    assert again["written"] == 0 and again["unchanged"] == first["written"]
+    assert md.stat().st_mtime == 1  # untouched
+
+    # an imaging change rewrites imaging specs, never MD specs
+    demo_cfg["imaging"]["optics"]["defocus_nm"] = [-30, 30]
+    write_plan(_plan(demo_cfg, repo_root), tmp_path)
+    assert md.stat().st_mtime == 1
+    assert img.stat().st_mtime > 1
+
+
+def test_adding_a_chirality_touches_only_its_shards(demo_cfg, repo_root, tmp_path):
+    demo_cfg["campaign"]["results"] = "res"
+    before = make_plan(load_config(demo_cfg, base=repo_root))
+    write_plan(before, tmp_path)
+    for spec in (tmp_path / "res" / "plan").rglob("*.json"):
+        os.utime(spec, (1, 1))
+    demo_cfg["families"]["cnt"]["chiralities"].append([12, 3])
+    counts = write_plan(_plan(demo_cfg, repo_root), tmp_path)
+    changed = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "res" / "plan").rglob("*.json") if p.stat().st_mtime > 1)
+    new_shards = [c for c in changed if "cnt-12-3" in c]
+    assert len(new_shards) == 2  # its MD and imaging spec
+    others = sorted(set(changed) - set(new_shards))
+    # the chirality classifier gains a class and the denoiser gains data: nothing else moves
+    assert others == ["res/plan/train/chirality.json", "res/plan/train/denoise.json"]
+    assert counts["written"] == 4
+
+
+def test_removed_groups_drop_their_specs(demo_cfg, repo_root, tmp_path):
+    demo_cfg["campaign"]["results"] = "res"
+    write_plan(_plan(demo_cfg, repo_root), tmp_path)
+    demo_cfg["families"]["cnt"]["chiralities"] = [[10, 0], [8, 4]]
+    counts = write_plan(_plan(demo_cfg, repo_root), tmp_path)
+    assert counts["removed"] == 4
+    assert not list((tmp_path / "res" / "plan").rglob("*cnt-7-5*"))
+
+
+def test_raising_a_count_adds_shards(demo_cfg, repo_root, tmp_path):
+    demo_cfg["campaign"]["results"] = "res"
+    write_plan(_plan(demo_cfg, repo_root), tmp_path)
+    texts = {p: p.read_text() for p in (tmp_path / "res" / "plan" / "md").rglob("*.json")}
+    demo_cfg["families"]["amorphous"]["samples"] += 2  # one more shard of 2
+    counts = write_plan(_plan(demo_cfg, repo_root), tmp_path)
+    assert all(p.read_text() == t for p, t in texts.items())
+    assert (tmp_path / "res" / "plan" / "md" / "amorphous" / "amorphous-s00002.json").exists()
+    spec = json.loads((tmp_path / "res" / "plan" / "md" / "amorphous" / "amorphous-s00002.json").read_text())
+    assert [s["index"] for s in spec["samples"]] == [4, 5]
+
+
+def test_write_if_changed(tmp_path):
+    f = tmp_path / "a" / "b.json"
+    assert write_if_changed(f, "x")
+    assert not write_if_changed(f, "x")
+    assert write_if_changed(f, "y")
+    assert f.read_text() == "y"
+    assert not list(f.parent.glob(".*.tmp")), "no temporary files left behind"
+
+
+def test_summary_text(demo_cfg, repo_root):
+    text = format_summary(_plan(demo_cfg, repo_root))
+    assert "nanoalloy" in text and "cnt" in text and "amorphous" in text
+    assert "total" in text and "44" in text
+
+
+def test_spec_holds_what_determines_the_output(demo_cfg, repo_root):
+    plan = _plan(demo_cfg, repo_root)
+    from hrtemflow.plan import image_spec, md_spec
+
+    shard = plan.of_family("nanoalloy")[0]
+    spec = md_spec(plan.cfg, shard)
+    assert spec["structure"]["ordering"] == "core-shell"
+    assert spec["potential"]["file"].endswith("AgCo_default.eam.fs")
+    assert "imaging" not in json.dumps(spec["md"])
+    ispec = image_spec(plan, shard)
+    assert ispec["imaging"]["physics"]["energy_kV"] == 200
+    assert ispec["md"]["structures"].endswith(f"{shard.name}.extxyz")
