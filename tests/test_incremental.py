@@ -1,0 +1,86 @@
+"""Incremental regeneration on a real, complete run of a tiny campaign (every stage), then dry runs.
+
+(a) an imaging change schedules no MD job; (b) one more chirality schedules only its shards and what
+depends on them; (c) a higher sample count adds shards and leaves existing ones untouched;
+(d) an unchanged config schedules nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from tests.conftest import planned_jobs, run_snakemake, tiny_campaign
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def complete_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("campaign")
+    cfg = tiny_campaign()
+    res = run_snakemake(work, cfg)
+    assert res.returncode == 0, f"the tiny campaign failed:\n{res.stderr[-6000:]}"
+    return work, cfg
+
+
+def test_complete_run_made_every_product(complete_run):
+    work, cfg = complete_run
+    r = work / "results"
+    summary = json.loads((r / "summary" / "campaign.json").read_text())
+    assert set(summary["families"]) == {"nanoalloy", "cnt", "amorphous"}
+    assert summary["total"]["samples"] == 4 + 8 + 2
+    for fam in summary["families"].values():
+        assert fam["images"]["consistent"], fam
+    for f in ("nanoalloy", "cnt", "amorphous"):
+        assert (r / "figures" / f"md_{f}.png").stat().st_size > 1000
+        assert (r / "figures" / f"images_{f}.png").stat().st_size > 1000
+    for task in ("chirality", "denoise"):
+        assert (r / "models" / task / "model.keras").exists()
+        assert (r / "reports" / task / "metrics.json").exists()
+
+
+def test_d_unchanged_config_schedules_nothing(complete_run):
+    work, cfg = complete_run
+    assert planned_jobs(work, cfg) == {}
+
+
+def test_a_imaging_change_schedules_no_md(complete_run):
+    work, cfg = complete_run
+    changed = copy.deepcopy(cfg)
+    changed["imaging"]["optics"] = {"defocus_nm": [-20.0, 20.0]}
+    jobs = planned_jobs(work, changed)
+    assert "md" not in jobs and "md_figure" not in jobs
+    assert jobs["image"] == 2 + 4 + 1  # every image shard
+    assert jobs["train"] == 2
+    # the dry run left the plan alone: the original config still has nothing to do
+    assert planned_jobs(work, cfg) == {}
+
+
+def test_b_one_more_chirality_schedules_only_its_shards(complete_run):
+    work, cfg = complete_run
+    changed = copy.deepcopy(cfg)
+    changed["families"]["cnt"]["chiralities"].append([5, 3])
+    jobs = planned_jobs(work, changed)
+    assert jobs["md"] == 2 and jobs["image"] == 2  # the new chirality's two shards, nothing else
+    assert jobs["train"] == 2 and jobs["evaluate"] == 2  # chirality gains a class, denoise gains data
+    assert jobs.get("md_figure") == 1 and jobs.get("image_figure") == 1  # the cnt figures only
+
+
+def test_c_more_samples_add_shards_and_leave_old_ones(complete_run):
+    work, cfg = complete_run
+    changed = copy.deepcopy(cfg)
+    changed["families"]["amorphous"]["samples"] = 4  # one more shard of 2
+    manifest = work / "results" / "md" / "amorphous" / "amorphous-s00000.manifest.json"
+    before = manifest.read_bytes(), manifest.stat().st_mtime_ns
+    jobs = planned_jobs(work, changed)
+    assert jobs["md"] == 1 and jobs["image"] == 1
+    assert "train" in jobs  # the denoiser learns from amorphous images
+    # now for real: the new shard runs, the old one is untouched
+    res = run_snakemake(work, changed)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (work / "results" / "md" / "amorphous" / "amorphous-s00001.manifest.json").exists()
+    assert (manifest.read_bytes(), manifest.stat().st_mtime_ns) == before
+    assert planned_jobs(work, changed) == {}
