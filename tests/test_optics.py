@@ -1,0 +1,166 @@
+"""Optics conventions and detector physics (hrtemflow.optics): CTF vs abTEM, defocus sign,
+astigmatism period, resampling exactness, intensity units, Poisson noise on vacuum."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+abtem = pytest.importorskip("abtem")
+
+from abtem.core.fft import fft2  # noqa: E402
+
+from hrtemflow import imaging, optics  # noqa: E402
+
+NEUTRAL = {"brightness": 1.0, "contrast": 1.0, "background": 0.0, "mtf_c50": 10.0}
+
+
+def params(**kw) -> dict:
+    p = dict(defocus_A=0.0, cs_A=0.0, c12_A=0.0, phi12_rad=0.0, c21_A=0.0, phi21_rad=0.0, c23_A=0.0, phi23_rad=0.0,
+             focal_spread_A=0.0, convergence_mrad=0.0, dose_e_per_A2=1000.0, **NEUTRAL)
+    p.update(kw)
+    return p
+
+
+def single_atom_wave(symbol: str = "Ag", extent: float = 16.0, gpts: int = 320, energy: float = 200e3):
+    """A real exit wave: one atom in the middle of the cell (abTEM multislice)."""
+    from ase import Atoms
+
+    atoms = Atoms(symbol, positions=[[extent / 2, extent / 2, 1.0]], cell=[extent, extent, 2.0], pbc=True)
+    with imaging.abtem_settings():
+        pot = abtem.Potential(atoms, gpts=gpts, slice_thickness=2.0, projection="infinite")
+        wave = abtem.PlaneWave(energy=energy).multislice(pot).compute().array
+    return wave[None].astype(np.complex64), extent, extent / gpts
+
+
+def test_transfer_function_matches_abtem_ctf():
+    """Our numpy CTF (aberrations + both envelopes) equals abTEM's CTF applied to the same wave."""
+    rng = np.random.default_rng(0)
+    n, extent, energy = 128, 25.0, 200e3
+    psi = np.exp(1j * 0.3 * rng.standard_normal((n, n))).astype(np.complex64)
+    p = params(defocus_A=120.0, cs_A=3e4, c12_A=30.0, phi12_rad=0.7, c21_A=500.0, phi21_rad=1.1, c23_A=300.0,
+               phi23_rad=0.4, focal_spread_A=30.0, convergence_mrad=0.3)
+    ctf = abtem.CTF(defocus=p["defocus_A"], Cs=p["cs_A"], C12=p["c12_A"], phi12=p["phi12_rad"], C21=p["c21_A"],
+                    phi21=p["phi21_rad"], C23=p["c23_A"], phi23=p["phi23_rad"], focal_spread=p["focal_spread_A"],
+                    angular_spread=p["convergence_mrad"], energy=energy)
+    ref = abtem.Waves(psi, energy=energy, extent=extent).apply_ctf(ctf).array
+    kx, ky = optics.spatial_frequencies(n, extent, np)
+    t = optics.transfer_function(kx, ky, optics.wavelength_A(energy), p, 0.0, np)
+    ours = np.fft.ifft2(np.fft.fft2(psi) * t)
+    assert np.abs(ours - ref).max() < 1e-5 * np.abs(ref).max()
+
+
+def test_defocus_sign_positive_is_underfocus():
+    """abTEM convention: positive defocus = underfocus (C10 < 0). At Scherzer (Δf > 0, Cs > 0) an atom
+    images dark; flipping both signs (negative Cs imaging, overfocus) images it bright."""
+    wave, extent, sampling = single_atom_wave()
+    w = fft2(wave)
+    cs = 2e5
+    scherzer = float(abtem.transfer.scherzer_defocus(cs, 200e3))
+    assert scherzer > 0
+    kx, ky = optics.spatial_frequencies(8, 1.0, np)
+    chi = optics.aberration_phase(kx, ky, 0.02, params(defocus_A=100.0), np)
+    assert np.all(chi[np.hypot(kx, ky) > 0] < 0)  # chi = -pi lambda df k^2: underfocus lowers the phase
+    centre = slice(60, 68)
+    for sign, expect_dark in ((+1, True), (-1, False)):
+        p = params(defocus_A=sign * scherzer, cs_A=sign * cs)
+        img = optics.variant_images(w, extent, 200e3, sampling, [128], p, np.random.default_rng(0))[128][1]
+        mean = img.mean()
+        atom = img[centre, centre].mean()
+        assert (atom < mean) == expect_dark, (sign, atom, mean)
+
+
+def test_astigmatism_angle_has_period_pi():
+    wave, extent, sampling = single_atom_wave()
+    w = fft2(wave)
+    base = params(defocus_A=30.0, c12_A=60.0, phi12_rad=0.4)
+    img = {}
+    for name, phi in (("a", 0.4), ("a+pi", 0.4 + math.pi), ("a+pi/2", 0.4 + math.pi / 2)):
+        p = dict(base, phi12_rad=phi)
+        img[name] = optics.variant_images(w, extent, 200e3, sampling, [64], p, np.random.default_rng(0))[64][1]
+    assert np.allclose(img["a"], img["a+pi"], rtol=1e-4, atol=1e-3)
+    assert not np.allclose(img["a"], img["a+pi/2"], rtol=1e-2)
+
+
+def test_intensity_resampling_is_exact():
+    """The cropped-grid intensity equals |psi|^2 on the full grid, Fourier-cropped to each size."""
+    rng = np.random.default_rng(1)
+    n, extent = 384, 24.0
+    lam = optics.wavelength_A(200e3)
+    kc = optics.exit_wave_cutoff(extent / n)
+    kx, ky = optics.spatial_frequencies(n, extent, np)
+    w = np.fft.fft2(np.exp(1j * 0.5 * rng.standard_normal((n, n)))) * ((kx**2 + ky**2) <= kc**2)
+    p = params(defocus_A=80.0, cs_A=1e4, c12_A=20.0, phi12_rad=1.0, focal_spread_A=40.0, convergence_mrad=0.2)
+    for k_band, transfer in ((kc, None), (optics.band_limit(kc, lam, 40.0), lambda a, b: optics.transfer_function(a, b, lam, p, 0.0, np))):
+        fast = optics.intensity_at_sizes(w[None].astype(np.complex64), extent, [48, 96], k_band, transfer)
+        full = w * ((kx**2 + ky**2) <= k_band**2) * (transfer(kx, ky) if transfer else 1.0)
+        spectrum = np.fft.fft2(np.abs(np.fft.ifft2(full)) ** 2)
+        for s in (48, 96):
+            brute = np.fft.ifft2(optics.fourier_resize(spectrum, s) * (s * s / n**2)).real
+            assert np.abs(np.fft.ifft2(fast[s]).real - brute).max() < 1e-5 * brute.mean()
+
+
+def test_vacuum_counts_are_poisson_at_the_dose():
+    """On vacuum (exit wave = incident plane wave) the expected counts are dose x pixel area and the
+    noisy counts have variance = mean; the noise-free image is flat at that value."""
+    n, extent, sampling = 256, 32.0, 0.125
+    wave = fft2(np.ones((1, n, n), np.complex64))
+    rng = np.random.default_rng(7)
+    p = optics.draw_variant(rng, {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 0],
+                                  "c23_nm": [0, 0], "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3]},
+                            {"mtf_c50": [0.3, 0.6]}, {"dose_e_per_A2": [20, 200], "brightness": [1, 1], "contrast": [1, 1], "background": [0, 0]})
+    size = 128
+    noisy, noise_free = optics.variant_images(wave, extent, 80e3, sampling, [size], p, rng)[size]
+    expected = p["dose_e_per_A2"] * (extent / size) ** 2
+    assert np.allclose(noise_free, expected, rtol=1e-5)
+    assert np.array_equal(noisy, np.round(noisy))  # counts
+    n_px = noisy.size
+    assert abs(noisy.mean() / expected - 1) < 5 * math.sqrt(1 / (expected * n_px))
+    assert abs(noisy.var() / noisy.mean() - 1) < 5 * math.sqrt(2 / n_px)
+
+
+def test_weak_object_counts_are_conserved():
+    """Resampling keeps the total: mean counts of a weak object = dose x pixel area (no aperture)."""
+    wave, extent, sampling = single_atom_wave("C")
+    w = fft2(wave)
+    p = params(defocus_A=50.0, focal_spread_A=30.0, convergence_mrad=0.2, dose_e_per_A2=500.0, mtf_c50=0.4)
+    for size in (32, 64, 128):
+        img = optics.variant_images(w, extent, 200e3, sampling, [size], p, np.random.default_rng(0))[size][1]
+        assert abs(img.mean() / (500.0 * (extent / size) ** 2) - 1) < 0.01
+
+
+def test_detector_mtf_is_half_at_c50():
+    mtf = optics.detector_mtf(64, 0.5, np)
+    f = np.fft.fftfreq(64) * 2
+    j = int(np.argmin(np.abs(f - 0.5)))
+    assert mtf[0, 0] == 1.0
+    assert abs(mtf[j, 0] - 0.5) < 1e-6
+
+
+def test_gain_contrast_background():
+    x = np.array([0.0, 10.0, 20.0])
+    y = optics.apply_gain(x, x, {"brightness": 2.0, "contrast": 0.5, "background": 0.1})
+    assert np.allclose(y, 2.0 * (10 + 0.5 * (x - 10) + 1.0))
+
+
+def test_draw_variant_is_deterministic_and_in_range():
+    cfg_o = {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 100], "c23_nm": [0, 50],
+             "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3]}
+    cfg_n = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
+    draws = [optics.draw_variant(np.random.default_rng(i), cfg_o, {"mtf_c50": [0.3, 0.6]}, cfg_n) for i in range(200)]
+    again = optics.draw_variant(np.random.default_rng(5), cfg_o, {"mtf_c50": [0.3, 0.6]}, cfg_n)
+    assert again == draws[5]
+    assert set(draws[0]) == set(optics.PARAM_NAMES)
+    for d in draws:
+        assert -500 <= d["defocus_A"] <= 500 and 0 <= d["c12_A"] <= 50 and 0 <= d["phi12_rad"] < math.pi
+        assert 0 <= d["phi23_rad"] < 2 * math.pi / 3 and 50 <= d["dose_e_per_A2"] <= 2000
+    log_dose = np.log([d["dose_e_per_A2"] for d in draws])
+    assert abs(np.median(log_dose) - 0.5 * (math.log(50) + math.log(2000))) < 0.5  # log-uniform
+
+
+def test_nice_size_and_fourier_resize():
+    assert optics.nice_size(127) == 128 and optics.nice_size(131) % 2 == 0
+    a = np.fft.fft2(np.random.default_rng(0).standard_normal((32, 32)))
+    assert np.allclose(optics.fourier_resize(optics.fourier_resize(a, 48), 32), a)
