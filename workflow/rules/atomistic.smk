@@ -12,6 +12,8 @@ rule md:
         spec=lambda wc: spec_hash(f"{R}/plan/md/{wc.group}/{wc.shard}.json"),
     log:
         f"{R}/logs/md/{{group}}/{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/md/{{group}}/{{shard}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,

@@ -10,6 +10,8 @@ rule image:
         spec=lambda wc: spec_hash(f"{R}/plan/images/{wc.group}/{wc.shard}.json"),
     log:
         f"{R}/logs/images/{{group}}/{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/image/{{group}}/{{shard}}.tsv"
     threads: 1
     resources:
         mem_mb=4000,

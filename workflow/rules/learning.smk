@@ -11,6 +11,8 @@ rule train:
         spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
     log:
         f"{R}/logs/train/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{task}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,
@@ -18,7 +20,7 @@ rule train:
     conda:
         "../../envs/learn.yaml"
     shell:
-        "hrtemflow train {input.spec:q} --out-dir $(dirname {output.model:q}) > {log:q} 2>&1"
+        "hrtemflow train {input.spec:q} --out-dir $(dirname {output.model:q}) --quiet > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -32,6 +34,8 @@ rule evaluate:
         spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
     log:
         f"{R}/logs/evaluate/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{task}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,

@@ -1,0 +1,340 @@
+"""Evaluation of a model bundle on the test split: metrics.json and figures in a report folder.
+
+Classification: accuracy, top-3, per-class recall, confusion matrix, expected calibration error
+before and after temperature scaling (T fitted on the validation split). Regression: MAE and RMSE
+per target in physical units. Denoising: PSNR and SSIM of the network against three classical
+baselines run in the same process on the same test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from scipy.optimize import minimize_scalar
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from ..errors import HrtemflowError
+from ..io import atomic_file, write_json_atomic
+from . import baselines, data
+from .train import load_bundle, prepare
+
+ECE_BINS = 15
+FIGURES = {"classification": ("confusion.png", "calibration.png"), "regression": ("scatter.png",), "denoising": ("denoise_examples.png",)}
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe float (None for NaN/inf: metrics.json is strict JSON)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------ classification
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the NLL of softmax(logits / T) (Guo et al. 2017), searched on log T."""
+    res = minimize_scalar(lambda log_t: nll(logits / np.exp(log_t), labels), bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[float, dict]:
+    """ECE over equal-width confidence bins, and the reliability table for the diagram."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    acc = np.bincount(which, weights=correct, minlength=bins)
+    mean_conf = np.bincount(which, weights=conf, minlength=bins)
+    nz = count > 0
+    acc[nz] /= count[nz]
+    mean_conf[nz] /= count[nz]
+    ece = float(np.sum(count[nz] / len(labels) * np.abs(acc[nz] - mean_conf[nz])))
+    return ece, {"count": count.tolist(), "accuracy": acc.tolist(), "confidence": mean_conf.tolist()}
+
+
+def _predict(model: keras.Model, feed: data.ShardFeed) -> np.ndarray:
+    return np.concatenate([keras.ops.convert_to_numpy(model(feed[i][0], training=False)) for i in range(len(feed))])
+
+
+def _classification(model, card, splits, spec, report: Path, feed_args: dict) -> dict:
+    classes = card["classes"]
+    logit_model = keras.Model(model.input, model.get_layer("logits").output)
+    val, test = (data.ShardFeed(splits[k], spec["image_size"], **feed_args) for k in ("val", "test"))
+    val_logits, test_logits = _predict(logit_model, val), _predict(logit_model, test)
+    y_val, y_test = splits["val"].y, splits["test"].y
+    t = fit_temperature(val_logits, y_val)
+    before, after = softmax(test_logits), softmax(test_logits / t)
+    ece_before, rel_before = expected_calibration_error(before, y_test)
+    ece_after, rel_after = expected_calibration_error(after, y_test)
+    pred = before.argmax(axis=1)
+    k = min(3, len(classes))
+    topk = np.argsort(-before, axis=1)[:, :k]
+    n = len(classes)
+    confusion = np.zeros((n, n), dtype=int)
+    np.add.at(confusion, (y_test, pred), 1)
+    support = confusion.sum(axis=1)
+    recall = {c: (_num(confusion[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
+    _confusion_figure(confusion, classes, report / "confusion.png")
+    _calibration_figure(rel_before, rel_after, ece_before, ece_after, t, report / "calibration.png")
+    return {
+        "accuracy": _num((pred == y_test).mean()),
+        f"top{k}_accuracy": _num((topk == y_test[:, None]).any(axis=1).mean()),
+        "per_class_recall": recall,
+        "per_class_support": {c: int(s) for c, s in zip(classes, support)},
+        "confusion_matrix": {"rows": "true class", "columns": "predicted class", "classes": classes, "counts": confusion.tolist()},
+        "temperature": _num(t),
+        "ece_bins": ECE_BINS,
+        "ece_before": _num(ece_before),
+        "ece_after": _num(ece_after),
+        "nll_before": _num(nll(test_logits, y_test)),
+        "nll_after": _num(nll(test_logits / t, y_test)),
+        "chance_accuracy": _num(np.bincount(y_test, minlength=n).max() / len(y_test)),
+    }
+
+
+# ---------------------------------------------------------------------------------- regression
+
+
+def _physical(task: str, y: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
+    """Reported quantities from raw targets: name -> (values, unit). Astigmatism as |C12| in nm."""
+    if task == "aberrations":
+        return {"defocus_nm": (y[:, 0] / 10, "nm"), "c12_cos2phi_nm": (y[:, 1] / 10, "nm"),
+                "c12_sin2phi_nm": (y[:, 2] / 10, "nm"), "c12_magnitude_nm": (np.hypot(y[:, 1], y[:, 2]) / 10, "nm")}
+    return {"co_fraction": (y[:, 0], "1"), "n_atoms": (np.exp(y[:, 1]), "atoms"), "order_measure": (y[:, 2], "1"),
+            "energy_per_atom_eV": (y[:, 3], "eV")}
+
+
+def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dict:
+    task = card["task"]
+    offset = np.array([t["offset"] for t in card["targets"]])
+    scale = np.array([t["scale"] for t in card["targets"]])
+    test = data.ShardFeed(splits["test"], spec["image_size"], **feed_args)
+    pred_raw = offset + scale * _predict(model, test).astype(np.float64)
+    true, pred = _physical(task, splits["test"].y), _physical(task, pred_raw)
+    train_mean = _physical(task, splits["train"].y)
+    out = {}
+    for name, (t, unit) in true.items():
+        p = pred[name][0]
+        err = p - t
+        base = train_mean[name][0].mean() - t
+        out[name] = {"unit": unit, "mae": _num(np.abs(err).mean()), "rmse": _num(np.sqrt((err ** 2).mean())),
+                     "r2": _num(1 - (err ** 2).sum() / ((t - t.mean()) ** 2).sum()) if t.var() > 0 else None,
+                     "mae_predict_train_mean": _num(np.abs(base).mean())}
+    if task == "aberrations":  # angle error where the astigmatism is large enough to have an angle
+        c12 = true["c12_magnitude_nm"][0]
+        big = c12 > 1.0
+        if big.any():
+            ang_t = 0.5 * np.arctan2(splits["test"].y[big, 2], splits["test"].y[big, 1])
+            ang_p = 0.5 * np.arctan2(pred_raw[big, 2], pred_raw[big, 1])
+            d = np.rad2deg((ang_p - ang_t + np.pi / 2) % np.pi - np.pi / 2)
+            out["phi12_deg_where_c12_over_1nm"] = {"unit": "deg", "mae": _num(np.abs(d).mean()), "n": int(big.sum())}
+    _scatter_figure(true, pred, report / "scatter.png")
+    return {"targets": out}
+
+
+# ----------------------------------------------------------------------------------- denoising
+
+
+def match_affine(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """pred mapped by the least-squares gain and offset onto ref (the CARE protocol, Weigert 2018).
+
+    Networks and filters return different intensity scales; matching each one the same way makes
+    PSNR/SSIM compare structure, not an arbitrary scale.
+    """
+    a = np.stack([pred.ravel(), np.ones(pred.size)], axis=1)
+    coef, *_ = np.linalg.lstsq(a, ref.ravel(), rcond=None)
+    return pred * coef[0] + coef[1]
+
+
+def psnr(pred: np.ndarray, clean: np.ndarray) -> float:
+    rng = float(clean.max() - clean.min()) or 1.0
+    return float(peak_signal_noise_ratio(clean, match_affine(pred, clean), data_range=rng))
+
+
+def ssim(pred: np.ndarray, clean: np.ndarray) -> float:
+    rng = float(clean.max() - clean.min()) or 1.0
+    win = min(7, clean.shape[0] - (1 - clean.shape[0] % 2))
+    return float(structural_similarity(clean, match_affine(pred, clean), data_range=rng, win_size=win))
+
+
+def _arrays(table: data.Table, size: int, idx: np.ndarray, feed_args: dict) -> tuple[np.ndarray, np.ndarray]:
+    feed = data.ShardFeed(table.take(idx), size, **{**feed_args, "batch_size": max(1, len(idx))})
+    x, y = feed[0]
+    return x[..., 0].astype(np.float64), y[..., 0].astype(np.float64)
+
+
+def _denoising(model, card, splits, spec, report: Path, feed_args: dict, max_baseline_images: int) -> dict:
+    size = spec["image_size"]
+    test = data.ShardFeed(splits["test"], size, **feed_args)
+    net_psnr, net_ssim, noisy_psnr = [], [], []
+    for i in range(len(test)):
+        x, y = test[i]
+        p = keras.ops.convert_to_numpy(model(x, training=False))[..., 0].astype(np.float64)
+        for xi, pi, yi in zip(x[..., 0].astype(np.float64), p, y[..., 0].astype(np.float64)):
+            net_psnr.append(psnr(pi, yi))
+            net_ssim.append(ssim(pi, yi))
+            noisy_psnr.append(psnr(xi, yi))
+    n_test = len(splits["test"])
+    subset = np.unique(np.linspace(0, n_test - 1, min(n_test, max_baseline_images)).round().astype(int))
+    noisy, clean = _arrays(splits["test"], size, subset, feed_args)
+    val_idx = np.unique(np.linspace(0, len(splits["val"]) - 1, min(len(splits["val"]), 16)).round().astype(int))
+    sigma = baselines.tune_gaussian(*_arrays(splits["val"], size, val_idx, feed_args), score=psnr)
+    net = keras.ops.convert_to_numpy(model(noisy[..., None].astype(np.float32), training=False))[..., 0].astype(np.float64)
+    outputs = {
+        "noisy": noisy,
+        f"gaussian (sigma {sigma:g} px)": np.stack([baselines.gaussian(n, sigma) for n in noisy]),
+        "nl-means": np.stack([baselines.nl_means(n) for n in noisy]),
+        "bm3d": np.stack([baselines.bm3d(n) for n in noisy]),
+        "network": net,
+    }
+    methods = {}
+    for name, out in outputs.items():
+        methods[name.split(" (")[0]] = {"psnr_dB": _num(np.mean([psnr(o, c) for o, c in zip(out, clean)])),
+                                       "ssim": _num(np.mean([ssim(o, c) for o, c in zip(out, clean)]))}
+    _denoise_figure(outputs, clean, report / "denoise_examples.png")
+    return {
+        "network_full_test": {"psnr_dB": _num(np.mean(net_psnr)), "ssim": _num(np.mean(net_ssim)),
+                              "noisy_psnr_dB": _num(np.mean(noisy_psnr)), "n_images": n_test},
+        "comparison": {"n_images": int(len(subset)), "subset": "evenly spaced over the test split (same images for every method)",
+                       "gaussian_sigma_px": sigma, "gaussian_sigma_tuned_on": f"{len(val_idx)} validation images", "methods": methods},
+        "protocol": "images normalised per image (mean 0, std 1); each output matched to the clean target by a least-squares gain and "
+                    "offset before PSNR/SSIM (data_range = clean max - min). The target `clean` has no aberrations: the network learns to "
+                    "undo them too, which the classical filters cannot.",
+    }
+
+
+# --------------------------------------------------------------------------------------- figures
+
+
+def _figure(*args, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.figure(*args, layout="constrained", **kwargs)
+
+
+def _save(plt, fig, path: Path) -> None:
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def _confusion_figure(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    n = len(classes)
+    plt, fig = _figure(figsize=(2 + 0.35 * n, 1.6 + 0.35 * n))
+    ax = fig.add_subplot()
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=90)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if rows[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    ax.set_title("confusion matrix (test split)")
+    _save(plt, fig, path)
+
+
+def _calibration_figure(before: dict, after: dict, ece_b: float, ece_a: float, t: float, path: Path) -> None:
+    plt, fig = _figure(figsize=(8, 3.6))
+    centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
+    for k, (rel, title) in enumerate(((before, f"before: ECE {ece_b:.3f}"), (after, f"after T = {t:.2f}: ECE {ece_a:.3f}"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        has = np.array(rel["count"]) > 0
+        ax.bar(centres[has], np.array(rel["accuracy"])[has], width=1 / ECE_BINS, edgecolor="k", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(title)
+        ax.legend(loc="upper left", fontsize=8)
+    _save(plt, fig, path)
+
+
+def _scatter_figure(true: dict, pred: dict, path: Path) -> None:
+    n = len(true)
+    plt, fig = _figure(figsize=(3.2 * n, 3.2))
+    for k, (name, (t, unit)) in enumerate(true.items()):
+        ax = fig.add_subplot(1, n, k + 1)
+        p = pred[name][0]
+        ax.scatter(t, p, s=6, alpha=0.6)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlabel(f"true {name} ({unit})")
+        ax.set_ylabel(f"predicted ({unit})")
+    fig.suptitle("test split: predicted vs true")
+    _save(plt, fig, path)
+
+
+def _denoise_figure(outputs: dict, clean: np.ndarray, path: Path, n_examples: int = 3) -> None:
+    cols = [*outputs, "clean"]
+    rows = min(n_examples, len(clean))
+    plt, fig = _figure(figsize=(1.8 * len(cols), 1.9 * rows))
+    for r in range(rows):
+        for c, name in enumerate(cols):
+            img = clean[r] if name == "clean" else match_affine(outputs[name][r], clean[r])
+            ax = fig.add_subplot(rows, len(cols), r * len(cols) + c + 1)
+            ax.imshow(img, cmap="gray", vmin=clean[r].min(), vmax=clean[r].max())
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+    _save(plt, fig, path)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def evaluate(spec: Mapping[str, Any], model_dir: str | Path, report_dir: str | Path, *, base: str | Path = ".",
+             max_baseline_images: int = 32, cache_bytes: int | None = None) -> dict:
+    """Evaluate the bundle in `model_dir` on the spec's test split; write metrics.json and figures."""
+    report = Path(report_dir)
+    model, card = load_bundle(model_dir)
+    if card["task"] != spec.get("task") or card["input_size"] != spec.get("image_size"):
+        raise HrtemflowError(f"model bundle {model_dir} is for task {card['task']!r} at {card['input_size']} px, the spec asks for "
+                             f"{spec.get('task')!r} at {spec.get('image_size')} px; pass the matching --model-dir")
+    if card["kind"] == "classification" and card.get("classes") != spec.get("classes"):
+        raise HrtemflowError(f"model bundle {model_dir} knows classes {card.get('classes')}, the spec lists {spec.get('classes')}; retrain")
+    table, splits = prepare(spec, base)
+    if table.info["dataset_sha256"] != card["dataset_sha256"]:
+        raise HrtemflowError(f"model bundle {model_dir} was trained on a different dataset than the spec's shards now hold "
+                             f"(dataset_sha256 differs); retrain it (`hrtemflow train`) before evaluating")
+    report.mkdir(parents=True, exist_ok=True)
+    feed_args = {"batch_size": card["hyper"]["batch_size"], "cache_bytes": cache_bytes}
+    if card["kind"] == "regression":
+        feed_args["target_scale"] = (np.array([t["offset"] for t in card["targets"]]), np.array([t["scale"] for t in card["targets"]]))
+    kind = card["kind"]
+    if kind == "classification":
+        result = _classification(model, card, splits, spec, report, feed_args)
+    elif kind == "regression":
+        result = _regression(model, card, splits, spec, report, feed_args)
+    else:
+        result = _denoising(model, card, splits, spec, report, feed_args, max_baseline_images)
+    metrics = {
+        "task": card["task"], "kind": kind, "model_dir": str(model_dir), "dataset_sha256": card["dataset_sha256"],
+        "split": "test", "n_images": len(splits["test"]), "n_structures": splits["test"].n_structures(),
+        "figures": list(FIGURES[kind]), "backend": keras.backend.backend(), **result,
+    }
+    write_json_atomic(report / "metrics.json", metrics)
+    return metrics

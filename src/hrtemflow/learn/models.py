@@ -1,0 +1,88 @@
+"""The networks, one short function each (Keras 3 functional API, any backend).
+
+Inputs are (size, size, 1) normalised images. Output layers are float32 whatever the dtype policy,
+so mixed precision on a GPU never hands float16 logits to a loss. No Lambda layers: every model
+loads with `safe_mode=True`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+STRUCTURE_TARGETS = ("co_fraction", "log_n_atoms", "order_measure", "energy_per_atom_eV")
+
+
+def _conv_bn_relu(x, filters: int):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x)
+
+
+def _residual_block(x, filters: int):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+    shortcut = x if x.shape[-1] == filters else layers.Conv2D(filters, 1, use_bias=False)(x)
+    y = _conv_bn_relu(x, filters)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+    y = layers.BatchNormalization()(y)
+    return layers.Activation("relu")(layers.Add()([shortcut, y]))
+
+
+def _trunk(input_size: int, width: int, depth: int):
+    """Residual CNN: `depth` stages, channels doubling, each halving the image; global average pool."""
+    inputs = keras.Input((input_size, input_size, 1), name="image")
+    x = _conv_bn_relu(inputs, width)
+    for stage in range(depth):
+        x = _residual_block(x, width * 2**stage)
+        x = layers.MaxPooling2D(2)(x)
+    return inputs, layers.GlobalAveragePooling2D()(x)
+
+
+def classifier(input_size: int, n_classes: int, width: int = 16, depth: int = 3) -> keras.Model:
+    """Class probabilities; the pre-softmax layer is named "logits" (temperature scaling uses it)."""
+    inputs, x = _trunk(input_size, width, depth)
+    x = layers.Dropout(0.2)(x)
+    logits = layers.Dense(n_classes, dtype="float32", name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, name: str = "regressor") -> keras.Model:
+    """Scaled targets (O(1)); the card holds each target's offset and scale."""
+    inputs, x = _trunk(input_size, width, depth)
+    x = layers.Dense(4 * width, activation="relu")(x)
+    outputs = layers.Dense(n_targets, dtype="float32", name="targets")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def structure_regressor(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
+    """Ag/Co particle: co_fraction, log n_atoms, order_measure, energy per atom (scaled)."""
+    return regressor(input_size, len(STRUCTURE_TARGETS), width, depth, name="structure_regressor")
+
+
+def denoiser(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
+    """U-Net: noisy normalised image -> clean normalised image (skip connections keep detail)."""
+    inputs = keras.Input((input_size, input_size, 1), name="image")
+    x, skips = inputs, []
+    for stage in range(depth):
+        x = _conv_bn_relu(_conv_bn_relu(x, width * 2**stage), width * 2**stage)
+        skips.append(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = _conv_bn_relu(_conv_bn_relu(x, width * 2**depth), width * 2**depth)
+    for stage in reversed(range(depth)):
+        x = layers.Conv2DTranspose(width * 2**stage, 2, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skips[stage]])
+        x = _conv_bn_relu(_conv_bn_relu(x, width * 2**stage), width * 2**stage)
+    outputs = layers.Conv2D(1, 1, dtype="float32", name="clean")(x)
+    return keras.Model(inputs, outputs, name="denoiser")
+
+
+def build(task: str, kind: str, input_size: int, n_outputs: int, width: int, depth: int) -> keras.Model:
+    """The model a task trains (`n_outputs`: classes or targets; ignored for denoising)."""
+    if kind == "classification":
+        return classifier(input_size, n_outputs, width, depth)
+    if kind == "denoising":
+        return denoiser(input_size, width, depth)
+    if task == "structure":
+        return structure_regressor(input_size, width, depth)
+    return regressor(input_size, n_outputs, width, depth)

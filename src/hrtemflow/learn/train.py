@@ -1,0 +1,338 @@
+"""Training one task from its train spec, and the model bundle (model.keras + card.json).
+
+A run checkpoints every epoch into <out>/checkpoint/ (model with optimizer state, best weights and a
+small state file with the epoch, the early-stopping counters and the history), so a killed job picks
+up where it stopped; raising `epochs` in the config continues a finished run rather than repeating it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from .. import runtime
+from ..errors import HrtemflowError
+from ..io import atomic_file, canonical_json, write_json_atomic
+from . import data, models
+
+CARD_VERSION = 1
+CHECKPOINT = "checkpoint"
+OUTPUT_DESCRIPTION = {
+    "classification": "class probabilities (softmax; the layer 'logits' holds the pre-softmax values)",
+    "regression": "scaled targets: physical value = offset + scale * output (per target, see targets)",
+    "denoising": "clean image, normalised like the input (per-image mean 0, std 1)",
+}
+
+
+def task_seed(campaign_seed: int, task: str) -> int:
+    """The seed of one task's training: same campaign, same weights init and batch order."""
+    return int.from_bytes(hashlib.sha256(f"hrtemflow-train:{campaign_seed}:{task}".encode()).digest()[:4], "little") >> 1
+
+
+def target_scaling(task: str, y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(offset, scale, card entries): targets scaled to O(1) from the training split.
+
+    Centred targets use mean and std; the astigmatism components keep offset 0 and use their RMS,
+    so the sign flips of augmentation act on the scaled values exactly as on the physical ones.
+    """
+    offset, scale, entries = [], [], []
+    for j, t in enumerate(data.REGRESSION_TARGETS[task]):
+        col = y_train[:, j]
+        o = float(col.mean()) if t.centred else 0.0
+        s = float(np.sqrt(np.mean((col - o) ** 2)))
+        s = s if s > 1e-12 * max(1.0, abs(o)) else 1.0
+        offset.append(o)
+        scale.append(s)
+        entries.append({"name": t.name, "unit": t.unit, "offset": o, "scale": s})
+    return np.array(offset), np.array(scale), entries
+
+
+def has_gpu() -> bool:
+    """Whether the active Keras backend sees a GPU (mixed precision is used only there)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return any(d.platform == "gpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # a broken GPU stack means: train on CPU
+        return False
+    return False
+
+
+def _limit_threads() -> None:
+    """Keep TensorFlow to the cores the job was given (Snakemake {threads}, SLURM), when told."""
+    n = runtime.threads(0)
+    if not n or keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
+    except RuntimeError:  # TensorFlow already started in this process (tests, notebooks): keep its pools
+        pass
+
+
+def _fingerprint(spec: Mapping, dataset_sha256: str) -> str:
+    """What a checkpoint must match to be resumed: the spec and data, but not epochs or patience."""
+    hyper = {k: v for k, v in spec["hyper"].items() if k not in ("epochs", "patience", "enabled")}
+    keep = {k: v for k, v in spec.items() if k not in ("hyper", "shards")}
+    what = {"spec": keep, "hyper": hyper, "data": dataset_sha256, "backend": keras.backend.backend()}
+    return hashlib.sha256(canonical_json(what).encode()).hexdigest()
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    with atomic_file(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    """Saves model + optimizer every epoch, the best weights, and resumable early-stopping state."""
+
+    def __init__(self, folder: Path, state: dict, patience: int) -> None:
+        super().__init__()
+        self.folder, self.state, self.patience = folder, state, patience
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        st = self.state
+        for key, value in (logs or {}).items():
+            st["history"].setdefault(key, []).append(float(value))
+        st["epoch"] = epoch + 1
+        val = (logs or {}).get("val_loss")
+        if val is not None and np.isfinite(val) and (st["best_val_loss"] is None or val < st["best_val_loss"]):
+            st.update(best_val_loss=float(val), best_epoch=epoch + 1, wait=0)
+            with atomic_file(self.folder / "best.weights.h5", suffix=".weights.h5") as tmp:
+                self.model.save_weights(tmp)
+        else:
+            st["wait"] += 1
+        if st["wait"] >= self.patience:
+            st["stopped"] = True
+            self.model.stop_training = True
+        _save_model(self.model, self.folder / "last.keras")
+        write_json_atomic(self.folder / "state.json", st)  # last: it vouches for the files above
+
+
+def _compile(model: keras.Model, kind: str, learning_rate: float) -> None:
+    if kind == "classification":
+        model.compile(keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        model.compile(keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"])
+
+
+def _stop_epoch(val_losses: list[float], patience: int) -> int | None:
+    """The epoch (1-based) at which early stopping with `patience` ends a run with these val losses."""
+    best, wait = None, 0
+    for epoch, val in enumerate(val_losses, start=1):
+        if np.isfinite(val) and (best is None or val < best):
+            best, wait = val, 0
+        else:
+            wait += 1
+        if wait >= patience:
+            return epoch
+    return None
+
+
+def _resume_state(folder: Path, fingerprint: str, resume: bool, epochs: int, patience: int) -> dict | None:
+    """The checkpoint state to continue from, if it is the beginning of the run now asked for.
+
+    Same spec and data (epochs and patience aside), no more epochs done than now allowed, and no
+    early stop under the new patience before its last epoch: then continuing gives the run a fresh
+    start would (up to dropout draws); anything else starts over.
+    """
+    state_path = folder / "state.json"
+    if not (resume and state_path.is_file() and (folder / "last.keras").is_file()):
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    stop = _stop_epoch(state.get("history", {}).get("val_loss", []), patience)
+    if state.get("fingerprint") != fingerprint or state["epoch"] > epochs or (stop is not None and stop < state["epoch"]):
+        print(f"train: checkpoint in {folder} is not the start of this run (other spec, data, epochs or patience); starting over", flush=True)
+        return None
+    state["stopped"] = stop is not None
+    return state
+
+
+def prepare(spec: Mapping[str, Any], base: str | Path = ".") -> tuple[data.Table, dict[str, data.Table]]:
+    """Check the spec, open the shards and split by structure: every refusal happens here, cheaply."""
+    table = data.load_table(spec, base)
+    return table, data.split_table(table, spec["split"])
+
+
+def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progress: bool = True,
+          base: str | Path = ".", workers: int | None = None, cache_bytes: int | None = None,
+          prepared: tuple[data.Table, dict[str, data.Table]] | None = None) -> dict:
+    """Train the spec's task into `out_dir` (model.keras + card.json); returns the card.
+
+    `workers` > 1 reads batches ahead in that many processes when the data does not fit the feed's
+    memory cache (on 2 cores one process was fastest: benchmarks/feed_throughput.py). `cache_bytes`
+    overrides the cache budget (HRTEMFLOW_FEED_CACHE_MB). `prepared` is `prepare(spec, base)`'s
+    result when the caller already checked the data.
+    """
+    out_dir = Path(out_dir)
+    table, splits = prepared or prepare(spec, base)
+    task, size, hyper = spec["task"], spec["image_size"], spec["hyper"]
+    kind = data.TASK_KIND[task]
+    seed = task_seed(spec["campaign_seed"], task)
+    keras.utils.set_random_seed(seed)
+    _limit_threads()
+
+    scale, targets = None, None
+    if kind == "regression":
+        offset, s, targets = target_scaling(task, splits["train"].y)
+        scale = (offset, s)
+    n_outputs = len(spec["classes"]) if kind == "classification" else (len(targets) if targets else 1)
+
+    folder = out_dir / CHECKPOINT
+    fingerprint = _fingerprint(spec, table.info["dataset_sha256"])
+    state = _resume_state(folder, fingerprint, resume, hyper["epochs"], hyper["patience"])
+    mixed = has_gpu()
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if mixed else "float32")
+    try:
+        if state is not None:
+            model = keras.saving.load_model(folder / "last.keras", safe_mode=True)
+            print(f"train: {task}: resuming after epoch {state['epoch']} from {folder}", flush=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            state = {"fingerprint": fingerprint, "epoch": 0, "best_val_loss": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": {}}
+            model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"])
+            _compile(model, kind, hyper["learning_rate"])
+
+        budget = data.cache_budget_bytes() if cache_bytes is None else cache_bytes  # shared by the two feeds
+        feed_args = {"batch_size": hyper["batch_size"], "target_scale": scale, "seed": seed}
+        train_feed = data.ShardFeed(splits["train"], size, shuffle=True, augment=bool(hyper["augment"]), epoch=state["epoch"],
+                                    cache_bytes=budget, **feed_args)
+        val_feed = data.ShardFeed(splits["val"], size, cache_bytes=budget - train_feed.image_bytes * train_feed.cached, **feed_args)
+        for feed in (train_feed, val_feed):
+            if not feed.cached and workers and workers > 1:  # streamed from the shards: read ahead in worker processes
+                feed.workers, feed.use_multiprocessing = workers, True
+
+        if not state["stopped"] and state["epoch"] < hyper["epochs"]:
+            model.fit(train_feed, validation_data=val_feed, epochs=hyper["epochs"], initial_epoch=state["epoch"], shuffle=False,
+                      callbacks=[_Checkpoint(folder, state, hyper["patience"])], verbose=1 if progress else 2)
+        if state["best_val_loss"] is None:
+            raise HrtemflowError(f"train: {task}: validation loss never became finite (training diverged); lower learning.tasks.{task}.learning_rate")
+        model.load_weights(folder / "best.weights.h5")
+        val_metrics = {k: float(v) for k, v in model.evaluate(val_feed, return_dict=True, verbose=0).items()}
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+    bundle_model = model
+    if mixed:  # the bundle is float32, so it runs anywhere (CPU inference included)
+        bundle_model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"])
+        bundle_model.set_weights(model.get_weights())
+
+    card = {
+        "card_version": CARD_VERSION,
+        "task": task,
+        "kind": kind,
+        "output": OUTPUT_DESCRIPTION[kind],
+        "input_size": size,
+        "input": {"array": data.image_key(size), "layout": "NHWC", "channels": 1, "dtype": "float32"},
+        "pixel_size_A": float(np.median(table.pixel_size_A)),
+        "normalisation": data.NORMALISATION,
+        "augmentation": _augmentation_card(task) if hyper["augment"] else None,
+        "dataset_sha256": table.info["dataset_sha256"],
+        "spec_sha256": hashlib.sha256(canonical_json(dict(spec)).encode()).hexdigest(),
+        "split": _split_card(spec, splits, table),
+        "metrics": {"val": val_metrics},
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "stopped_early": state["stopped"],
+        "history": state["history"],
+        "hyper": dict(hyper),
+        "seed": seed,
+        "mixed_precision": mixed,
+        "backend": keras.backend.backend(),
+        "n_params": int(bundle_model.count_params()),
+        "versions": {**runtime.versions(), "keras_backend": keras.backend.backend()},
+    }
+    if kind == "classification":
+        card["classes"] = list(spec["classes"])
+    if kind == "regression":
+        card["targets"] = targets
+    _save_model(bundle_model, out_dir / "model.keras")
+    write_json_atomic(out_dir / "card.json", card)
+    return card
+
+
+def _augmentation_card(task: str) -> dict:
+    out = {"geometric": "random flip and 90-degree rotation per image (8 elements of the square's symmetry group)",
+           "intensity": "contrast gain and offset in [1-0.1, 1+0.1] and [-0.1, 0.1] on the normalised image"}
+    if task == "aberrations":
+        out["targets"] = "astigmatism components transformed with the image: 90-degree rotation negates both, a flip negates C12 sin 2phi"
+    return out
+
+
+def _split_card(spec: Mapping, splits: dict[str, data.Table], table: data.Table) -> dict:
+    test_ids = sorted(set(splits["test"].sample_id.tolist()))
+    return {
+        "val": spec["split"]["val"],
+        "test": spec["split"]["test"],
+        "method": "by structure (sample_id): per group, ranked by sha256 of the id (hrtemflow.learn.data.split_structures)",
+        "structures": {k: t.n_structures() for k, t in splits.items()},
+        "images": {k: len(t) for k, t in splits.items()},
+        "test_ids_sha256": hashlib.sha256("\n".join(test_ids).encode()).hexdigest(),
+        "dropped_rows": table.info["dropped_rows"],
+        "unknown_labels": table.info["unknown_labels"],
+    }
+
+
+# ------------------------------------------------------------------------------------- bundle
+
+
+def check_card(model: keras.Model, card: Mapping[str, Any], where: str = "bundle") -> None:
+    """Refuse a model that does not match its card (a mixed-up or hand-edited bundle)."""
+    kind, size = card.get("kind"), card.get("input_size")
+    if kind not in OUTPUT_DESCRIPTION or not isinstance(size, int):
+        raise HrtemflowError(f"{where}: card.json has no valid kind/input_size; retrain with `hrtemflow train`")
+    if tuple(model.input_shape[1:]) != (size, size, 1):
+        raise HrtemflowError(f"{where}: model input {tuple(model.input_shape[1:])} does not match the card's input_size {size} "
+                             f"(expected ({size}, {size}, 1)); the files do not belong together, retrain")
+    out = tuple(model.output_shape[1:])
+    if kind == "classification":
+        expected = (len(card.get("classes") or []),)
+    elif kind == "regression":
+        expected = (len(card.get("targets") or []),)
+    else:
+        expected = (size, size, 1)
+    if out != expected:
+        raise HrtemflowError(f"{where}: model output {out} does not match the card ({kind}, expected {expected}); "
+                             "the files do not belong together, retrain")
+
+
+def load_bundle(model_dir: str | Path) -> tuple[keras.Model, dict]:
+    """Load model.keras in safe mode (no arbitrary code, never pickle) and check it against card.json."""
+    d = Path(model_dir)
+    for name in ("model.keras", "card.json"):
+        if not (d / name).is_file():
+            raise HrtemflowError(f"model bundle {d}: {name} is missing; run `hrtemflow train` for this task first")
+    try:
+        card = json.loads((d / "card.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HrtemflowError(f"model bundle {d}: card.json is unreadable ({exc}); retrain") from None
+    try:
+        model = keras.saving.load_model(d / "model.keras", safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError/OSError/zipfile errors for a bad file
+        raise HrtemflowError(f"model bundle {d}: model.keras cannot be loaded in safe mode ({type(exc).__name__}: {exc}); retrain") from None
+    check_card(model, card, where=f"model bundle {d}")
+    return model, card

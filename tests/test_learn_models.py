@@ -1,0 +1,114 @@
+"""Learning stage, models: every network builds, trains a step, and round-trips in safe mode.
+
+On the installed backend (TensorFlow) in-process; on JAX and PyTorch in a subprocess when they are
+installed (Keras picks its backend once per process).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+# TensorFlow tensors lack the numpy-2 `copy` keyword; Keras converts them many times a step
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+SIZE = 16
+
+SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, keras
+    from hrtemflow.learn import models
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 16, 16, 1)).astype("float32")
+    cases = [
+        (models.classifier(16, 3, 4, 2), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1])),
+        (models.regressor(16, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32")),
+        (models.structure_regressor(16, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32")),
+        (models.denoiser(16, 4, 2), "mse", x),
+    ]
+    for model, loss, y in cases:
+        model.compile(keras.optimizers.Adam(1e-3), loss=loss)
+        out = model.train_on_batch(x, y)
+        loss_value = float(np.ravel(out)[0])
+        assert np.isfinite(loss_value), (model.name, loss_value)
+        assert model.predict(x, verbose=0).shape[0] == 4
+    print("ok", keras.backend.backend())
+    """
+)
+
+
+def _cases(models):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, SIZE, SIZE, 1)).astype("float32")
+    return x, [
+        ("classifier", models.classifier(SIZE, 3, 4, 2), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1]), (3,)),
+        ("regressor", models.regressor(SIZE, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32"), (3,)),
+        ("structure_regressor", models.structure_regressor(SIZE, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32"), (4,)),
+        ("denoiser", models.denoiser(SIZE, 4, 2), "mse", x, (SIZE, SIZE, 1)),
+    ]
+
+
+def test_every_model_builds_trains_and_round_trips_in_safe_mode(tmp_path):
+    import keras
+
+    from hrtemflow.learn import models
+
+    x, cases = _cases(models)
+    for name, model, loss, y, out_shape in cases:
+        assert model.name == name
+        assert tuple(model.output_shape[1:]) == out_shape
+        assert model.outputs[0].dtype == "float32"
+        assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+        model.compile(keras.optimizers.Adam(1e-3), loss=loss)
+        before = model.evaluate(x, y, verbose=0)
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        assert np.isfinite(model.evaluate(x, y, verbose=0))
+        path = tmp_path / f"{name}.keras"
+        model.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=True)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+        assert np.isfinite(before)
+
+
+def test_classifier_exposes_logits_for_temperature_scaling():
+    import keras
+
+    from hrtemflow.learn import models
+
+    model = models.classifier(SIZE, 5, 4, 2)
+    logits = keras.Model(model.input, model.get_layer("logits").output)
+    x = np.random.default_rng(1).normal(size=(3, SIZE, SIZE, 1)).astype("float32")
+    z = logits.predict(x, verbose=0)
+    p = model.predict(x, verbose=0)
+    np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), p, rtol=1e-4, atol=1e-6)
+
+
+def test_models_build_under_mixed_precision_with_float32_outputs():
+    import keras
+
+    from hrtemflow.learn import models
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        for model in (models.classifier(SIZE, 3, 4, 2), models.denoiser(SIZE, 4, 2)):
+            assert model.outputs[0].dtype == "float32"
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_models_train_on_other_backends(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed in this environment (the models use keras.ops only; install {backend} to run this)")
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"ok {backend}" in res.stdout

@@ -1,0 +1,208 @@
+"""Learning stage, training and evaluation end to end on small fringe shards (see test_learn_data).
+
+Tiny models (width 8, depth 2) on 32 px images for a few epochs: each training takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_learn_data import make_spec
+
+from hrtemflow.cli import main
+from hrtemflow.errors import HrtemflowError
+from hrtemflow.learn import evaluate as ev
+from hrtemflow.learn import train as tr
+
+# TensorFlow tensors lack the numpy-2 `copy` keyword; Keras converts them many times a step
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("learn-train")
+
+
+@pytest.fixture(scope="module")
+def chirality(root) -> tuple[dict, Path]:
+    """A chirality model trained through the CLI (6 epochs): its spec and bundle folder."""
+    spec = make_spec(root, "chirality", epochs=6)
+    spec_path = root / "plan" / "chirality.json"
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec))
+    out = root / "models" / "chirality"
+    assert main(["train", str(spec_path), "--out-dir", str(out), "--base", str(root), "--quiet"]) == 0
+    return spec, out
+
+
+def test_training_writes_a_bundle_that_loads_in_safe_mode(chirality, root):
+    spec, out = chirality
+    model, card = tr.load_bundle(out)
+    assert card["task"] == "chirality" and card["kind"] == "classification" and card["classes"] == spec["classes"]
+    assert card["input_size"] == 32 and model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 4)
+    assert card["epochs_run"] == 6 and 1 <= card["best_epoch"] <= 6 and len(card["history"]["loss"]) == 6
+    assert card["backend"] == "tensorflow" and card["versions"]["keras_backend"] == "tensorflow" and card["versions"]["keras"]
+    assert card["normalisation"]["function"] == "hrtemflow.learn.data.normalise"
+    assert card["split"]["structures"] == {"train": 16, "val": 4, "test": 4}
+    assert 30 / 32 * 0.9 < card["pixel_size_A"] < 40 / 32 * 1.1  # median of s32/pixel_size_A (fov 30-40 Å)
+    assert len(card["dataset_sha256"]) == 64 and card["mixed_precision"] is False
+    assert card["metrics"]["val"]["accuracy"] > 0.5  # fringes are learnable: chance is 0.25
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1, rtol=1e-5)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 6 and (out / "checkpoint" / "last.keras").is_file()
+
+
+def test_evaluation_of_a_classifier(chirality, root):
+    spec, out = chirality
+    report = root / "reports" / "chirality"
+    assert main(["evaluate", str(root / "plan" / "chirality.json"), "--model-dir", str(out), "--out-dir", str(report),
+                 "--base", str(root)]) == 0
+    m = json.loads((report / "metrics.json").read_text())
+    assert m["n_images"] == 32 and m["n_structures"] == 4 and m["accuracy"] > 0.4
+    assert set(m["per_class_recall"]) == set(spec["classes"]) and m["top3_accuracy"] >= m["accuracy"]
+    assert np.array(m["confusion_matrix"]["counts"]).sum() == 32
+    assert m["temperature"] > 0 and m["ece_after"] is not None and m["nll_after"] <= m["nll_before"] + 0.05
+    for name in ("confusion.png", "calibration.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_continues_from_the_checkpoint(root, monkeypatch, capsys):
+    spec = make_spec(root, "ordering", epochs=3, patience=10)
+    out = root / "models" / "ordering"
+    original = tr._Checkpoint.on_epoch_end
+
+    def killed_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt  # the job is killed right after checkpointing epoch 2
+
+    monkeypatch.setattr(tr._Checkpoint, "on_epoch_end", killed_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(spec, out, base=root, progress=False)
+    assert not (out / "card.json").exists()
+    first = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert first["epoch"] == 2
+    monkeypatch.setattr(tr._Checkpoint, "on_epoch_end", original)
+
+    card = tr.train(spec, out, base=root, progress=False)
+    assert "resuming after epoch 2" in capsys.readouterr().out
+    assert card["epochs_run"] == 3 and len(card["history"]["loss"]) == 3
+    assert card["history"]["loss"][:2] == first["history"]["loss"]  # the first two epochs were not rerun
+
+    more = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 4}}, out, base=root, progress=False)  # raising epochs continues
+    assert more["epochs_run"] == 4 and more["history"]["loss"][:3] == card["history"]["loss"]
+
+    fewer = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 2}}, out, base=root, progress=False)  # cannot be continued
+    assert "starting over" in capsys.readouterr().out and fewer["epochs_run"] == 2
+
+    fresh = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 1}}, out, base=root, progress=False, resume=False)
+    assert fresh["epochs_run"] == 1 and len(fresh["history"]["loss"]) == 1
+
+    other = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 1, "learning_rate": 1e-3}}, out, base=root, progress=False)
+    assert "starting over" in capsys.readouterr().out and other["epochs_run"] == 1
+
+
+def test_regression_bundle_and_evaluation(root):
+    spec = make_spec(root, "aberrations", epochs=2)
+    out, report = root / "models" / "aberrations", root / "reports" / "aberrations"
+    card = tr.train(spec, out, base=root, progress=False, cache_bytes=0)  # streamed from the shards, not cached
+    assert [t["name"] for t in card["targets"]] == ["defocus_A", "c12_cos2phi_A", "c12_sin2phi_A"]
+    assert card["targets"][1]["offset"] == 0 and card["targets"][2]["offset"] == 0  # sign flips stay exact
+    assert all(0 < t["scale"] < 1e3 for t in card["targets"]) and "targets" in card["augmentation"]
+    m = ev.evaluate(spec, out, report, base=root)
+    t = m["targets"]
+    assert set(t) >= {"defocus_nm", "c12_magnitude_nm"} and t["defocus_nm"]["unit"] == "nm"
+    assert t["c12_magnitude_nm"]["mae"] >= 0 and t["defocus_nm"]["rmse"] >= t["defocus_nm"]["mae"]
+    assert (report / "scatter.png").is_file() and json.loads((report / "metrics.json").read_text())["kind"] == "regression"
+
+
+def test_denoiser_against_classical_baselines(root):
+    spec = make_spec(root, "denoise", epochs=2, batch_size=8)
+    out, report = root / "models" / "denoise", root / "reports" / "denoise"
+    tr.train(spec, out, base=root, progress=False)
+    m = ev.evaluate(spec, out, report, base=root, max_baseline_images=4)
+    methods = m["comparison"]["methods"]
+    assert set(methods) == {"noisy", "gaussian", "nl-means", "bm3d", "network"} and m["comparison"]["n_images"] == 4
+    for name in ("gaussian", "nl-means", "bm3d"):  # every classical filter beats doing nothing on noisy fringes
+        assert methods[name]["psnr_dB"] > methods["noisy"]["psnr_dB"]
+    assert m["network_full_test"]["n_images"] == m["n_images"] and m["comparison"]["gaussian_sigma_px"] > 0
+    assert (report / "denoise_examples.png").is_file()
+
+
+def test_card_mismatch_and_missing_files_are_refused(chirality, root):
+    _, out = chirality
+    bad = root / "models" / "mismatch"
+    shutil.copytree(out, bad, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint"))
+    card = json.loads((bad / "card.json").read_text())
+    (bad / "card.json").write_text(json.dumps({**card, "classes": card["classes"][:3]}))
+    with pytest.raises(HrtemflowError, match="output"):
+        tr.load_bundle(bad)
+    (bad / "card.json").write_text(json.dumps({**card, "input_size": 64}))
+    with pytest.raises(HrtemflowError, match="input"):
+        tr.load_bundle(bad)
+    (bad / "model.keras").unlink()
+    with pytest.raises(HrtemflowError, match="model.keras is missing"):
+        tr.load_bundle(bad)
+
+
+def test_evaluate_refuses_a_bundle_of_another_dataset(chirality, root):
+    spec, out = chirality
+    fewer = {**spec, "shards": [s for s in spec["shards"] if not s.endswith("s00001.zarr")] }
+    with pytest.raises(HrtemflowError, match="different dataset"):
+        ev.evaluate(fewer, out, root / "reports" / "x", base=root)
+
+
+def test_cli_refuses_bad_input_before_training(root, capsys):
+    spec = make_spec(root, "chirality")
+    path = root / "plan" / "broken.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**spec, "shards": spec["shards"][:1]}))  # one structure group of 3: too few to split
+    assert main(["train", str(path), "--out-dir", str(root / "models" / "broken"), "--base", str(root)]) == 2
+    assert "too few structures" in capsys.readouterr().err
+    assert not (root / "models" / "broken").exists()
+    assert main(["train", str(root / "plan" / "none.json"), "--out-dir", str(root / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_early_stopping_replay_decides_what_can_be_resumed():
+    losses = [1.0, 0.8, 0.9, 0.95, 0.7, 0.75]
+    assert tr._stop_epoch(losses, 3) is None
+    assert tr._stop_epoch(losses, 2) == 4
+    assert tr._stop_epoch([float("nan"), 1.0], 1) == 1
+
+
+def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    n, k = 4000, 5
+    true_logits = rng.normal(scale=1.5, size=(n, k))
+    p = ev.softmax(true_logits)
+    labels = np.array([rng.choice(k, p=row) for row in p])
+    overconfident = 4.0 * true_logits  # right ranking, far too sure
+    val, test = slice(0, n // 2), slice(n // 2, n)
+    t = ev.fit_temperature(overconfident[val], labels[val])
+    before, _ = ev.expected_calibration_error(ev.softmax(overconfident[test]), labels[test])
+    after, _ = ev.expected_calibration_error(ev.softmax(overconfident[test] / t), labels[test])
+    assert 3.0 < t < 5.0
+    assert after <= before and after < 0.05 < before
+    # a calibrated model keeps its ECE (T close to 1)
+    t1 = ev.fit_temperature(true_logits[val], labels[val])
+    assert 0.8 < t1 < 1.25
+
+
+def test_mixed_precision_path_writes_a_float32_bundle(root, monkeypatch):
+    """What a GPU run does (mixed_float16 training), exercised on CPU: the bundle comes out float32."""
+    import keras
+
+    monkeypatch.setattr(tr, "has_gpu", lambda: True)
+    spec = make_spec(root, "chirality", epochs=1)
+    out = root / "models" / "mixed"
+    card = tr.train(spec, out, base=root, progress=False)
+    assert card["mixed_precision"] is True
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    model, _ = tr.load_bundle(out)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
