@@ -135,18 +135,19 @@ def test_dataset_joins_shards_and_reads_on_demand(shards):
 
 
 def test_split_by_structure_is_stable_and_disjoint(shards):
-    ids = [f"cnt-8-4-{i:07d}" for i in range(3000)]
-    split = store.split_by_structure(ids, 0.1, 0.2, seed=2026)
-    assert set(split) == {"train", "val", "test"}
-    frac = {k: np.mean(split == k) for k in ("train", "val", "test")}
-    assert abs(frac["val"] - 0.1) < 0.03 and abs(frac["test"] - 0.2) < 0.03
-    # stable: the same id gets the same side whatever else is in the list, in any order
-    sub = ids[::7][::-1]
-    assert np.array_equal(store.split_by_structure(sub, 0.1, 0.2, seed=2026), split[::7][::-1])
-    assert not np.array_equal(store.split_by_structure(ids, 0.1, 0.2, seed=1), split)
+    ids = [f"cnt-8-4-{i:07d}" for i in range(3000)] + [f"cnt-10-0-{i:07d}" for i in range(4)]
+    side = store.split_structures(ids, 0.1, 0.2)
+    big = np.array([side[i] for i in ids[:3000]])
+    assert abs(np.mean(big == "val") - 0.1) < 0.002 and abs(np.mean(big == "test") - 0.2) < 0.002
+    # every side gets a structure even from a group of 4, and one always stays for training
+    small = [side[i] for i in ids[3000:]]
+    assert sorted(set(small)) == ["test", "train", "val"]
+    # stable: the same id gets the same side whatever the order of the list
+    again = store.split_structures(ids[::-1], 0.1, 0.2)
+    assert again == side
     # disjoint by structure on a real dataset: all images of a sample on one side
     ds = store.open_dataset(shards, 32)
-    sides = ds.split(0.3, 0.3, seed=0)
+    sides = ds.split(0.3, 0.3)
     for sid in np.unique(ds.sample_id):
         assert len(set(sides[ds.sample_id == sid])) == 1
 

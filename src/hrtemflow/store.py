@@ -203,22 +203,40 @@ def read_arrays(group, prefix: str) -> dict[str, np.ndarray]:
 # splits and datasets
 
 
-def split_by_structure(sample_ids: Sequence[str], val: float, test: float, seed: int) -> np.ndarray:
-    """'train' / 'val' / 'test' per entry, decided by a hash of (seed, sample_id) alone: stable when
-    shards are added, and every image of one structure falls on the same side."""
-    if val < 0 or test < 0 or val + test >= 1:
-        raise HrtemflowError(f"split fractions val={val}, test={test} must be >= 0 and leave some training data")
-    out = np.empty(len(sample_ids), dtype="<U5")
-    cache: dict[str, str] = {}
-    for i, sid in enumerate(sample_ids):
-        side = cache.get(sid)
-        if side is None:
-            digest = hashlib.sha256(f"hrtemflow-split:{seed}:{sid}".encode()).digest()
-            u = int.from_bytes(digest[:8], "little") / 2.0**64
-            side = "test" if u < test else ("val" if u < test + val else "train")
-            cache[sid] = side
-        out[i] = side
-    return out
+def _structure_hash(sample_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"hrtemflow-split:{sample_id}".encode()).digest()[:8], "little")
+
+
+def _group_of(sample_id: str) -> str:
+    return sample_id.rsplit("-", 1)[0]
+
+
+def split_structures(sample_ids: Sequence[str], val: float, test: float) -> dict[str, str]:
+    """Map each structure (sample id) to train, val or test.
+
+    Within each group (a chirality, an ordering, amorphous) structures are ranked by a stable hash of
+    their id and the lowest go to test, the next to val: fractions are met exactly per group, every
+    class is on every side even in a demo of 4 structures per class (a group of >= 3 gives at least
+    one to val and test), and a structure's side depends only on its id and its group's membership.
+    """
+    by_group: dict[str, list[str]] = {}
+    for s in sorted(set(map(str, sample_ids))):
+        by_group.setdefault(_group_of(s), []).append(s)
+    side = {}
+    for members in by_group.values():
+        members.sort(key=_structure_hash)
+        n = len(members)
+        n_test, n_val = round(n * test), round(n * val)
+        if n >= 3:
+            n_test, n_val = max(1, n_test), max(1, n_val)
+        while n_test + n_val >= n and n_test + n_val > 0:  # always keep one for training
+            if n_val >= n_test and n_val > 0:
+                n_val -= 1
+            else:
+                n_test -= 1
+        for i, s in enumerate(members):
+            side[s] = "test" if i < n_test else ("val" if i < n_test + n_val else "train")
+    return side
 
 
 class ImageDataset:
@@ -281,8 +299,10 @@ class ImageDataset:
             out[where] = data[inverse]
         return out
 
-    def split(self, val: float, test: float, seed: int) -> np.ndarray:
-        return split_by_structure(self.sample_id, val, test, seed)
+    def split(self, val: float, test: float) -> np.ndarray:
+        """'train' / 'val' / 'test' per image, by structure (split_structures)."""
+        side = split_structures(self.sample_id, val, test)
+        return np.array([side[str(s)] for s in self.sample_id])
 
 
 def _join(parts: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str, np.ndarray]:

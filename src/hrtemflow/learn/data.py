@@ -21,6 +21,7 @@ import zarr
 
 from ..errors import HrtemflowError
 from ..io import canonical_json
+from ..store import split_structures
 
 #: what a task learns: a class, some numbers, or a clean image
 TASK_KIND = {
@@ -265,42 +266,6 @@ def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
 
 
 # ---------------------------------------------------------------------------------------- split
-
-
-def _structure_hash(sample_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"hrtemflow-split:{sample_id}".encode()).digest()[:8], "little")
-
-
-def _group_of(sample_id: str) -> str:
-    return sample_id.rsplit("-", 1)[0]
-
-
-def split_structures(sample_ids: Sequence[str], val: float, test: float) -> dict[str, str]:
-    """Map each structure (sample id) to train, val or test.
-
-    Within each group (a chirality, an ordering, amorphous) structures are ranked by a stable hash of
-    their id and the lowest go to test, the next to val: fractions are met exactly per group, every
-    class is on every side even in a demo of 4 structures per class (a group of >= 3 gives at least
-    one to val and test), and a structure's side depends only on its id and its group's membership.
-    """
-    by_group: dict[str, list[str]] = {}
-    for s in sorted(set(map(str, sample_ids))):
-        by_group.setdefault(_group_of(s), []).append(s)
-    side = {}
-    for members in by_group.values():
-        members.sort(key=_structure_hash)
-        n = len(members)
-        n_test, n_val = round(n * test), round(n * val)
-        if n >= 3:
-            n_test, n_val = max(1, n_test), max(1, n_val)
-        while n_test + n_val >= n and n_test + n_val > 0:  # always keep one for training
-            if n_val >= n_test and n_val > 0:
-                n_val -= 1
-            else:
-                n_test -= 1
-        for i, s in enumerate(members):
-            side[s] = "test" if i < n_test else ("val" if i < n_test + n_val else "train")
-    return side
 
 
 def split_table(table: Table, split: Mapping[str, float], *, min_structures: int = 2) -> dict[str, Table]:

@@ -288,7 +288,7 @@ def _split_card(spec: Mapping, splits: dict[str, data.Table], table: data.Table)
     return {
         "val": spec["split"]["val"],
         "test": spec["split"]["test"],
-        "method": "by structure (sample_id): per group, ranked by sha256 of the id (hrtemflow.learn.data.split_structures)",
+        "method": "by structure (sample_id): per group, ranked by sha256 of the id (hrtemflow.store.split_structures)",
         "structures": {k: t.n_structures() for k, t in splits.items()},
         "images": {k: len(t) for k, t in splits.items()},
         "test_ids_sha256": hashlib.sha256("\n".join(test_ids).encode()).hexdigest(),
