@@ -1,0 +1,490 @@
+"""Run one MD shard: build each sample, run its protocol in LAMMPS, measure labels, write outputs.
+
+One LAMMPS instance serves the whole shard (`clear` between samples); a new one is made only after
+a LAMMPS error, since an instance that raised may be in a bad state. Outputs follow
+docs/data-products.md: an extxyz with one frame per ok sample and a manifest with every sample.
+
+Failure is data. A sample fails, with its reason, when LAMMPS loses atoms, the energy is NaN, not
+negative or beyond MAX_ABS_PE_PER_ATOM, positions are not finite, a particle has come apart (more
+than one piece with bonds < 3.5 Å), a tube has broken (more than one piece with bonds < 2.0 Å, or no
+longer wrapping around its period), or LAMMPS raises. The shard still finishes.
+
+Fault injection (`spec["fault_injection"]`, or HRTEMFLOW_FAULT_FRACTION) makes a fraction of the
+samples fail on purpose, chosen from each sample's seed, by doing something physical to the
+simulation that the checks above must catch: "nan" puts one atom exactly on top of its nearest
+neighbour (r = 0 in the potential), "lost_atoms" moves one atom 10 µm out of the box (LAMMPS drops
+it). The reason then reads "injected fault: <mode>; detected: <what the checks saw>".
+
+Protocols (`protocol`): nanoalloy anneal at T ~ U(anneal_K), linear ramp to end_K, hold, in a
+fixed-wall box (`boundary f f f`, 10 Å beyond the stored cell); cnt one NVT run, periodic along z
+(`f f p`), the tube built at the Tersoff graphene bond (1.4605 Å) so its fixed period is unstrained;
+amorphous melt, quench (melt timestep), hold (hold timestep), fully periodic. Nose-Hoover is
+`fix nvt`, Langevin `fix langevin ... zero yes` + `fix nve`. Each stage runs in chunks of at most
+CHUNK_STEPS (`run N start/stop`, so ramps stay linear) with the checks between chunks. The final
+snapshot keeps its thermal fluctuations unless `minimize` is set (CG to MINIMIZE).
+
+Determinism: one spec gives the same extxyz bytes and the same manifest except for wall-clock
+times, which live in `manifest["timing"]` and `samples[*]["wall_s"]` (drop them with
+`strip_timing`). Single-threaded LAMMPS is bitwise reproducible; with OpenMP threads it is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_masses, atomic_numbers
+
+from . import analysis, structures
+from .config import FAMILIES
+from .errors import HrtemflowError
+from .io import atomic_file, canonical_json, write_json_atomic
+from .runtime import load_lammps, versions
+
+MAX_ABS_PE_PER_ATOM = 50.0  # eV; TB-SMA Ag/Co is −3…−4.4, Tersoff C about −7.4
+BOX_MARGIN_A = 10.0  # free space between the stored cell and a fixed LAMMPS wall
+#: Tersoff (1989) graphene bond (REFERENCE.md): tubes are built at it so the period is unstrained
+TERSOFF_C_BOND_A = 1.4605
+FAULT_MODES = ("nan", "lost_atoms")
+#: longest single `run`; the state is checked between runs so a blown-up sample stops early
+CHUNK_STEPS = 5000
+#: `minimize` arguments: energy tolerance, force tolerance (eV/Å), max iterations, max force calls
+MINIMIZE = "1.0e-10 1.0e-3 2000 20000"
+PAIR_STYLE = {"nanoalloy": "eam/fs", "cnt": "tersoff", "amorphous": "tersoff"}
+ELEMENTS = {"nanoalloy": ["Ag", "Co"], "cnt": ["C"], "amorphous": ["C"]}
+BOUNDARY = {"nanoalloy": "f f f", "cnt": "f f p", "amorphous": "p p p"}
+REQUIRED = {
+    "nanoalloy": (("motifs", "n_atoms", "co_fraction", "vacuum_A", "ordering"),
+                  ("timestep_fs", "thermostat", "damping_fs", "anneal_K", "anneal_ps", "quench_ps", "end_K", "hold_ps", "minimize")),
+    "cnt": (("chirality", "length_nm", "vacancy_rate", "stone_wales_rate", "vacuum_A"),
+            ("timestep_fs", "thermostat", "damping_fs", "temperature_K", "duration_ps", "minimize")),
+    "amorphous": (("density_g_cm3", "box_nm", "min_separation_A"),
+                  ("thermostat", "melt_K", "melt_ps", "melt_timestep_fs", "quench_ps", "end_K", "hold_ps", "hold_timestep_fs", "damping_fs", "minimize")),
+}
+MANIFEST_VERSION = 1
+
+
+class SampleFailed(Exception):
+    """A check found the sample unusable; the message is the manifest's reason."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Spec checks (before LAMMPS starts)
+# ----------------------------------------------------------------------------------------------
+
+def check_spec(spec: Any, base: str | os.PathLike = ".") -> None:
+    """Raise HrtemflowError naming what is wrong with an MD spec; `base` resolves the potential path."""
+    if not isinstance(spec, dict):
+        raise HrtemflowError(f"an MD spec must be a JSON object, not {type(spec).__name__}")
+    if spec.get("kind") != "md":
+        raise HrtemflowError(f"spec kind is {spec.get('kind')!r}, not 'md'; pass a plan/md/<group>/<shard>.json file")
+    family = spec.get("family")
+    if family not in FAMILIES:
+        raise HrtemflowError(f"spec family {family!r} is unknown; use one of {', '.join(FAMILIES)}")
+    for key in ("shard", "group", "samples", "structure", "md", "potential"):
+        if key not in spec:
+            raise HrtemflowError(f"spec {spec.get('shard', '?')}: key {key!r} is missing (see docs/data-products.md, 'MD spec')")
+    samples = spec["samples"]
+    if not isinstance(samples, list) or not samples:
+        raise HrtemflowError(f"spec {spec['shard']}: 'samples' is empty; a shard needs at least one sample")
+    for s in samples:
+        if not (isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("seed"), int) and isinstance(s.get("index"), int)):
+            raise HrtemflowError(f"spec {spec['shard']}: every sample needs 'id' (str), 'index' and 'seed' (int); got {s!r}")
+    need_structure, need_md = REQUIRED[family]
+    for section, need in (("structure", need_structure), ("md", need_md)):
+        missing = [k for k in need if k not in spec[section]]
+        if missing:
+            raise HrtemflowError(f"spec {spec['shard']}: {section} lacks {', '.join(missing)} (the plan fills defaults; regenerate the spec with `hrtemflow plan`)")
+    if family == "nanoalloy":
+        st = spec["structure"]
+        if st["ordering"] not in structures.ORDERINGS:
+            raise HrtemflowError(f"spec {spec['shard']}: structure.ordering {st['ordering']!r} is not one of {', '.join(structures.ORDERINGS)}")
+        for motif in st["motifs"]:
+            structures.nearest_motif(motif, 13)  # raises for an unknown motif
+    pot = spec["potential"]
+    if pot.get("pair_style") != PAIR_STYLE[family] or list(pot.get("elements", [])) != ELEMENTS[family]:
+        raise HrtemflowError(f"spec {spec['shard']}: potential {pot.get('pair_style')!r} for {pot.get('elements')} does not fit family {family} (expected {PAIR_STYLE[family]} for {ELEMENTS[family]})")
+    path = Path(base) / str(pot.get("file", ""))
+    if not pot.get("file") or not path.is_file():
+        raise HrtemflowError(f"spec {spec['shard']}: potential file {pot.get('file')!r} does not exist (looked in {path.parent.resolve()}); run `hrtemflow potentials` or fix potentials.directory")
+    fault_fraction(spec)
+
+
+def fault_fraction(spec: dict) -> tuple[float, list[str], str]:
+    """(fraction, modes, source): HRTEMFLOW_FAULT_FRACTION overrides the spec's fault_injection."""
+    fi = spec.get("fault_injection") or {}
+    modes = list(fi.get("modes") or FAULT_MODES)
+    bad = [m for m in modes if m not in FAULT_MODES]
+    if bad:
+        raise HrtemflowError(f"fault_injection.modes: {bad} unknown; use {', '.join(FAULT_MODES)}")
+    env = os.environ.get("HRTEMFLOW_FAULT_FRACTION")
+    if env not in (None, ""):
+        try:
+            value = float(env)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= 1.0:
+            raise HrtemflowError(f"HRTEMFLOW_FAULT_FRACTION={env!r}: give a number between 0 and 1")
+        return value, modes, "env"
+    return float(fi.get("fraction", 0.0)), modes, "spec"
+
+
+def fault_for(seed: int, fraction: float, modes: list[str]) -> str | None:
+    """The injected fault of a sample (or None): from its own stream, so it moves nothing else."""
+    if fraction <= 0:
+        return None
+    rng = np.random.default_rng([seed, 0x6661756C74])  # "fault"
+    hit = rng.random() < fraction
+    mode = modes[int(rng.integers(len(modes)))]
+    return mode if hit else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Protocols
+# ----------------------------------------------------------------------------------------------
+
+def _steps(ps: float, dt_fs: float) -> int:
+    return int(round(float(ps) * 1000.0 / float(dt_fs)))
+
+
+def protocol(family: str, md: dict, rng: np.random.Generator) -> dict:
+    """Stages (name, steps, dt_fs, T start, T stop), the velocity temperature, damping, thermostat.
+
+    nanoalloy: anneal at T ~ U(anneal_K), linear ramp to end_K over quench_ps, hold; amorphous:
+    melt, quench (melt timestep, still hot), hold (hold timestep); cnt: one run at temperature_K.
+    """
+    if family == "nanoalloy":
+        t_anneal = structures.draw_uniform(rng, md["anneal_K"])
+        dt = md["timestep_fs"]
+        stages = [("anneal", _steps(md["anneal_ps"], dt), dt, t_anneal, t_anneal),
+                  ("quench", _steps(md["quench_ps"], dt), dt, t_anneal, md["end_K"]),
+                  ("hold", _steps(md["hold_ps"], dt), dt, md["end_K"], md["end_K"])]
+        t0 = t_anneal
+    elif family == "cnt":
+        dt = md["timestep_fs"]
+        stages = [("thermalise", _steps(md["duration_ps"], dt), dt, md["temperature_K"], md["temperature_K"])]
+        t0 = md["temperature_K"]
+    else:
+        hot, cold = md["melt_timestep_fs"], md["hold_timestep_fs"]
+        stages = [("melt", _steps(md["melt_ps"], hot), hot, md["melt_K"], md["melt_K"]),
+                  ("quench", _steps(md["quench_ps"], hot), hot, md["melt_K"], md["end_K"]),
+                  ("hold", _steps(md["hold_ps"], cold), cold, md["end_K"], md["end_K"])]
+        t0 = md["melt_K"]
+    return {
+        "stages": [dict(zip(("name", "steps", "dt_fs", "t_start", "t_stop"), (n, s, float(d), float(a), float(b))))
+                   for n, s, d, a, b in stages if s > 0],
+        "t_velocity": float(t0), "damping_fs": float(md["damping_fs"]), "thermostat": md["thermostat"],
+        "minimize": bool(md["minimize"]), "velocity_seed": int(rng.integers(1, 900_000_000)),
+        "langevin_seed": int(rng.integers(1, 900_000_000)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# LAMMPS
+# ----------------------------------------------------------------------------------------------
+
+def new_lammps():
+    """A quiet LAMMPS instance (no screen, no log); OpenMP is switched on per sample."""
+    lammps = load_lammps()
+    return lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"])
+
+
+def _pair_commands(pot: dict, base: Path) -> list[str]:
+    path = (base / pot["file"]).resolve()
+    try:
+        from .potentials import lammps_pair_commands  # noqa: PLC0415
+    except ImportError:  # the potentials module is optional for running a shard
+        return [f"pair_style {pot['pair_style']}", f"pair_coeff * * {path} {' '.join(pot['elements'])}"]
+    return lammps_pair_commands(pot["pair_style"], path, pot["elements"])
+
+
+def lammps_box(atoms: Atoms, family: str) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) of the LAMMPS box: the cell, widened by BOX_MARGIN_A along fixed (non-periodic) walls."""
+    lengths = np.diag(atoms.cell.array).copy()
+    lo, hi = np.zeros(3), lengths.copy()
+    for k, b in enumerate(BOUNDARY[family].split()):
+        if b != "p":
+            lo[k] -= BOX_MARGIN_A
+            hi[k] += BOX_MARGIN_A
+    return lo, hi
+
+
+def setup_sample(lmp, atoms: Atoms, family: str, pair_commands: list[str], proto: dict, threads: int) -> None:
+    """Define box, atoms, potential and velocities for one sample (after `clear`)."""
+    elements = ELEMENTS[family]
+    lmp.command("clear")
+    if threads > 1:
+        lmp.command(f"package omp {threads}")
+        lmp.command("suffix omp")
+    lo, hi = lammps_box(atoms, family)
+    lmp.commands_list([
+        "units metal", "atom_style atomic", f"boundary {BOUNDARY[family]}",
+        "atom_modify map array",
+        "region box block " + " ".join(f"{a!r} {b!r}" for a, b in zip(lo.tolist(), hi.tolist())) + " units box",
+        f"create_box {len(elements)} box",
+        *[f"mass {t + 1} {float(atomic_masses[atomic_numbers[e]])!r}" for t, e in enumerate(elements)],
+    ])
+    types = [elements.index(s) + 1 for s in atoms.get_chemical_symbols()]
+    pos = atoms.positions.copy()
+    for k, b in enumerate(BOUNDARY[family].split()):
+        if b == "p":
+            pos[:, k] = np.mod(pos[:, k], atoms.cell[k, k])
+    created = lmp.create_atoms(len(atoms), None, types, pos.ravel().tolist())
+    if created != len(atoms):
+        raise SampleFailed(f"lost atoms: only {created} of {len(atoms)} atoms fit in the LAMMPS box at the start")
+    rot = "yes" if family == "nanoalloy" else "no"
+    lmp.commands_list([
+        *pair_commands,
+        "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
+        "thermo 0", "thermo_modify lost warn norm no flush no",
+        f"velocity all create {proto['t_velocity']!r} {proto['velocity_seed']} mom yes rot {rot} dist gaussian loop geom",
+    ])
+
+
+def inject_fault(lmp, atoms: Atoms, mode: str) -> str:
+    """Do the fault to the simulation; return what was done (for the reason text)."""
+    pos = atoms.positions
+    centre = pos.mean(axis=0)
+    if mode == "nan":
+        a = int(np.argmax(np.linalg.norm(pos - centre, axis=1)))
+        others = np.delete(np.arange(len(pos)), a)
+        b = int(others[np.argmin(np.linalg.norm(pos[others] - pos[a], axis=1))])
+        nlocal = int(lmp.extract_global("nlocal"))
+        row = np.flatnonzero(lmp.numpy.extract_atom("id")[:nlocal] == b + 1)[0]
+        x, y, z = (repr(float(v)) for v in lmp.numpy.extract_atom("x")[row])
+        lmp.command(f"set atom {a + 1} x {x} y {y} z {z}")
+        return f"nan: atom {a + 1} placed exactly on atom {b + 1}"
+    if mode == "lost_atoms":
+        a = int(np.argmax(np.linalg.norm(pos - centre, axis=1)))
+        lmp.command(f"set atom {a + 1} x 1.0e5")
+        return f"lost_atoms: atom {a + 1} moved to x = 1e5 Å, outside the box"
+    raise HrtemflowError(f"unknown fault mode {mode!r}")
+
+
+def _check_state(lmp, n_expected: int, where: str) -> None:
+    natoms = int(lmp.get_natoms())
+    if natoms != n_expected:
+        raise SampleFailed(f"lost atoms: {n_expected - natoms} of {n_expected} left the box during {where}")
+    pe = float(lmp.get_thermo("pe"))
+    if not math.isfinite(pe):
+        raise SampleFailed(f"NaN energy: during {where}")
+    x = lmp.numpy.extract_atom("x")[: int(lmp.extract_global("nlocal"))]
+    if not np.isfinite(x).all():
+        raise SampleFailed(f"NaN positions: during {where} (the energy reads {pe:.6g} eV)")
+    per_atom = pe / natoms
+    if per_atom >= 0 or abs(per_atom) > MAX_ABS_PE_PER_ATOM:
+        raise SampleFailed(f"exploding energy: {per_atom:.4g} eV/atom during {where}")
+
+
+def run_protocol(lmp, proto: dict, n_atoms: int) -> None:
+    """The stages, each a thermostatted run, then an optional minimisation; checks after each."""
+    damp = proto["damping_fs"] / 1000.0
+    for k, st in enumerate(proto["stages"]):
+        lmp.command(f"timestep {st['dt_fs'] / 1000.0!r}")
+        if proto["thermostat"] == "nose-hoover":
+            lmp.command(f"fix thermostat all nvt temp {st['t_start']!r} {st['t_stop']!r} {damp!r}")
+        else:
+            lmp.command("fix integrate all nve")
+            lmp.command(f"fix thermostat all langevin {st['t_start']!r} {st['t_stop']!r} {damp!r} {proto['langevin_seed'] + k} zero yes")
+        first = int(lmp.extract_global("ntimestep"))
+        last = first + st["steps"]
+        for begin in range(first, last, CHUNK_STEPS):  # check between chunks: a blown-up sample stops early
+            steps = min(CHUNK_STEPS, last - begin)
+            # start/stop keep the thermostat's temperature ramp linear over the whole stage
+            lmp.command(f"run {steps} start {first} stop {last} pre {'yes' if begin == first else 'no'} post no")
+            _check_state(lmp, n_atoms, st["name"])
+        lmp.command("unfix thermostat")
+        if proto["thermostat"] != "nose-hoover":
+            lmp.command("unfix integrate")
+    if proto["minimize"]:
+        lmp.command("min_style cg")
+        lmp.command(f"minimize {MINIMIZE}")
+        _check_state(lmp, n_atoms, "minimisation")
+
+
+def read_back(lmp, template: Atoms) -> tuple[Atoms, float]:
+    """Final positions (ordered by atom id) as Atoms in the output cell, and the potential energy."""
+    nlocal = int(lmp.extract_global("nlocal"))
+    ids = np.asarray(lmp.numpy.extract_atom("id")[:nlocal]).astype(np.int64)
+    x = np.array(lmp.numpy.extract_atom("x")[:nlocal], dtype=float)
+    pos = np.empty_like(x)
+    pos[ids - 1] = x
+    atoms = Atoms(template.get_chemical_symbols(), positions=pos, cell=template.cell.array.copy(), pbc=template.pbc.copy())
+    return atoms, float(lmp.get_thermo("pe"))
+
+
+def place_in_cell(atoms: Atoms, family: str, vacuum: float | None) -> Atoms:
+    """The imaging cell of docs/data-products.md: particle centred in a cubic vacuum box; tube axis
+    at the centre of its (x, y) cell, wrapped along z; amorphous wrapped into its periodic box."""
+    if family == "nanoalloy":
+        return structures.vacuum_box(atoms, float(vacuum))
+    if family == "cnt":
+        axis = atoms.positions[:, :2].mean(axis=0)
+        atoms.positions[:, :2] += np.diag(atoms.cell.array)[:2] / 2 - axis
+    atoms.wrap()
+    return atoms
+
+
+def integrity(family: str, atoms: Atoms) -> None:
+    """Raise SampleFailed if the structure came apart (see the module docstring)."""
+    if family == "nanoalloy":
+        sizes = analysis.particle_pieces(atoms)
+        if len(sizes) > 1:
+            big = int((sizes[1:] > 2).sum())
+            what = f"fragmented into {big + 1} pieces" if big else "evaporated"
+            raise SampleFailed(f"{what}: {int(sizes[1:].sum())} of {len(atoms)} atoms left the particle (pieces {sizes[:6].tolist()}, bonds < {analysis.CLUSTER_BOND_A} Å)")
+    elif family == "cnt":
+        ok, why = analysis.tube_intact(atoms)
+        if not ok:
+            raise SampleFailed(why)
+
+
+# ----------------------------------------------------------------------------------------------
+# One sample, one shard
+# ----------------------------------------------------------------------------------------------
+
+def build_sample(spec: dict, sample: dict) -> tuple[Atoms, np.random.Generator]:
+    rng = np.random.default_rng(sample["seed"])
+    family = spec["family"]
+    if family == "cnt":
+        atoms = structures.build_cnt(rng, spec["structure"], bond=TERSOFF_C_BOND_A)
+    else:
+        atoms = structures.build(family, rng, spec["structure"])
+    return atoms, rng
+
+
+def run_sample(lmp, spec: dict, sample: dict, pair_commands: list[str], threads: int, fault: str | None) -> tuple[dict, Atoms | None]:
+    """Run one sample on `lmp`; return its manifest record and final atoms (None if it failed).
+
+    A LAMMPS error during the run is raised upward (the caller records it as the reason and
+    replaces the instance); one while setting up (our own input rejected) is an HrtemflowError that
+    stops the shard, since every sample would fail the same way.
+    """
+    family = spec["family"]
+    record: dict[str, Any] = {"id": sample["id"], "index": sample["index"], "seed": sample["seed"],
+                              "status": "ok", "reason": None, "fault": fault, "steps": 0, "min_iterations": 0, "intent": None, "labels": {}}
+    injected = ""
+    started = False
+    try:
+        try:
+            atoms, rng = build_sample(spec, sample)
+        except HrtemflowError as exc:
+            raise SampleFailed(f"build failed: {exc}") from None
+        intent = atoms.info.pop("intent", {})
+        record["intent"] = intent
+        proto = protocol(family, spec["md"], rng)
+        started = True
+        try:
+            setup_sample(lmp, atoms, family, pair_commands, proto, threads)
+        except SampleFailed:
+            raise
+        except Exception as exc:  # LAMMPS refused our input: a bug or a bad file, not data
+            raise HrtemflowError(f"LAMMPS rejected the setup of sample {sample['id']}: {' '.join(str(exc).split())}") from exc
+        if fault:
+            injected = inject_fault(lmp, atoms, fault)
+        run_protocol(lmp, proto, len(atoms))
+        record["steps"] = sum(st["steps"] for st in proto["stages"])
+        record["min_iterations"] = int(lmp.extract_global("ntimestep")) - record["steps"]
+        final, pe = read_back(lmp, atoms)
+        final = place_in_cell(final, family, spec["structure"].get("vacuum_A"))
+        integrity(family, final)
+        labels = analysis.measure(family, final)
+        e_atom = round(pe / len(final), 6)
+        labels["energy_per_atom_eV"] = e_atom
+        if family == "nanoalloy":
+            labels["motif"] = intent.get("motif")
+            labels["ordering_intent"] = intent.get("ordering")
+        record["labels"] = dict(sorted(labels.items()))
+        final.info = {"sample_id": sample["id"], "energy_per_atom_eV": e_atom}
+        return record, final
+    except SampleFailed as exc:
+        record["steps"] = int(lmp.extract_global("ntimestep")) if started else 0
+        record["status"] = "failed"
+        record["reason"] = f"injected fault: {injected}; detected: {exc}" if injected else str(exc)
+        return record, None
+
+
+def strip_timing(manifest: dict) -> dict:
+    """The manifest without its wall-clock fields (what must be identical between two runs)."""
+    out = {k: v for k, v in manifest.items() if k != "timing"}
+    out["samples"] = [{k: v for k, v in s.items() if k != "wall_s"} for s in manifest["samples"]]
+    return out
+
+
+def write_structures(path: Path, frames: list[Atoms]) -> None:
+    """extxyz, one frame per ok sample; an empty (zero-frame) file when none is ok."""
+    from ase.io import write  # noqa: PLC0415
+
+    with atomic_file(Path(path), suffix=".extxyz") as tmp:
+        if frames:
+            write(tmp, frames, format="extxyz")
+        else:
+            tmp.write_text("")
+
+
+def run_shard(spec: dict, structures_out: Path, manifest_out: Path, threads: int = 1, progress: bool = True,
+              base: str | os.PathLike = ".") -> dict:
+    """Run every sample of an MD spec on one LAMMPS instance; write extxyz + manifest; return the manifest.
+
+    `base` is the directory the spec's relative potential path refers to (the workflow's working
+    directory). A failed sample is recorded, not raised; only a bad spec raises (HrtemflowError).
+    """
+    from tqdm import tqdm  # noqa: PLC0415
+
+    check_spec(spec, base)
+    fraction, modes, source = fault_fraction(spec)
+    family = spec["family"]
+    pair_commands = _pair_commands(spec["potential"], Path(base))
+    t_start = time.perf_counter()
+    lmp = new_lammps()
+    lammps_version = int(lmp.version())
+    records, frames = [], []
+    bar = tqdm(spec["samples"], desc=spec["shard"], unit="sample", file=sys.stderr, disable=not progress, leave=False)
+    for sample in bar:
+        t0 = time.perf_counter()
+        fault = fault_for(sample["seed"], fraction, modes)
+        try:
+            record, final = run_sample(lmp, spec, sample, pair_commands, threads, fault)
+        except HrtemflowError:
+            lmp.close()
+            raise
+        except Exception as exc:  # LAMMPS raised: record it, start a fresh instance
+            message = " ".join(str(exc).split())
+            record = {"id": sample["id"], "index": sample["index"], "seed": sample["seed"], "status": "failed",
+                      "reason": f"injected fault: {fault}; detected: LAMMPS error: {message}" if fault else f"LAMMPS error: {message}",
+                      "fault": fault, "steps": 0, "min_iterations": 0, "intent": None, "labels": {}}
+            final = None
+            with contextlib.suppress(Exception):  # an instance that raised may not close cleanly
+                lmp.close()
+            lmp = new_lammps()
+        record["wall_s"] = round(time.perf_counter() - t0, 3)
+        records.append(record)
+        if final is not None:
+            frames.append(final)
+        bar.set_postfix(failed=sum(r["status"] == "failed" for r in records))
+    lmp.close()
+    n_failed = sum(r["status"] == "failed" for r in records)
+    manifest = {
+        "kind": "md-manifest",
+        "manifest_version": MANIFEST_VERSION,
+        "shard": spec["shard"], "family": family, "group": spec["group"],
+        "spec_sha256": hashlib.sha256(canonical_json(spec).encode()).hexdigest(),
+        "versions": {**versions(("hrtemflow", "numpy", "scipy", "ase", "lammps")), "lammps_build": str(lammps_version)},
+        "threads": threads,
+        "fault_injection": {"fraction": fraction, "modes": modes, "source": source},
+        "n_samples": len(records), "n_ok": len(records) - n_failed, "n_failed": n_failed,
+        "samples": records,
+        "timing": {"total_s": round(time.perf_counter() - t_start, 3),
+                   "note": "wall-clock fields (this one and samples[*].wall_s) differ between runs"},
+    }
+    write_structures(Path(structures_out), frames)
+    write_json_atomic(Path(manifest_out), manifest)
+    return manifest
