@@ -24,6 +24,9 @@ from . import data, models
 
 CARD_VERSION = 1
 CHECKPOINT = "checkpoint"
+#: best weights, as a .keras archive: Keras builds its HDF5 part in memory and Python writes the file,
+#: so a full disk is a plain OSError (HDF5 writing a .weights.h5 itself crashed the process on ENOSPC)
+BEST = "best.keras"
 OUTPUT_DESCRIPTION = {
     "classification": "class probabilities (softmax; the layer 'logits' holds the pre-softmax values)",
     "regression": "scaled targets: physical value = offset + scale * output (per target, see targets)",
@@ -117,8 +120,7 @@ class _Checkpoint(keras.callbacks.Callback):
         val = (logs or {}).get("val_loss")
         if val is not None and np.isfinite(val) and (st["best_val_loss"] is None or val < st["best_val_loss"]):
             st.update(best_val_loss=float(val), best_epoch=epoch + 1, wait=0)
-            with atomic_file(self.folder / "best.weights.h5", suffix=".weights.h5") as tmp:
-                self.model.save_weights(tmp)
+            _save_model(self.model, self.folder / BEST)
         else:
             st["wait"] += 1
         if st["wait"] >= self.patience:
@@ -163,6 +165,9 @@ def _resume_state(folder: Path, fingerprint: str, resume: bool, epochs: int, pat
     except (OSError, json.JSONDecodeError):
         return None
     stop = _stop_epoch(state.get("history", {}).get("val_loss", []), patience)
+    if state.get("best_val_loss") is not None and not (folder / BEST).is_file():
+        print(f"train: checkpoint in {folder} has no {BEST} (an older layout); starting over", flush=True)
+        return None
     if state.get("fingerprint") != fingerprint or state["epoch"] > epochs or (stop is not None and stop < state["epoch"]):
         print(f"train: checkpoint in {folder} is not the start of this run (other spec, data, epochs or patience); starting over", flush=True)
         return None
@@ -208,9 +213,15 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     keras.config.set_dtype_policy("mixed_float16" if mixed else "float32")
     try:
         if state is not None:
-            model = keras.saving.load_model(folder / "last.keras", safe_mode=True)
-            print(f"train: {task}: resuming after epoch {state['epoch']} from {folder}", flush=True)
-        else:
+            try:
+                model = keras.saving.load_model(folder / "last.keras", safe_mode=True)
+            except Exception as exc:  # damaged, or not ours (safe mode refuses code): never fatal, start over
+                print(f"train: {task}: checkpoint {folder / 'last.keras'} cannot be loaded in safe mode "
+                      f"({type(exc).__name__}); starting over", flush=True)
+                state = None
+            else:
+                print(f"train: {task}: resuming after epoch {state['epoch']} from {folder}", flush=True)
+        if state is None:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             state = {"fingerprint": fingerprint, "epoch": 0, "best_val_loss": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": {}}
@@ -231,7 +242,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
                       callbacks=[_Checkpoint(folder, state, hyper["patience"])], verbose=1 if progress else 2)
         if state["best_val_loss"] is None:
             raise HrtemflowError(f"train: {task}: validation loss never became finite (training diverged); lower learning.tasks.{task}.learning_rate")
-        model.load_weights(folder / "best.weights.h5")
+        model.load_weights(folder / BEST)
         val_metrics = {k: float(v) for k, v in model.evaluate(val_feed, return_dict=True, verbose=0).items()}
     finally:
         keras.config.set_dtype_policy(previous_policy)
