@@ -485,6 +485,7 @@ def run_shard(spec: dict, structures_out: Path, manifest_out: Path, threads: int
         "timing": {"total_s": round(time.perf_counter() - t_start, 3),
                    "note": "wall-clock fields (this one and samples[*].wall_s) differ between runs"},
     }
+    Path(manifest_out).unlink(missing_ok=True)  # the manifest, written last, vouches for the pair
     write_structures(Path(structures_out), frames)
     write_json_atomic(Path(manifest_out), manifest)
     return manifest

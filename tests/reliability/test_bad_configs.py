@@ -51,6 +51,8 @@ BAD = [
     ("unknown element set", "potentials.agco_set", "AgAu", "potentials.agco_set"),
     ("missing potential file", "potentials.directory", "/nonexistent/potentials", "potentials.directory"),
     ("results escapes", "campaign.results", "../elsewhere", "campaign.results"),
+    ("results with braces", "campaign.results", "res{x}", "campaign.results"),
+    ("results read as an option", "campaign.results", "-rf", "campaign.results"),
     ("bad campaign name", "campaign.name", "my campaign; rm -rf /", "campaign.name"),
     ("tube shorter than field", "families.cnt.structure.length_nm", 1.0, "families.cnt.structure.length_nm"),
     ("timestep too large", "families.cnt.md.timestep_fs", 5.0, "families.cnt.md.timestep_fs"),

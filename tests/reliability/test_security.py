@@ -326,12 +326,9 @@ RULES = {  # rule: the options whose value is a path under results
     "evaluate": ("--model-dir", "--out-dir"),
     "apply": ("--bundles", "--out"),
 }
-UNQUOTED = pytest.mark.xfail(strict=True, reason=(
-    "workflow/rules/learning.smk and apply.smk pass `$(dirname {output:q})` unquoted: bash splits a results folder "
-    "with spaces into several arguments (nothing is executed); quote it: \"$(dirname {output.model:q})\""))
 
 
-@pytest.mark.parametrize("rule", [pytest.param(r, marks=UNQUOTED) if r in ("train", "evaluate", "apply") else r for r in RULES])
+@pytest.mark.parametrize("rule", list(RULES))
 def test_shell_commands_pass_config_text_as_single_arguments(shell_commands, rule):
     work, calls = shell_commands
     assert rule in calls, f"the dry run has no {rule} job"

@@ -8,7 +8,9 @@ rule apply:
         f"{R}/apply/summary.json",
     params:
         input_dir=CFG["apply"]["input_dir"] or "",
-        pixel=f"--pixel-size {CFG['apply']['pixel_size_nm']}" if CFG["apply"]["pixel_size_nm"] else "",
+        bundles=[f"{R}/models/{t}" for t in CFG["apply"]["tasks"]],
+        pixel=f"--pixel-size {float(CFG['apply']['pixel_size_nm'])}" if CFG["apply"]["pixel_size_nm"] else "",
+        out_dir=f"{R}/apply",
     log:
         f"{R}/logs/apply.log",
     threads: 2
@@ -18,5 +20,5 @@ rule apply:
     conda:
         "../../envs/learn.yaml"
     shell:
-        "hrtemflow predict {params.input_dir:q} --bundles $(dirname {input.models:q}) {params.pixel} "
-        "--out $(dirname {output:q}) > {log:q} 2>&1"
+        "hrtemflow predict {params.input_dir:q} --bundles {params.bundles:q} {params.pixel} "
+        "--out {params.out_dir:q} --quiet > {log:q} 2>&1"

@@ -9,6 +9,7 @@ rule train:
         card=f"{R}/models/{{task}}/card.json",
     params:
         spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
+        out_dir=lambda wc: f"{R}/models/{wc.task}",
     log:
         f"{R}/logs/train/{{task}}.log",
     benchmark:
@@ -20,7 +21,7 @@ rule train:
     conda:
         "../../envs/learn.yaml"
     shell:
-        "hrtemflow train {input.spec:q} --out-dir $(dirname {output.model:q}) --quiet > {log:q} 2>&1"
+        "hrtemflow train {input.spec:q} --out-dir {params.out_dir:q} --quiet > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -32,6 +33,8 @@ rule evaluate:
         metrics=f"{R}/reports/{{task}}/metrics.json",
     params:
         spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
+        model_dir=lambda wc: f"{R}/models/{wc.task}",
+        out_dir=lambda wc: f"{R}/reports/{wc.task}",
     log:
         f"{R}/logs/evaluate/{{task}}.log",
     benchmark:
@@ -43,5 +46,5 @@ rule evaluate:
     conda:
         "../../envs/learn.yaml"
     shell:
-        "hrtemflow evaluate {input.spec:q} --model-dir $(dirname {input.model:q}) "
-        "--out-dir $(dirname {output.metrics:q}) > {log:q} 2>&1"
+        "hrtemflow evaluate {input.spec:q} --model-dir {params.model_dir:q} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -30,6 +30,10 @@ def _train(args: argparse.Namespace) -> int:
     print(f"train: {spec['task']}: {len(table.paths)} shard(s); {counts}", flush=True)
     card = train(spec, Path(args.out_dir), resume=not args.no_resume, progress=not args.quiet, base=args.base,
                  workers=args.workers, prepared=(table, splits))
+    if card["kind"] != "denoising":  # predict flags out-of-distribution regions with these (ood.npz)
+        from ..apply import fit_bundle_ood
+
+        fit_bundle_ood(spec, args.out_dir, base=args.base)
     val = ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"]["val"].items())
     print(f"train: {spec['task']}: {card['epochs_run']} epoch(s), best {card['best_epoch']}; validation {val}; "
           f"bundle in {args.out_dir}", flush=True)
