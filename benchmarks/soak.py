@@ -192,20 +192,9 @@ def run_campaign(work: Path, cfg: dict, cores: int, plan: list[tuple[float, str]
 
 
 def store_contents(path: Path) -> dict:
-    import zarr
+    from hrtemflow.store import read_all
 
-    out: dict = {}
-
-    def walk(group, prefix: str) -> None:
-        out[f"{prefix}@attrs"] = dict(group.attrs)
-        for name, member in group.members():
-            if isinstance(member, zarr.Group):
-                walk(member, f"{prefix}{name}/")
-            else:
-                out[f"{prefix}{name}"] = np.asarray(member[...])
-
-    walk(zarr.open_group(str(path), mode="r", zarr_format=3), "")
-    return out
+    return read_all(path)
 
 
 def same_store(a: dict, b: dict) -> bool:

@@ -331,3 +331,21 @@ def _join(parts: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str, np
 def open_dataset(shard_paths: Sequence[Path], size: int) -> ImageDataset:
     """A dataset view over image shards at one image size (see ImageDataset)."""
     return ImageDataset(shard_paths, size)
+
+
+def read_all(path: str | Path) -> dict[str, Any]:
+    """Every array (as NumPy) and every group's attrs of a store, by name: for comparing stores."""
+    import zarr
+
+    out: dict[str, Any] = {}
+
+    def walk(group, prefix: str) -> None:
+        out[f"{prefix}@attrs"] = dict(group.attrs)
+        for name, member in group.members():
+            if isinstance(member, zarr.Group):
+                walk(member, f"{prefix}{name}/")
+            else:
+                out[f"{prefix}{name}"] = np.asarray(member[...])
+
+    walk(zarr.open_group(str(path), mode="r", zarr_format=3), "")
+    return out

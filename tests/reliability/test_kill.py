@@ -70,21 +70,9 @@ def strip_timing(manifest: dict) -> dict:
 
 
 def zarr_contents(path: Path) -> dict:
-    """Every array (as NumPy) and every group's attrs of a store, by name."""
-    import zarr
+    from hrtemflow.store import read_all
 
-    out: dict = {}
-
-    def walk(group, prefix: str) -> None:
-        out[f"{prefix}@attrs"] = dict(group.attrs)
-        for name, member in group.members():
-            if isinstance(member, zarr.Group):
-                walk(member, f"{prefix}{name}/")
-            else:
-                out[f"{prefix}{name}"] = np.asarray(member[...])
-
-    walk(zarr.open_group(str(path), mode="r", zarr_format=3), "")
-    return out
+    return read_all(path)
 
 
 def assert_same_store(a: Path, b: Path) -> None:
