@@ -46,7 +46,7 @@ from ase.data import atomic_masses, atomic_numbers
 from . import analysis, structures
 from .config import FAMILIES
 from .errors import HrtemflowError
-from .io import atomic_file, canonical_json, write_json_atomic
+from .io import atomic_file, canonical_json
 from .runtime import load_lammps, versions
 
 MAX_ABS_PE_PER_ATOM = 50.0  # eV; TB-SMA Ag/Co is −3…−4.4, Tersoff C about −7.4
@@ -430,6 +430,17 @@ def write_structures(path: Path, frames: list[Atoms]) -> None:
             tmp.write_text("")
 
 
+def write_outputs(structures_out: Path, manifest_out: Path, frames: list[Atoms], manifest: dict) -> None:
+    """Both files are written completely as temporaries first (a full disk fails here, and the
+    outputs of an earlier run stay whole); only then are they renamed in, the manifest last and
+    after the old one is gone, so a manifest always vouches for the extxyz beside it."""
+    with atomic_file(Path(manifest_out)) as tmp_manifest:
+        tmp_manifest.write_text(canonical_json(manifest))
+        with atomic_file(Path(structures_out), suffix=".extxyz") as tmp:
+            write_structures(tmp, frames)
+            Path(manifest_out).unlink(missing_ok=True)
+
+
 def run_shard(spec: dict, structures_out: Path, manifest_out: Path, threads: int = 1, progress: bool = True,
               base: str | os.PathLike = ".") -> dict:
     """Run every sample of an MD spec on one LAMMPS instance; write extxyz + manifest; return the manifest.
@@ -485,7 +496,5 @@ def run_shard(spec: dict, structures_out: Path, manifest_out: Path, threads: int
         "timing": {"total_s": round(time.perf_counter() - t_start, 3),
                    "note": "wall-clock fields (this one and samples[*].wall_s) differ between runs"},
     }
-    Path(manifest_out).unlink(missing_ok=True)  # the manifest, written last, vouches for the pair
-    write_structures(Path(structures_out), frames)
-    write_json_atomic(Path(manifest_out), manifest)
+    write_outputs(Path(structures_out), Path(manifest_out), frames, manifest)
     return manifest

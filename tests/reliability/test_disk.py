@@ -241,7 +241,7 @@ def test_read_only_results_folder(inputs, read_only, tmp_path):
     res = run(*md_args(inputs["md"], read_only / "new"))
     assert_clear_error(res, "md", read_only / "new", "Read-only file system")
     res = run(*md_args(inputs["md"], read_only))
-    assert_clear_error(res, "md", read_only / "x.extxyz", "Read-only file system")
+    assert_clear_error(res, "md", read_only / "x.manifest.json", "Read-only file system")
     res = run("image", str(inputs["image"]), "--out", str(read_only / "x.zarr"), "--no-progress")
     assert_clear_error(res, "image", read_only / "x.zarr", "Read-only file system")
     res = run("plan", str(inputs["config"]), "--base", str(read_only))
