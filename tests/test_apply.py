@@ -97,6 +97,8 @@ def _spacing_nm(img: np.ndarray, px_nm: float) -> float:
 
 
 def test_soot_is_out_of_distribution_for_the_nanotube_classifier_and_is_denoised(campaign, tmp_path, capsys):
+    if not SOOT.exists():
+        pytest.skip(f"real micrograph not found at {SOOT} (shared data not beside the checkout)")
     models = campaign["models"]
     out = tmp_path / "out"
     t0 = time.perf_counter()
@@ -213,6 +215,8 @@ def test_images_at_another_pixel_size_predict_like_the_training_size(campaign, t
 
 
 def test_aberration_estimates_have_a_spread_and_follow_the_image(campaign, tmp_path, capsys):
+    if not SOOT.exists():
+        pytest.skip(f"real micrograph not found at {SOOT} (shared data not beside the checkout)")
     ab = campaign["models"]["aberrations"]
     out = tmp_path / "out"
     assert main(["predict", str(SOOT), "--bundles", str(ab), "--pixel-size", str(SOOT_NM), "--box", "300,150,400,250",

@@ -21,6 +21,17 @@ pytestmark = pytest.mark.slow
 def complete_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("campaign")
     cfg = tiny_campaign()
+    # the apply rule runs the trained bundles on every micrograph of a folder: one calibrated TIFF
+    import numpy as np
+    import tifffile
+
+    (work / "micrographs").mkdir()
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:96, :96]
+    fringes = 100 + 20 * np.cos(2 * np.pi * x / 4.3) + rng.normal(0, 5, (96, 96))
+    tifffile.imwrite(work / "micrographs" / "fringes.tif", fringes.astype(np.float32), imagej=True,
+                     resolution=(1 / 0.08, 1 / 0.08), metadata={"unit": "nm"})
+    cfg["apply"] = {"enabled": True, "input_dir": "micrographs", "tasks": ["chirality", "denoise"]}
     res = run_snakemake(work, cfg)
     assert res.returncode == 0, f"the tiny campaign failed:\n{res.stderr[-6000:]}"
     return work, cfg
@@ -40,6 +51,10 @@ def test_complete_run_made_every_product(complete_run):
     for task in ("chirality", "denoise"):
         assert (r / "models" / task / "model.keras").exists()
         assert (r / "reports" / task / "metrics.json").exists()
+    assert (r / "models" / "chirality" / "ood.npz").exists()
+    applied = json.loads((r / "apply" / "summary.json").read_text())
+    assert "fringes" in json.dumps(applied)
+    assert (r / "apply" / "fringes" / "denoised.tif").exists()
 
 
 def test_d_unchanged_config_schedules_nothing(complete_run):
