@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import FAMILIES, TASK_FAMILIES, potential_files
+from .errors import HrtemflowError
 from .io import canonical_json, write_if_changed
 
 SPEC_VERSION = 1
@@ -319,3 +321,16 @@ def format_summary(plan: Plan) -> str:
     n_jobs = tot["md_jobs"] + tot["image_jobs"] + 2 * len(tasks)
     lines.append(f"jobs in the DAG (before reporting rules): {n_jobs:,}")
     return "\n".join(lines)
+
+
+def read_spec(path: str | Path, what: str) -> dict:
+    """Read a spec file written by the plan; `what` ("MD", "imaging", "train") names it in errors."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HrtemflowError(f"{what} spec {path} does not exist; write the plan first (`hrtemflow plan CONFIG`)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise HrtemflowError(f"{what} spec {path} cannot be read as JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise HrtemflowError(f"{what} spec {path}: the top level must be a JSON object")
+    return spec

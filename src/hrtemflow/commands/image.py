@@ -41,15 +41,9 @@ def register(subparsers) -> None:
 
 
 def load_spec(path: Path) -> dict:
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HrtemflowError(f"imaging spec {path} does not exist; run `hrtemflow plan` first") from None
-    except (OSError, ValueError) as exc:
-        raise HrtemflowError(f"imaging spec {path} cannot be read as JSON: {exc}") from None
-    if not isinstance(spec, dict):
-        raise HrtemflowError(f"imaging spec {path} must be a JSON object")
-    return spec
+    from ..plan import read_spec
+
+    return read_spec(path, "imaging")
 
 
 def _image(args: argparse.Namespace) -> int:

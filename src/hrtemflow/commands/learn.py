@@ -8,17 +8,9 @@ from pathlib import Path
 
 
 def _read_spec(path: str) -> dict:
-    from ..errors import HrtemflowError
+    from ..plan import read_spec
 
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HrtemflowError(f"train spec {path} does not exist; run `hrtemflow plan CONFIG` first") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HrtemflowError(f"train spec {path} cannot be read: {exc}") from None
-    if not isinstance(spec, dict):
-        raise HrtemflowError(f"train spec {path}: the top level must be a JSON object")
-    return spec
+    return read_spec(path, "train")
 
 
 def _train(args: argparse.Namespace) -> int:

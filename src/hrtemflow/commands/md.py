@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
 def _read_spec(path: str) -> dict:
-    from ..errors import HrtemflowError
+    from ..plan import read_spec
 
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HrtemflowError(f"MD spec {path} does not exist; write the plan first (`hrtemflow plan CONFIG`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HrtemflowError(f"MD spec {path} cannot be read as JSON: {exc}") from None
+    return read_spec(path, "MD")
 
 
 def _md(args: argparse.Namespace) -> int:

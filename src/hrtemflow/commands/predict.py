@@ -4,7 +4,6 @@ out-of-distribution statistics from its training data)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -111,14 +110,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _fit_ood(args: argparse.Namespace) -> int:
-    try:
-        spec = json.loads(args.spec.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HrtemflowError(f"train spec {args.spec} does not exist; run `hrtemflow plan CONFIG` first") from None
-    except (OSError, ValueError) as exc:
-        raise HrtemflowError(f"train spec {args.spec} cannot be read: {exc}") from None
-    if not isinstance(spec, dict):
-        raise HrtemflowError(f"train spec {args.spec}: the top level must be a JSON object")
+    from ..plan import read_spec  # noqa: PLC0415
+
+    spec = read_spec(args.spec, "train")
     from ..apply import fit_bundle_ood  # noqa: PLC0415
 
     stats = fit_bundle_ood(spec, args.model_dir, base=args.base, max_images=args.max_images)
