@@ -21,10 +21,9 @@ def _read_json(path: Path) -> dict:
 
 
 def _image_attrs(store: Path) -> dict:
-    attrs = _read_json(Path(store) / "zarr.json").get("attributes", {})
-    if not attrs.get("complete"):
-        raise HrtemflowError(f"image shard {store} is incomplete; rerun its imaging job")
-    return attrs
+    from .store import open_shard  # noqa: PLC0415 (zarr only when images are summarised)
+
+    return dict(open_shard(Path(store)).attrs)
 
 
 def campaign_summary(manifests: list[str | Path], images: list[str | Path]) -> dict[str, Any]:
