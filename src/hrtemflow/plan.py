@@ -8,9 +8,11 @@ Ids and seeds derive from (campaign seed, group, index) and never move when samp
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,28 +243,37 @@ def train_paths(cfg: dict, task: str) -> dict[str, str]:
     }
 
 
-def spec_texts(plan: Plan) -> dict[str, str]:
-    """Every spec file of the plan and its text."""
+def spec_builders(plan: Plan) -> dict[str, Callable[[], dict]]:
+    """Every spec file of the plan and how to build its content; cheap until a builder is called.
+
+    A cluster job parses the Snakefile again and needs its own spec's hash only, not all of them.
+    """
     cfg = plan.cfg
-    out = {}
+    out: dict[str, Callable[[], dict]] = {}
     for shard in plan.shards:
         p = paths(cfg, shard)
-        out[p["md_spec"]] = canonical_json(md_spec(cfg, shard))
+        out[p["md_spec"]] = functools.partial(md_spec, cfg, shard)
         if cfg["imaging"]["enabled"]:
-            out[p["image_spec"]] = canonical_json(image_spec(plan, shard))
+            out[p["image_spec"]] = functools.partial(image_spec, plan, shard)
     for task in plan.tasks():
-        out[train_paths(cfg, task)["spec"]] = canonical_json(train_spec(plan, task))
+        out[train_paths(cfg, task)["spec"]] = functools.partial(train_spec, plan, task)
     return out
 
 
-def write_plan(plan: Plan, base: str | Path = ".", *, only_missing: bool = False) -> dict[str, int]:
+def spec_texts(plan: Plan) -> dict[str, str]:
+    """Every spec file of the plan and its text."""
+    return {path: canonical_json(build()) for path, build in spec_builders(plan).items()}
+
+
+def write_plan(plan: Plan, base: str | Path = ".", *, only_missing: bool = False,
+               texts: dict[str, str] | None = None) -> dict[str, int]:
     """Write every spec whose content changed; remove specs the config no longer asks for.
 
     `only_missing` writes just the specs that do not exist yet and changes nothing else (what a dry
-    run may do). Outputs of removed shards are left alone (they are data, not the plan).
+    run may do). `texts` are the plan's spec texts when the caller has them already. Outputs of removed shards are left alone (they are data, not the plan).
     """
     base = Path(base)
-    texts = spec_texts(plan)
+    texts = spec_texts(plan) if texts is None else texts
     counts = Counter(written=0, unchanged=0, removed=0)
     for rel, text in texts.items():
         if only_missing and (base / rel).exists():

@@ -8,9 +8,9 @@ rule apply:
         f"{R}/apply/summary.json",
     params:
         input_dir=CFG["apply"]["input_dir"] or "",
-        bundles=[f"{R}/models/{t}" for t in CFG["apply"]["tasks"]],
+        bundles=lambda wc, input: [os.path.dirname(m) for m in input.models],
         pixel=f"--pixel-size {float(CFG['apply']['pixel_size_nm'])}" if CFG["apply"]["pixel_size_nm"] else "",
-        out_dir=f"{R}/apply",
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/apply.log",
     threads: 2

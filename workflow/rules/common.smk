@@ -8,6 +8,7 @@ import yaml
 from hrtemflow import plan as hplan
 from hrtemflow.config import load_config, potential_files
 from hrtemflow.errors import ConfigError
+from hrtemflow.io import canonical_json
 
 if not config:
     # `--configfile` replaces this default instead of being merged into it
@@ -23,15 +24,11 @@ PLAN = hplan.make_plan(CFG)
 R = hplan.results_dir(CFG)
 # Specs of new shards are written now (the DAG needs them); changed specs are rewritten only when a
 # real run starts (onstart), so a dry run with another config leaves the files a real run compares
-# alone. Each rule carries its spec's content hash as a param: Snakemake's params trigger makes a
+# alone. Every job carries its spec's content hash as a param, so Snakemake's params trigger makes a
 # dry run show what a config change would rerun.
-if workflow.is_main_process:
-    hplan.write_plan(PLAN, only_missing=True)
-SPEC_TEXTS = hplan.spec_texts(PLAN)
+SPEC_BUILDERS = hplan.spec_builders(PLAN)
+SPEC_TEXT_CACHE = {}
 
-
-onstart:
-    hplan.write_plan(PLAN)
 
 SHARDS = {s.name: s for s in PLAN.shards}
 IMAGING = CFG["imaging"]["enabled"]
@@ -46,9 +43,19 @@ wildcard_constraints:
     task=r"chirality|ordering|aberrations|denoise|structure",
 
 
+def spec_text(path):
+    if path not in SPEC_TEXT_CACHE:
+        SPEC_TEXT_CACHE[path] = canonical_json(SPEC_BUILDERS[path]())
+    return SPEC_TEXT_CACHE[path]
+
+
+def all_spec_texts():
+    return {path: spec_text(path) for path in SPEC_BUILDERS}
+
+
 def spec_hash(path):
     """Content hash of a planned spec file: a rule param, so a dry run sees a changed spec."""
-    return hashlib.sha256(SPEC_TEXTS[path].encode()).hexdigest()[:16]
+    return hashlib.sha256(spec_text(path).encode()).hexdigest()[:16]
 
 
 def family_shards(family):
@@ -101,3 +108,7 @@ def summary_inputs(wc):
         "manifests": [hplan.paths(CFG, s)["manifest"] for s in PLAN.shards],
         "images": [hplan.paths(CFG, s)["images"] for s in PLAN.shards] if IMAGING else [],
     }
+
+
+if workflow.is_main_process:
+    hplan.write_plan(PLAN, only_missing=True, texts=all_spec_texts())
