@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test install bench lint clean
+.PHONY: demo test install bench bench-learning lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: install
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/run_all.py
+
+# the learning stage's accuracy targets: three bench campaigns (config/bench-*.yaml), ~1 h on 2 cores
+bench-learning: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/learning_accuracy.py
 
 clean:
 	rm -rf results .snakemake

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ALL = ["dag_scale", "md_throughput", "imaging_throughput", "feed_throughput", "demo_time", "soak"]
+ALL = ["dag_scale", "md_throughput", "imaging_throughput", "feed_throughput", "demo_time", "soak", "learning_accuracy"]
 
 
 def main() -> int:

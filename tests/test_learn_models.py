@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent(
     cases = [
         (models.classifier(16, 3, 4, 2), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1])),
         (models.regressor(16, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32")),
+        (models.regressor(16, 3, 4, 2, spectral=True), "mse", rng.normal(size=(4, 3)).astype("float32")),
         (models.structure_regressor(16, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32")),
         (models.denoiser(16, 4, 2), "mse", x),
     ]
@@ -49,6 +50,8 @@ def _cases(models):
     return x, [
         ("classifier", models.classifier(SIZE, 3, 4, 2), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1]), (3,)),
         ("regressor", models.regressor(SIZE, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32"), (3,)),
+        ("spectral_regressor", models.regressor(SIZE, 3, 4, 2, name="spectral_regressor", spectral=True), "mse",
+         rng.normal(size=(4, 3)).astype("float32"), (3,)),
         ("structure_regressor", models.structure_regressor(SIZE, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32"), (4,)),
         ("denoiser", models.denoiser(SIZE, 4, 2), "mse", x, (SIZE, SIZE, 1)),
     ]
@@ -75,6 +78,32 @@ def test_every_model_builds_trains_and_round_trips_in_safe_mode(tmp_path):
         loaded = keras.saving.load_model(path, safe_mode=True)
         np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
         assert np.isfinite(before)
+
+
+def test_log_power_spectrum_layer_matches_numpy():
+    """The aberration regressor's second input: log |FFT|² of the Hann-windowed image, centred, standardised."""
+    from hrtemflow.learn import models
+
+    x = np.random.default_rng(3).normal(size=(2, SIZE, SIZE, 1)).astype("float32")
+    got = np.asarray(models.LogPowerSpectrum()(x))
+    w = np.outer(np.hanning(SIZE), np.hanning(SIZE))
+    p = np.log(np.abs(np.fft.fftshift(np.fft.fft2(x[..., 0] * w), axes=(1, 2))) ** 2 + 1e-3)
+    p = (p - p.mean(axis=(1, 2), keepdims=True)) / (p.std(axis=(1, 2), keepdims=True) + 1e-6)
+    np.testing.assert_allclose(got[..., 0], p, atol=2e-3)
+    assert models.build("aberrations", "regression", SIZE, 3, 4, 2).get_layer("log_power_spectrum") is not None
+    assert not any(isinstance(layer, models.LogPowerSpectrum) for layer in models.build("structure", "regression", SIZE, 4, 4, 2).layers)
+
+
+def test_cosine_schedule_decays_over_the_planned_epochs():
+    from hrtemflow.learn.train import _optimizer
+
+    hyper = {"learning_rate": 0.01, "epochs": 10, "lr_schedule": "cosine"}
+    lr = _optimizer(hyper, steps_per_epoch=5).learning_rate  # the optimizer resolves the schedule at its step
+    sched = _optimizer(hyper, 5)._learning_rate
+    assert float(sched(0)) == pytest.approx(0.01) and float(sched(25)) == pytest.approx(0.01 * (0.02 + 0.98 * 0.5), rel=1e-4)
+    assert float(sched(50)) == pytest.approx(0.0002, rel=1e-3) and float(sched(500)) == pytest.approx(0.0002, rel=1e-3)
+    assert float(lr) == pytest.approx(0.01)
+    assert float(_optimizer({**hyper, "lr_schedule": "constant"}, 5).learning_rate) == pytest.approx(0.01)
 
 
 def test_classifier_exposes_logits_for_temperature_scaling():

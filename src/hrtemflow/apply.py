@@ -57,7 +57,7 @@ DEFAULT_STRIDE = 0.5
 TOP_K = 3
 #: the 8 elements of the square's symmetry group as (quarter turns, flip), identity first
 D4 = tuple((k, f) for f in (False, True) for k in range(4))
-MAX_FIT_IMAGES = 20000
+MAX_FIT_IMAGES = 5000  # per split: plenty for a covariance of a few hundred features, and it bounds the fit's time and memory
 _IMG_BYTES_PER_BATCH = 2**24
 WINDOW_CHUNK = 4096  # windows cut, normalised and predicted at a time
 

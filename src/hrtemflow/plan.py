@@ -216,6 +216,14 @@ def task_classes(cfg: dict, task: str) -> list[str] | None:
     return None
 
 
+def _hyper(tcfg: dict, task: str) -> dict:
+    """A task's training settings; keys other tasks ignore stay out, so changing them retrains nothing else."""
+    hyper = copy.deepcopy(tcfg)
+    if task != "denoise":
+        hyper.pop("target", None)
+    return hyper
+
+
 def train_spec(plan: Plan, task: str) -> dict:
     cfg = plan.cfg
     learn = cfg["learning"]
@@ -228,7 +236,7 @@ def train_spec(plan: Plan, task: str) -> dict:
         "classes": task_classes(cfg, task),
         "image_size": learn["image_size"],
         "split": copy.deepcopy(learn["split"]),
-        "hyper": copy.deepcopy(learn["tasks"][task]),
+        "hyper": _hyper(learn["tasks"][task], task),
         "shards": [paths(cfg, s)["images"] for s in plan.task_shards(task)],
     }
 

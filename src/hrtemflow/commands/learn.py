@@ -41,7 +41,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "targets" in metrics:
         headline = {k: v["mae"] for k, v in metrics["targets"].items()}
     if "comparison" in metrics:
-        headline = {k: v["psnr_dB"] for k, v in metrics["comparison"]["methods"].items()}
+        headline = {f"{fam} {k}": v["psnr_dB"] for fam, r in metrics["comparison"]["families"].items() for k, v in r["methods"].items()}
     print(f"evaluate: {metrics['task']}: {metrics['n_images']} test images; {json.dumps(headline)}; "
           f"report in {args.out_dir}", flush=True)
     return 0

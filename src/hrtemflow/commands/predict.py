@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from ..apply import MAX_FIT_IMAGES
 from ..errors import HrtemflowError
 
 
@@ -51,7 +52,7 @@ def register(subparsers) -> None:
     f.add_argument("spec", type=Path, help="the train spec the bundle was trained from (results/plan/train/<task>.json)")
     f.add_argument("--model-dir", type=Path, required=True, help="model bundle folder")
     f.add_argument("--base", default=".", help="working directory the spec's shard paths refer to")
-    f.add_argument("--max-images", type=int, default=20000, help="images per split used at most (evenly spaced)")
+    f.add_argument("--max-images", type=int, default=MAX_FIT_IMAGES, help=f"images per split used at most, evenly spaced (default {MAX_FIT_IMAGES})")
     f.set_defaults(func=_fit_ood)
 
 

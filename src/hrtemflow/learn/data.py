@@ -122,11 +122,22 @@ def image_key(size: int) -> str:
     return f"s{size}/image"
 
 
-def clean_key(size: int) -> str:
-    return f"s{size}/clean"
+#: the denoiser's target arrays, by `learning.tasks.denoise.target`
+DENOISE_TARGETS = ("clean", "noise_free")
 
 
-def required_arrays(task: str, size: int) -> list[str]:
+def clean_key(size: int, target: str = "clean") -> str:
+    if target not in DENOISE_TARGETS:
+        raise HrtemflowError(f"denoise target {target!r} is not one of {', '.join(DENOISE_TARGETS)}; set learning.tasks.denoise.target")
+    return f"s{size}/{target}"
+
+
+def denoise_target(spec: Mapping[str, Any]) -> str:
+    """The array a denoiser learns to output (specs from before the option mean `clean`)."""
+    return spec.get("hyper", {}).get("target", "clean")
+
+
+def required_arrays(task: str, size: int, target: str = "clean") -> list[str]:
     """Arrays a shard must hold for a task (checked before any training starts)."""
     need = ["sample_id", image_key(size), f"s{size}/pixel_size_A"]
     if task in CLASS_LABEL:
@@ -136,7 +147,7 @@ def required_arrays(task: str, size: int) -> list[str]:
     elif task == "structure":
         need += ["labels/co_fraction", "labels/n_atoms", "labels/order_measure", "labels/energy_per_atom_eV"]
     elif task == "denoise":
-        need.append(clean_key(size))
+        need.append(clean_key(size, target))
     return need
 
 
@@ -226,7 +237,8 @@ def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
     """Open every shard of a train spec, check it holds what the task needs, and index its images."""
     check_spec(spec)
     task, size = spec["task"], spec["image_size"]
-    need = required_arrays(task, size)
+    target = denoise_target(spec) if task == "denoise" else "clean"
+    need = required_arrays(task, size, target)
     shard, row, sid, ys, px, entries = [], [], [], [], [], []
     unknown: set[str] = set()
     dropped = 0
@@ -256,8 +268,9 @@ def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
     table = Table(
         task=task, paths=paths, shard=np.concatenate(shard), row=np.concatenate(row), sample_id=np.concatenate(sid),
         y=np.concatenate(ys) if ys else None, pixel_size_A=np.concatenate(px),
-        info={"dataset_sha256": dataset_fingerprint([{"task": task, "image_size": size}, *entries]),
-              "n_shards": len(paths), "dropped_rows": dropped, "unknown_labels": sorted(unknown)},
+        info={"dataset_sha256": dataset_fingerprint([{"task": task, "image_size": size, **({"target": target} if target != "clean" else {})}, *entries]),
+              "n_shards": len(paths), "dropped_rows": dropped, "unknown_labels": sorted(unknown),
+              **({"target": target} if task == "denoise" else {})},
     )
     if len(table) == 0:
         why = f" (labels {sorted(unknown)} are not among the classes {spec.get('classes')})" if unknown else ""
@@ -382,6 +395,7 @@ class ShardFeed(keras.utils.PyDataset):
         self.shuffle, self.augment, self.jitter_amount = shuffle, augment, jitter_amount
         self.seed, self.epoch, self.block = int(seed), int(epoch), max(1, int(block))
         self.denoise = TASK_KIND[table.task] == "denoising"
+        self.target_key = clean_key(size, table.info.get("target", "clean")) if self.denoise else None
         self.astig = ASTIG_COLUMNS if table.task == "aberrations" else None
         self.y = self._scaled_targets(target_scale)
         self.drop_remainder = shuffle and len(table) >= self.batch_size
@@ -429,7 +443,7 @@ class ShardFeed(keras.utils.PyDataset):
         idx = np.arange(len(self.table))
         cache = {"x": self._read(idx, image_key(self.size))}
         if self.denoise:
-            cache["y"] = self._read(idx, clean_key(self.size))
+            cache["y"] = self._read(idx, self.target_key)
         return cache
 
     # -- order
@@ -468,7 +482,7 @@ class ShardFeed(keras.utils.PyDataset):
             y = self.cache["y"][idx] if self.denoise else self.y[idx]
         else:
             x = self._read(idx, image_key(self.size))
-            y = self._read(idx, clean_key(self.size)) if self.denoise else self.y[idx]
+            y = self._read(idx, self.target_key) if self.denoise else self.y[idx]
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i, 1])
             x, y = dihedral(x, rng, y=y, y_is_image=self.denoise, astig=self.astig)

@@ -8,6 +8,7 @@ loads with `safe_mode=True`.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 STRUCTURE_TARGETS = ("co_fraction", "log_n_atoms", "order_measure", "energy_per_atom_eV")
@@ -47,9 +48,51 @@ def classifier(input_size: int, n_classes: int, width: int = 16, depth: int = 3)
     return keras.Model(inputs, outputs, name="classifier")
 
 
-def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, name: str = "regressor") -> keras.Model:
-    """Scaled targets (O(1)); the card holds each target's offset and scale."""
+@keras.saving.register_keras_serializable(package="hrtemflow")
+class LogPowerSpectrum(layers.Layer):
+    """log |FFT|^2 of the Hann-windowed image, centred and standardised per image.
+
+    Defocus and astigmatism live in the Thon rings: their radii and ellipticity are plain to see in
+    the power spectrum, while a CNN on the image alone must learn the Fourier transform first.
+    Registered, not a Lambda, so bundles still load in safe mode; keras.ops only, so any backend.
+    """
+
+    def call(self, x):
+        n = x.shape[1]
+        hann = np.hanning(n).astype("float32")
+        window = keras.ops.convert_to_tensor(np.outer(hann, hann)[None, :, :, None])
+        img = keras.ops.cast(x, "float32") * window
+        img = keras.ops.squeeze(img, -1)
+        re, im = keras.ops.fft2((img, keras.ops.zeros_like(img)))
+        power = keras.ops.log(re * re + im * im + 1e-3)
+        power = keras.ops.roll(keras.ops.roll(power, n // 2, axis=1), n // 2, axis=2)
+        power = power - keras.ops.mean(power, axis=(1, 2), keepdims=True)
+        power = power / (keras.ops.std(power, axis=(1, 2), keepdims=True) + 1e-6)
+        return keras.ops.expand_dims(power, -1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _trunk_on(x, width: int, depth: int, prefix: str):
+    """The residual trunk applied to a tensor (a second branch beside the image trunk)."""
+    x = _conv_bn_relu(x, width)
+    for stage in range(depth):
+        x = _residual_block(x, width * 2**stage)
+        x = layers.MaxPooling2D(2)(x)
+    return layers.GlobalAveragePooling2D(name=f"{prefix}_pool")(x)
+
+
+def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, name: str = "regressor",
+              spectral: bool = False) -> keras.Model:
+    """Scaled targets (O(1)); the card holds each target's offset and scale.
+
+    `spectral` adds a second trunk on the image's log power spectrum (aberrations: the image trunk
+    sees the sign of the contrast, the spectrum trunk the ring radii and ellipticity).
+    """
     inputs, x = _trunk(input_size, width, depth)
+    if spectral:
+        x = layers.Concatenate()([x, _trunk_on(LogPowerSpectrum(name="log_power_spectrum")(inputs), width, depth, "spectrum")])
     x = layers.Dense(4 * width, activation="relu")(x)
     outputs = layers.Dense(n_targets, dtype="float32", name="targets")(x)
     return keras.Model(inputs, outputs, name=name)
@@ -85,4 +128,4 @@ def build(task: str, kind: str, input_size: int, n_outputs: int, width: int, dep
         return denoiser(input_size, width, depth)
     if task == "structure":
         return structure_regressor(input_size, width, depth)
-    return regressor(input_size, n_outputs, width, depth)
+    return regressor(input_size, n_outputs, width, depth, spectral=task == "aberrations")

@@ -130,11 +130,23 @@ class _Checkpoint(keras.callbacks.Callback):
         write_json_atomic(self.folder / "state.json", st)  # last: it vouches for the files above
 
 
-def _compile(model: keras.Model, kind: str, learning_rate: float) -> None:
+def _optimizer(hyper: Mapping[str, Any], steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam, its rate constant or decayed along a cosine to 2 % over the planned epochs.
+
+    The schedule counts optimizer steps, which the checkpoint keeps, so a resumed run continues on
+    the same curve.
+    """
+    lr: Any = float(hyper["learning_rate"])
+    if hyper.get("lr_schedule", "constant") == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, int(hyper["epochs"]) * steps_per_epoch), alpha=0.02)
+    return keras.optimizers.Adam(lr)
+
+
+def _compile(model: keras.Model, kind: str, optimizer: keras.optimizers.Optimizer) -> None:
     if kind == "classification":
-        model.compile(keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     else:
-        model.compile(keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"])
+        model.compile(optimizer, loss="mse", metrics=["mae"])
 
 
 def _stop_epoch(val_losses: list[float], patience: int) -> int | None:
@@ -226,7 +238,8 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
             folder.mkdir(parents=True)
             state = {"fingerprint": fingerprint, "epoch": 0, "best_val_loss": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": {}}
             model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"])
-            _compile(model, kind, hyper["learning_rate"])
+            steps = max(1, len(splits["train"]) // int(hyper["batch_size"]))  # the feed drops the last partial batch
+            _compile(model, kind, _optimizer(hyper, steps))
 
         budget = data.cache_budget_bytes() if cache_bytes is None else cache_bytes  # shared by the two feeds
         feed_args = {"batch_size": hyper["batch_size"], "target_scale": scale, "seed": seed}
@@ -256,7 +269,8 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         "card_version": CARD_VERSION,
         "task": task,
         "kind": kind,
-        "output": OUTPUT_DESCRIPTION[kind],
+        "output": OUTPUT_DESCRIPTION[kind] if kind != "denoising" or table.info.get("target", "clean") == "clean"
+        else "noise-free image with the input's aberrations, normalised like the input (per-image mean 0, std 1)",
         "input_size": size,
         "input": {"array": data.image_key(size), "layout": "NHWC", "channels": 1, "dtype": "float32"},
         "pixel_size_A": float(np.median(table.pixel_size_A)),
