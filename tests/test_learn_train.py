@@ -70,6 +70,9 @@ def test_evaluation_of_a_classifier(chirality, root):
     assert set(m["per_class_recall"]) == set(spec["classes"]) and m["top3_accuracy"] >= m["accuracy"]
     assert np.array(m["confusion_matrix"]["counts"]).sum() == 32
     assert m["temperature"] > 0 and m["ece_after"] is not None and m["nll_after"] <= m["nll_before"] + 0.05
+    single = m["single_pass"]  # without test-time augmentation, beside the predict-like headline
+    assert single["accuracy"] > 0.3 and single["temperature"] > 0 and single["top3_accuracy"] >= single["accuracy"]
+    assert "8 symmetry elements" in m["test_time_augmentation"]
     for name in ("confusion.png", "calibration.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -121,6 +124,7 @@ def test_regression_bundle_and_evaluation(root):
     t = m["targets"]
     assert set(t) >= {"defocus_nm", "c12_magnitude_nm"} and t["defocus_nm"]["unit"] == "nm"
     assert t["c12_magnitude_nm"]["mae"] >= 0 and t["defocus_nm"]["rmse"] >= t["defocus_nm"]["mae"]
+    assert all(v["mae_single_pass"] >= 0 for k, v in t.items() if "mae_single_pass" in v) and "mae_single_pass" in t["defocus_nm"]
     assert (report / "scatter.png").is_file() and json.loads((report / "metrics.json").read_text())["kind"] == "regression"
 
 
@@ -201,6 +205,19 @@ def test_early_stopping_replay_decides_what_can_be_resumed():
     assert tr._stop_epoch(losses, 3) is None
     assert tr._stop_epoch(losses, 2) == 4
     assert tr._stop_epoch([float("nan"), 1.0], 1) == 1
+
+
+def test_temperature_fit_on_averaged_elements():
+    """With (N, G, k) logits the temperature is fitted on the averaged softmaxes, as predict uses them."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, size=3000)
+    base = rng.normal(size=(3000, 4))
+    base[np.arange(3000), labels] += 2.0
+    logits = 4.0 * (base[:, None, :] + 0.3 * rng.normal(size=(3000, 8, 4)))  # 8 noisy overconfident views
+    t = ev.fit_temperature(logits, labels)
+    assert t > 1.5  # overconfident by about 4x
+    assert ev.nll(logits, labels, t) < ev.nll(logits, labels)
+    np.testing.assert_allclose(ev.probabilities(logits).sum(axis=1), 1.0, rtol=1e-12)
 
 
 def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
