@@ -84,16 +84,17 @@ def _outputs(model: keras.Model, card: Mapping[str, Any], feed: data.ShardFeed) 
     return np.concatenate([run_net(net, feed[i][0][..., 0], tta=True)["outputs"] for i in range(len(feed))])
 
 
-def _class_metrics(logits: np.ndarray, y: np.ndarray, t: float, n: int) -> dict:
+def _class_metrics(logits: np.ndarray, y: np.ndarray, t: float, n: int) -> tuple[dict, np.ndarray, tuple[dict, dict]]:
+    """Metrics of (averaged) logits at temperature t; also the predictions and the reliability tables."""
     before, after = probabilities(logits), probabilities(logits, t)
     k = min(3, n)
     ece_before, rel_before = expected_calibration_error(before, y)
     ece_after, rel_after = expected_calibration_error(after, y)
-    return {"accuracy": _num((before.argmax(axis=1) == y).mean()),
-            f"top{k}_accuracy": _num((np.argsort(-before, axis=1)[:, :k] == y[:, None]).any(axis=1).mean()),
-            "temperature": _num(t), "ece_before": _num(ece_before), "ece_after": _num(ece_after),
-            "nll_before": _num(nll(logits, y)), "nll_after": _num(nll(logits, y, t)),
-            "_pred": before.argmax(axis=1), "_rel": (rel_before, rel_after)}
+    metrics = {"accuracy": _num((before.argmax(axis=1) == y).mean()),
+               f"top{k}_accuracy": _num((np.argsort(-before, axis=1)[:, :k] == y[:, None]).any(axis=1).mean()),
+               "temperature": _num(t), "ece_before": _num(ece_before), "ece_after": _num(ece_after),
+               "nll_before": _num(nll(logits, y)), "nll_after": _num(nll(logits, y, t))}
+    return metrics, before.argmax(axis=1), (rel_before, rel_after)
 
 
 def _classification(model, card, splits, spec, report: Path, feed_args: dict) -> dict:
@@ -104,11 +105,8 @@ def _classification(model, card, splits, spec, report: Path, feed_args: dict) ->
     val, test = (data.ShardFeed(splits[k], spec["image_size"], **feed_args) for k in ("val", "test"))
     val_z, test_z = _outputs(model, card, val), _outputs(model, card, test)
     y_val, y_test = splits["val"].y, splits["test"].y
-    tta = _class_metrics(test_z, y_test, fit_temperature(val_z, y_val), n)
-    single = _class_metrics(test_z[:, 0], y_test, fit_temperature(val_z[:, 0], y_val), n)
-    pred = tta.pop("_pred")
-    rel_before, rel_after = tta.pop("_rel")
-    single.pop("_pred"), single.pop("_rel")
+    tta, pred, (rel_before, rel_after) = _class_metrics(test_z, y_test, fit_temperature(val_z, y_val), n)
+    single, _, _ = _class_metrics(test_z[:, 0], y_test, fit_temperature(val_z[:, 0], y_val), n)
     confusion = np.zeros((n, n), dtype=int)
     np.add.at(confusion, (y_test, pred), 1)
     support = confusion.sum(axis=1)

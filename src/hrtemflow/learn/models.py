@@ -29,14 +29,19 @@ def _residual_block(x, filters: int):
     return layers.Activation("relu")(layers.Add()([shortcut, y]))
 
 
-def _trunk(input_size: int, width: int, depth: int):
-    """Residual CNN: `depth` stages, channels doubling, each halving the image; global average pool."""
-    inputs = keras.Input((input_size, input_size, 1), name="image")
-    x = _conv_bn_relu(inputs, width)
+def _trunk_on(x, width: int, depth: int, pool_name: str | None = None):
+    """Residual CNN on a tensor: `depth` stages, channels doubling, each halving the image; global average pool."""
+    x = _conv_bn_relu(x, width)
     for stage in range(depth):
         x = _residual_block(x, width * 2**stage)
         x = layers.MaxPooling2D(2)(x)
-    return inputs, layers.GlobalAveragePooling2D()(x)
+    return layers.GlobalAveragePooling2D(name=pool_name)(x)
+
+
+def _trunk(input_size: int, width: int, depth: int):
+    """The image input and the residual trunk on it."""
+    inputs = keras.Input((input_size, input_size, 1), name="image")
+    return inputs, _trunk_on(inputs, width, depth)
 
 
 def classifier(input_size: int, n_classes: int, width: int = 16, depth: int = 3) -> keras.Model:
@@ -74,15 +79,6 @@ class LogPowerSpectrum(layers.Layer):
         return input_shape
 
 
-def _trunk_on(x, width: int, depth: int, prefix: str):
-    """The residual trunk applied to a tensor (a second branch beside the image trunk)."""
-    x = _conv_bn_relu(x, width)
-    for stage in range(depth):
-        x = _residual_block(x, width * 2**stage)
-        x = layers.MaxPooling2D(2)(x)
-    return layers.GlobalAveragePooling2D(name=f"{prefix}_pool")(x)
-
-
 def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, name: str = "regressor",
               spectral: bool = False) -> keras.Model:
     """Scaled targets (O(1)); the card holds each target's offset and scale.
@@ -92,7 +88,7 @@ def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, 
     """
     inputs, x = _trunk(input_size, width, depth)
     if spectral:
-        x = layers.Concatenate()([x, _trunk_on(LogPowerSpectrum(name="log_power_spectrum")(inputs), width, depth, "spectrum")])
+        x = layers.Concatenate()([x, _trunk_on(LogPowerSpectrum(name="log_power_spectrum")(inputs), width, depth, "spectrum_pool")])
     x = layers.Dense(4 * width, activation="relu")(x)
     outputs = layers.Dense(n_targets, dtype="float32", name="targets")(x)
     return keras.Model(inputs, outputs, name=name)
