@@ -534,9 +534,7 @@ def _read_table_images(table, size: int, max_images: int) -> np.ndarray:
 
     from .learn import data  # noqa: PLC0415
 
-    idx = np.arange(len(table))
-    if len(idx) > max_images:
-        idx = np.unique(np.linspace(0, len(idx) - 1, max_images).round().astype(int))
+    idx = data.evenly_spaced(len(table), max_images)
     out = np.empty((len(idx), size, size), dtype=np.float32)
     shards = table.shard[idx]
     for s in np.unique(shards):

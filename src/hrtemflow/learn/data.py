@@ -132,6 +132,11 @@ def clean_key(size: int, target: str = "clean") -> str:
     return f"s{size}/{target}"
 
 
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """At most k indices spread evenly over range(n): a subset that samples every part of a split."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
+
+
 def denoise_target(spec: Mapping[str, Any]) -> str:
     """The array a denoiser learns to output (specs from before the option mean `clean`)."""
     return spec.get("hyper", {}).get("target", "clean")

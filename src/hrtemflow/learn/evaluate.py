@@ -216,10 +216,6 @@ def _doses(table: data.Table) -> np.ndarray:
     return out
 
 
-def _spread(n: int, k: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
-
-
 def _denoising(model, card, splits, spec, report: Path, feed_args: dict, max_baseline_images: int) -> dict:
     size = spec["image_size"]
     test_table = splits["test"]
@@ -235,12 +231,12 @@ def _denoising(model, card, splits, spec, report: Path, feed_args: dict, max_bas
     net_psnr, net_ssim, noisy_psnr = map(np.asarray, (net_psnr, net_ssim, noisy_psnr))
     fam = np.array([family_of(s) for s in test_table.sample_id])
     dose = _doses(test_table)
-    val_idx = _spread(len(splits["val"]), 16)
+    val_idx = data.evenly_spaced(len(splits["val"]), 16)
     sigma = baselines.tune_gaussian(*_arrays(splits["val"], size, val_idx, feed_args), score=psnr)
     per_family, example = {}, None
     for f in sorted(set(fam)):  # the same evenly spaced images of each family for every method
         rows = np.flatnonzero(fam == f)
-        subset = rows[_spread(len(rows), max_baseline_images)]
+        subset = rows[data.evenly_spaced(len(rows), max_baseline_images)]
         noisy, clean = _arrays(test_table, size, subset, feed_args)
         net = keras.ops.convert_to_numpy(model(noisy[..., None].astype(np.float32), training=False))[..., 0].astype(np.float64)
         outputs = {

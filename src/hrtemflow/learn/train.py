@@ -32,6 +32,11 @@ OUTPUT_DESCRIPTION = {
     "regression": "scaled targets: physical value = offset + scale * output (per target, see targets)",
     "denoising": "clean image, normalised like the input (per-image mean 0, std 1)",
 }
+#: what a denoiser outputs, by its target (learning.tasks.denoise.target)
+DENOISE_OUTPUT = {
+    "clean": OUTPUT_DESCRIPTION["denoising"],
+    "noise_free": "noise-free image with the input's aberrations, normalised like the input (per-image mean 0, std 1)",
+}
 
 
 def task_seed(campaign_seed: int, task: str) -> int:
@@ -269,8 +274,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         "card_version": CARD_VERSION,
         "task": task,
         "kind": kind,
-        "output": OUTPUT_DESCRIPTION[kind] if kind != "denoising" or table.info.get("target", "clean") == "clean"
-        else "noise-free image with the input's aberrations, normalised like the input (per-image mean 0, std 1)",
+        "output": DENOISE_OUTPUT[table.info["target"]] if kind == "denoising" else OUTPUT_DESCRIPTION[kind],
         "input_size": size,
         "input": {"array": data.image_key(size), "layout": "NHWC", "channels": 1, "dtype": "float32"},
         "pixel_size_A": float(np.median(table.pixel_size_A)),
