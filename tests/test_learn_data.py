@@ -299,9 +299,9 @@ def test_augmentation_turns_astigmatism_with_the_image():
     theta = rng.uniform(0, np.pi, n)
     c12 = rng.uniform(5, 50, n)
     x = np.stack([fringes(size, 10.0, t, 0.3) for t in theta]).astype(np.float32)
-    y = np.stack([rng.normal(size=n), c12 * np.cos(2 * theta), c12 * np.sin(2 * theta)], axis=1)
+    y = np.stack([rng.normal(size=n), c12 * np.cos(2 * theta), c12 * np.sin(2 * theta), c12], axis=1)
     xa, ya = data.dihedral(x, np.random.default_rng(5), y=y, astig=data.ASTIG_COLUMNS)
-    np.testing.assert_array_equal(ya[:, 0], y[:, 0])  # defocus invariant
+    np.testing.assert_array_equal(ya[:, [0, 3]], y[:, [0, 3]])  # defocus and the |C12| target invariant
     np.testing.assert_allclose(np.hypot(ya[:, 1], ya[:, 2]), c12)  # magnitude invariant
     changed = 0
     for img, target, t0 in zip(xa, ya, theta):

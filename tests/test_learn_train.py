@@ -73,6 +73,7 @@ def test_evaluation_of_a_classifier(chirality, root):
     single = m["single_pass"]  # without test-time augmentation, beside the predict-like headline
     assert single["accuracy"] > 0.3 and single["temperature"] > 0 and single["top3_accuracy"] >= single["accuracy"]
     assert "8 symmetry elements" in m["test_time_augmentation"]
+    assert m["per_structure"]["n_structures"] == 4 and m["per_structure"]["images_per_structure"] == 8
     for name in ("confusion.png", "calibration.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -117,13 +118,14 @@ def test_regression_bundle_and_evaluation(root):
     spec = make_spec(root, "aberrations", epochs=2)
     out, report = root / "models" / "aberrations", root / "reports" / "aberrations"
     card = tr.train(spec, out, base=root, progress=False, cache_bytes=0)  # streamed from the shards, not cached
-    assert [t["name"] for t in card["targets"]] == ["defocus_A", "c12_cos2phi_A", "c12_sin2phi_A"]
+    assert [t["name"] for t in card["targets"]] == ["defocus_A", "c12_cos2phi_A", "c12_sin2phi_A", "c12_magnitude_A"]
     assert card["targets"][1]["offset"] == 0 and card["targets"][2]["offset"] == 0  # sign flips stay exact
     assert all(0 < t["scale"] < 1e3 for t in card["targets"]) and "targets" in card["augmentation"]
     m = ev.evaluate(spec, out, report, base=root)
     t = m["targets"]
     assert set(t) >= {"defocus_nm", "c12_magnitude_nm"} and t["defocus_nm"]["unit"] == "nm"
     assert t["c12_magnitude_nm"]["mae"] >= 0 and t["defocus_nm"]["rmse"] >= t["defocus_nm"]["mae"]
+    assert t["c12_magnitude_nm"]["mae_modulus_of_components"] >= 0  # the old estimate, side by side
     assert all(v["mae_single_pass"] >= 0 for k, v in t.items() if "mae_single_pass" in v) and "mae_single_pass" in t["defocus_nm"]
     assert (report / "scatter.png").is_file() and json.loads((report / "metrics.json").read_text())["kind"] == "regression"
 
@@ -138,13 +140,43 @@ def test_denoiser_against_classical_baselines(root):
     assert families, "no family compared"
     for fam, r in families.items():
         methods = r["methods"]
-        assert set(methods) == {"noisy", "gaussian", "nl-means", "bm3d", "network"} and r["n_images"] == 4
+        assert set(methods) == {"noisy", "gaussian", "nl-means", "bm3d", "network", "wiener_oracle"} and r["n_images"] == 4
+        assert r["best_baseline"] != "wiener_oracle" and r["wiener_oracle_minus_best_baseline_dB"] is not None
         for name in ("gaussian", "nl-means", "bm3d"):  # every classical filter beats doing nothing on noisy fringes
             assert methods[name]["psnr_dB"] > methods["noisy"]["psnr_dB"]
         assert r["best_baseline"] in ("gaussian", "nl-means", "bm3d") and r["dose_e_per_A2"]["min"] > 0
     assert sum(r["network_full_test"]["n_images"] for r in families.values()) == m["n_images"]
     assert m["network_full_test"]["n_images"] == m["n_images"] and m["comparison"]["gaussian_sigma_px"] > 0
     assert (report / "denoise_examples.png").is_file()
+
+
+def test_per_structure_accuracy_sums_log_probabilities():
+    """Two unsure wrong images and one sure right one of structure "a" give "a" its class; "b" stays wrong."""
+    probs = np.array([[0.4, 0.6], [0.45, 0.55], [0.95, 0.05], [0.2, 0.8], [0.3, 0.7]])
+    y = np.array([0, 0, 0, 0, 0])
+    r = ev._per_structure(probs, y, np.array(["a", "a", "a", "b", "b"]))
+    assert r["accuracy"] == 0.5 and r["n_structures"] == 2 and r["images_per_structure"] == 2.5
+
+
+def test_wiener_oracle_is_the_linear_reference_on_a_gaussian_texture():
+    """On an isotropic Gaussian texture (band-limited like a-C) the oracle Wiener filter beats every
+    Gaussian filter width and the noisy input; without noise it gives the image back."""
+    from hrtemflow.learn import baselines
+
+    rng = np.random.default_rng(3)
+    n = 64
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij"))
+    ctf = np.sin(60 * k**2) * np.exp(-((k / 0.3) ** 2))  # rings, then an envelope: a Thon-ring spectrum
+    scores = {"noisy": [], "oracle": [], "gauss": []}
+    for _ in range(8):
+        clean = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(n, n))) * ctf))
+        noisy = clean + rng.normal(scale=2 * clean.std(), size=clean.shape)
+        scores["noisy"].append(ev.psnr(noisy, clean))
+        scores["oracle"].append(ev.psnr(baselines.wiener_oracle(noisy, clean), clean))
+        scores["gauss"].append(max(ev.psnr(baselines.gaussian(noisy, s), clean) for s in baselines.GAUSSIAN_SIGMAS))
+    mean = {name: np.mean(v) for name, v in scores.items()}
+    assert mean["oracle"] > mean["gauss"] > mean["noisy"], mean
+    np.testing.assert_allclose(baselines.wiener_oracle(clean, clean), clean, atol=1e-6 * np.abs(clean).max())
 
 
 def test_denoiser_noise_free_target(root):

@@ -117,3 +117,24 @@ def test_spec_holds_what_determines_the_output(demo_cfg, repo_root):
     ispec = image_spec(plan, shard)
     assert ispec["imaging"]["physics"]["energy_kV"] == 200
     assert ispec["md"]["structures"].endswith(f"{shard.name}.extxyz")
+
+
+def test_regressor_specs_name_their_targets(demo_cfg, repo_root, tmp_path, monkeypatch):
+    """What a regressor learns is in its spec (a new target list retrains it); a spec from another
+    target list is refused before any shard is opened."""
+    import pytest
+
+    from hrtemflow.errors import HrtemflowError
+    from hrtemflow.learn import data, targets
+    from hrtemflow.plan import train_spec
+
+    plan = _plan(demo_cfg, repo_root)
+    for task in ("aberrations", "structure"):
+        spec = train_spec(plan, task)
+        assert spec["targets"] == [t.name for t in targets.REGRESSION_TARGETS[task]]
+    assert "targets" not in train_spec(plan, "chirality")
+    old = train_spec(plan, "aberrations")
+    monkeypatch.setitem(targets.REGRESSION_TARGETS, "aberrations", targets.REGRESSION_TARGETS["aberrations"][:3])
+    assert train_spec(plan, "aberrations")["targets"] != old["targets"]
+    with pytest.raises(HrtemflowError, match="rerun `hrtemflow plan`"):
+        data.check_spec(old)

@@ -741,7 +741,7 @@ def _regression_values(b: Bundle, outputs: np.ndarray) -> dict[str, tuple[float,
     if b.task == "aberrations":
         c, s = y[:, 1], y[:, 2]
         samples = {"defocus_nm": (y[:, 0] / 10, "nm"), "c12_cos2phi_nm": (c / 10, "nm"), "c12_sin2phi_nm": (s / 10, "nm"),
-                   "c12_nm": (np.hypot(c, s) / 10, "nm")}
+                   "c12_nm": (np.maximum(y[:, 3], 0.0) / 10, "nm")}
         out = {k: (_f(v.mean()), _f(v.std()), u) for k, (v, u) in samples.items()}
         two_phi = np.arctan2(s.mean(), c.mean())
         resultant = abs(np.exp(1j * np.arctan2(s, c)).mean())  # circular spread of 2 phi12

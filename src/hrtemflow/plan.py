@@ -20,6 +20,7 @@ from typing import Any
 from .config import FAMILIES, TASK_FAMILIES, potential_files
 from .errors import HrtemflowError
 from .io import canonical_json, write_if_changed
+from .learn.targets import REGRESSION_TARGETS
 
 SPEC_VERSION = 1
 ORDERING_CLASSES = ("core-shell", "janus", "disordered")
@@ -238,6 +239,8 @@ def train_spec(plan: Plan, task: str) -> dict:
         "split": copy.deepcopy(learn["split"]),
         "hyper": _hyper(learn["tasks"][task], task),
         "shards": [paths(cfg, s)["images"] for s in plan.task_shards(task)],
+        # what a regressor learns is part of its spec: a new target list retrains it, and only it
+        **({"targets": [t.name for t in REGRESSION_TARGETS[task]]} if task in REGRESSION_TARGETS else {}),
     }
 
 

@@ -22,6 +22,7 @@ import zarr
 from ..errors import HrtemflowError
 from ..io import canonical_json
 from ..store import split_structures
+from .targets import ASTIG_COLUMNS, REGRESSION_TARGETS, Target  # noqa: F401  (re-exported: data.REGRESSION_TARGETS)
 
 #: what a task learns: a class, some numbers, or a clean image
 TASK_KIND = {
@@ -35,33 +36,6 @@ TASK_KIND = {
 CLASS_LABEL = {"chirality": "labels/chirality", "ordering": "labels/ordering"}
 
 
-@dataclass(frozen=True)
-class Target:
-    """One regression target: its name, physical unit and whether its mean is removed.
-
-    Astigmatism components keep offset 0 so that the sign flips of augmentation stay exact.
-    """
-
-    name: str
-    unit: str
-    centred: bool = True
-
-
-REGRESSION_TARGETS: dict[str, tuple[Target, ...]] = {
-    "aberrations": (
-        Target("defocus_A", "Å"),
-        Target("c12_cos2phi_A", "Å", centred=False),
-        Target("c12_sin2phi_A", "Å", centred=False),
-    ),
-    "structure": (
-        Target("co_fraction", "1"),
-        Target("log_n_atoms", "ln(atoms)"),
-        Target("order_measure", "1"),
-        Target("energy_per_atom_eV", "eV"),
-    ),
-}
-#: columns of the aberration target that are (C12 cos 2φ, C12 sin 2φ)
-ASTIG_COLUMNS = (1, 2)
 
 NORMALISATION = {
     "method": "per-image standardisation: (x - mean) / max(std, eps), then clipped to [-clip, clip]",
@@ -107,6 +81,9 @@ def check_spec(spec: Mapping[str, Any]) -> None:
         raise HrtemflowError(f"train spec: unknown task {task!r}; one of {', '.join(TASK_KIND)}")
     if TASK_KIND[task] == "classification" and len(spec.get("classes") or []) < 2:
         raise HrtemflowError(f"train spec: task {task!r} needs at least 2 classes, got {spec.get('classes')}")
+    if "targets" in spec and task in REGRESSION_TARGETS and list(spec["targets"]) != [t.name for t in REGRESSION_TARGETS[task]]:
+        raise HrtemflowError(f"train spec: targets {spec['targets']} are not what this hrtemflow learns for {task!r} "
+                             f"({[t.name for t in REGRESSION_TARGETS[task]]}); rerun `hrtemflow plan` (snakemake does)")
     hyper = spec["hyper"]
     need = ("epochs", "batch_size", "learning_rate", "width", "depth", "patience", "augment")
     if missing := [k for k in need if k not in hyper]:
@@ -224,7 +201,7 @@ def _task_targets(group: zarr.Group, task: str, classes: Sequence[str] | None) -
     if task == "aberrations":
         c12 = np.asarray(group["params/c12_A"][:], dtype=np.float64)
         phi = np.asarray(group["params/phi12_rad"][:], dtype=np.float64)
-        y = np.stack([np.asarray(group["params/defocus_A"][:], dtype=np.float64), c12 * np.cos(2 * phi), c12 * np.sin(2 * phi)], axis=1)
+        y = np.stack([np.asarray(group["params/defocus_A"][:], dtype=np.float64), c12 * np.cos(2 * phi), c12 * np.sin(2 * phi), np.abs(c12)], axis=1)
     elif task == "structure":
         lab = {k: np.asarray(group[f"labels/{k}"][:], dtype=np.float64) for k in ("co_fraction", "n_atoms", "order_measure", "energy_per_atom_eV")}
         with np.errstate(divide="ignore", invalid="ignore"):
