@@ -234,13 +234,13 @@ def test_aberration_estimates_have_a_spread_and_follow_the_image(campaign, tmp_p
     assert {"aberrations_defocus_nm", "aberrations_defocus_nm_std", "aberrations_ood"} <= set(rows[0])
 
     # averaged over the 8 flips/rotations, the estimate turns with the image exactly: a quarter turn
-    # negates both astigmatism components, a flip the sine one (defocus stays)
+    # negates both astigmatism components, a flip the sine one (defocus and |C12| stay)
     b = apply.load_bundle(ab)
     x = np.random.default_rng(0).normal(size=(6, SIZE, SIZE)).astype(np.float32)
     mean = {name: apply.run_net(b.net, np.ascontiguousarray(t))["outputs"].mean(axis=1)
             for name, t in {"x": x, "rot": np.rot90(x, 1, axes=(1, 2)), "flip": x[:, ::-1, :]}.items()}
-    np.testing.assert_allclose(mean["rot"], mean["x"] * [1, -1, -1], atol=1e-4)
-    np.testing.assert_allclose(mean["flip"], mean["x"] * [1, 1, -1], atol=1e-4)
+    np.testing.assert_allclose(mean["rot"], mean["x"] * [1, -1, -1, 1], atol=1e-4)
+    np.testing.assert_allclose(mean["flip"], mean["x"] * [1, 1, -1, 1], atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------ regions, folder

@@ -113,6 +113,15 @@ def test_resume_continues_from_the_checkpoint(root, monkeypatch, capsys):
     other = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 1, "learning_rate": 1e-3}}, out, base=root, progress=False)
     assert "starting over" in capsys.readouterr().out and other["epochs_run"] == 1
 
+    # under a cosine schedule the rate curve spans the planned epochs: a shorter run's checkpoint has
+    # decayed already, so raising epochs starts over instead of continuing at a near-zero rate
+    cosine = {**spec, "hyper": {**spec["hyper"], "epochs": 1, "lr_schedule": "cosine"}}
+    tr.train(cosine, out, base=root, progress=False)
+    capsys.readouterr()
+    longer = tr.train({**cosine, "hyper": {**cosine["hyper"], "epochs": 2}}, out, base=root, progress=False)
+    printed = capsys.readouterr().out
+    assert "starting over" in printed and "resuming" not in printed and longer["epochs_run"] == 2
+
 
 def test_regression_bundle_and_evaluation(root):
     spec = make_spec(root, "aberrations", epochs=2)

@@ -98,8 +98,11 @@ def _limit_threads() -> None:
 
 
 def _fingerprint(spec: Mapping, dataset_sha256: str) -> str:
-    """What a checkpoint must match to be resumed: the spec and data, but not epochs or patience."""
-    hyper = {k: v for k, v in spec["hyper"].items() if k not in ("epochs", "patience", "enabled")}
+    """What a checkpoint must match to be resumed: the spec and data, but not patience, nor epochs
+    under a constant rate. A cosine schedule spans the planned epochs, so a checkpoint of a shorter
+    run has already decayed where a longer one would still be learning: it is not that run's start."""
+    free = ("epochs", "patience", "enabled") if spec["hyper"].get("lr_schedule", "constant") == "constant" else ("patience", "enabled")
+    hyper = {k: v for k, v in spec["hyper"].items() if k not in free}
     keep = {k: v for k, v in spec.items() if k not in ("hyper", "shards")}
     what = {"spec": keep, "hyper": hyper, "data": dataset_sha256, "backend": keras.backend.backend()}
     return hashlib.sha256(canonical_json(what).encode()).hexdigest()
@@ -170,7 +173,7 @@ def _stop_epoch(val_losses: list[float], patience: int) -> int | None:
 def _resume_state(folder: Path, fingerprint: str, resume: bool, epochs: int, patience: int) -> dict | None:
     """The checkpoint state to continue from, if it is the beginning of the run now asked for.
 
-    Same spec and data (epochs and patience aside), no more epochs done than now allowed, and no
+    Same spec and data (patience aside, and epochs under a constant rate), no more epochs done than now allowed, and no
     early stop under the new patience before its last epoch: then continuing gives the run a fresh
     start would (up to dropout draws); anything else starts over.
     """
