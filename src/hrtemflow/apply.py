@@ -46,6 +46,7 @@ import numpy as np
 
 from .errors import HrtemflowError
 from .io import atomic_file, write_json_atomic, write_text_atomic
+from .learn.targets import physical
 
 OOD_FILE = "ood.npz"
 OOD_VERSION = 1
@@ -738,19 +739,15 @@ def _regression_values(b: Bundle, outputs: np.ndarray) -> dict[str, tuple[float,
     offset = np.array([t["offset"] for t in b.card["targets"]])
     scale = np.array([t["scale"] for t in b.card["targets"]])
     y = (offset + scale * outputs).reshape(-1, len(offset))  # samples x targets
+    samples = {("c12_nm" if k == "c12_magnitude_nm" else k): v for k, v in physical(b.task, y).items()}  # predict's name for |C12|
+    out = {k: (_f(v.mean()), _f(v.std()), u) for k, (v, u) in samples.items()}
     if b.task == "aberrations":
         c, s = y[:, 1], y[:, 2]
-        samples = {"defocus_nm": (y[:, 0] / 10, "nm"), "c12_cos2phi_nm": (c / 10, "nm"), "c12_sin2phi_nm": (s / 10, "nm"),
-                   "c12_nm": (np.maximum(y[:, 3], 0.0) / 10, "nm")}
-        out = {k: (_f(v.mean()), _f(v.std()), u) for k, (v, u) in samples.items()}
         two_phi = np.arctan2(s.mean(), c.mean())
         resultant = abs(np.exp(1j * np.arctan2(s, c)).mean())  # circular spread of 2 phi12
         spread = np.sqrt(max(0.0, -2.0 * np.log(max(resultant, 1e-12))))
         out["phi12_deg"] = (_f(np.degrees(two_phi / 2) % 180), _f(np.degrees(spread / 2)), "deg")
-        return out
-    samples = {"co_fraction": (y[:, 0], "1"), "n_atoms": (np.exp(y[:, 1]), "atoms"), "order_measure": (y[:, 2], "1"),
-               "energy_per_atom_eV": (y[:, 3], "eV")}
-    return {k: (_f(v.mean()), _f(v.std()), u) for k, (v, u) in samples.items()}
+    return out
 
 
 def _f(x: Any) -> float | None:

@@ -35,8 +35,6 @@ TASK_KIND = {
 #: the label array a classification task reads (strings, mapped onto the spec's classes)
 CLASS_LABEL = {"chirality": "labels/chirality", "ordering": "labels/ordering"}
 
-
-
 NORMALISATION = {
     "method": "per-image standardisation: (x - mean) / max(std, eps), then clipped to [-clip, clip]",
     "function": "hrtemflow.learn.data.normalise",

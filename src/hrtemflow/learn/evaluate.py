@@ -21,6 +21,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from ..errors import HrtemflowError
 from ..io import atomic_file, write_json_atomic
 from . import baselines, data
+from .targets import physical
 from .train import load_bundle, prepare
 
 ECE_BINS = 15
@@ -144,15 +145,6 @@ def _classification(model, card, splits, spec, report: Path, feed_args: dict) ->
 # ---------------------------------------------------------------------------------- regression
 
 
-def _physical(task: str, y: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
-    """Reported quantities from raw targets: name -> (values, unit). Astigmatism as |C12| in nm."""
-    if task == "aberrations":
-        return {"defocus_nm": (y[:, 0] / 10, "nm"), "c12_cos2phi_nm": (y[:, 1] / 10, "nm"),
-                "c12_sin2phi_nm": (y[:, 2] / 10, "nm"), "c12_magnitude_nm": (np.maximum(y[:, 3], 0.0) / 10, "nm")}
-    return {"co_fraction": (y[:, 0], "1"), "n_atoms": (np.exp(y[:, 1]), "atoms"), "order_measure": (y[:, 2], "1"),
-            "energy_per_atom_eV": (y[:, 3], "eV")}
-
-
 def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dict:
     task = card["task"]
     offset = np.array([t["offset"] for t in card["targets"]])
@@ -160,9 +152,9 @@ def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dic
     test = data.ShardFeed(splits["test"], spec["image_size"], **feed_args)
     outputs = _outputs(model, card, test).astype(np.float64)  # (N, 8, k), astigmatism signs already undone
     pred_raw = offset + scale * outputs.mean(axis=1)  # as `hrtemflow predict` averages them
-    true, pred = _physical(task, splits["test"].y), _physical(task, pred_raw)
-    single = _physical(task, offset + scale * outputs[:, 0])
-    train_mean = _physical(task, splits["train"].y)
+    true, pred = physical(task, splits["test"].y), physical(task, pred_raw)
+    single = physical(task, offset + scale * outputs[:, 0])
+    train_mean = physical(task, splits["train"].y)
     out = {}
     for name, (t, unit) in true.items():
         p = pred[name][0]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Target:
@@ -39,3 +41,13 @@ REGRESSION_TARGETS: dict[str, tuple[Target, ...]] = {
 }
 #: columns of the aberration target that are (C12 cos 2φ, C12 sin 2φ)
 ASTIG_COLUMNS = (1, 2)
+
+
+def physical(task: str, y: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
+    """Reported quantities from raw targets (rows x REGRESSION_TARGETS[task]): name -> (values, unit),
+    lengths in nm; |C12| from its own output, floored at 0. The one mapping evaluate and predict share."""
+    if task == "aberrations":
+        return {"defocus_nm": (y[:, 0] / 10, "nm"), "c12_cos2phi_nm": (y[:, 1] / 10, "nm"),
+                "c12_sin2phi_nm": (y[:, 2] / 10, "nm"), "c12_magnitude_nm": (np.maximum(y[:, 3], 0.0) / 10, "nm")}
+    return {"co_fraction": (y[:, 0], "1"), "n_atoms": (np.exp(y[:, 1]), "atoms"), "order_measure": (y[:, 2], "1"),
+            "energy_per_atom_eV": (y[:, 3], "eV")}
