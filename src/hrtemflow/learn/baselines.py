@@ -43,6 +43,17 @@ def tune_gaussian(noisy: Sequence[np.ndarray], clean: Sequence[np.ndarray], scor
     return float(sigmas[int(np.argmax(means))])
 
 
+def match_affine(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """pred mapped by the least-squares gain and offset onto ref (the CARE protocol, Weigert 2018).
+
+    Networks and filters return different intensity scales; matching each one the same way makes
+    PSNR/SSIM compare structure, not an arbitrary scale.
+    """
+    a = np.stack([pred.ravel(), np.ones(pred.size)], axis=1)
+    coef, *_ = np.linalg.lstsq(a, ref.ravel(), rcond=None)
+    return pred * coef[0] + coef[1]
+
+
 def wiener_oracle(noisy: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Wiener filter given the target's ring-averaged power spectrum and the true noise power.
 
@@ -54,8 +65,7 @@ def wiener_oracle(noisy: np.ndarray, target: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(noisy, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
-    a, b = np.linalg.lstsq(np.stack([t.ravel(), np.ones(t.size)], axis=1), x.ravel(), rcond=None)[0]
-    signal = a * t + b
+    signal = match_affine(t, x)
     noise_power = float(((x - signal) ** 2).mean()) * x.size  # E|FFT(n)|^2 of white noise
     spectrum = np.abs(np.fft.fft2(signal - signal.mean())) ** 2
     k = np.hypot(*np.meshgrid(np.fft.fftfreq(x.shape[0]), np.fft.fftfreq(x.shape[1]), indexing="ij"))

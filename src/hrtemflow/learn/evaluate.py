@@ -18,9 +18,11 @@ import zarr
 from scipy.optimize import minimize_scalar
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from ..apply import make_net, run_net, softmax
 from ..errors import HrtemflowError
 from ..io import atomic_file, write_json_atomic
 from . import baselines, data
+from .baselines import match_affine
 from .targets import physical
 from .train import load_bundle, prepare
 
@@ -35,12 +37,6 @@ def _num(x: Any) -> float | None:
 
 
 # ------------------------------------------------------------------------------ classification
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def probabilities(logits: np.ndarray, t: float = 1.0) -> np.ndarray:
@@ -79,8 +75,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 def _outputs(model: keras.Model, card: Mapping[str, Any], feed: data.ShardFeed) -> np.ndarray:
     """Raw outputs (logits or scaled targets) per test image and symmetry element, (N, 8, k), through
     the same forward pass as `hrtemflow predict` (element 0 is the image as it is)."""
-    from ..apply import make_net, run_net
-
     net = make_net(model, card["kind"], card["task"], card.get("normalisation"))
     return np.concatenate([run_net(net, feed[i][0][..., 0], tta=True)["outputs"] for i in range(len(feed))])
 
@@ -180,17 +174,6 @@ def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dic
 
 
 # ----------------------------------------------------------------------------------- denoising
-
-
-def match_affine(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """pred mapped by the least-squares gain and offset onto ref (the CARE protocol, Weigert 2018).
-
-    Networks and filters return different intensity scales; matching each one the same way makes
-    PSNR/SSIM compare structure, not an arbitrary scale.
-    """
-    a = np.stack([pred.ravel(), np.ones(pred.size)], axis=1)
-    coef, *_ = np.linalg.lstsq(a, ref.ravel(), rcond=None)
-    return pred * coef[0] + coef[1]
 
 
 def psnr(pred: np.ndarray, clean: np.ndarray) -> float:
