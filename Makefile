@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test install bench bench-learning lint clean
+.PHONY: demo test test-backend install bench bench-learning lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ demo: install
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the learning tests (models, feed, train, evaluate, predict) under another Keras backend:
+#   make test-backend KERAS_BACKEND=jax     (jax is a test dependency)
+#   make test-backend KERAS_BACKEND=torch   (after `.venv/bin/pip install torch`: PyPI's torch brings the
+#                                            CUDA libraries, about 5 GB, so it is not a test dependency)
+LEARN_TESTS := tests/test_learn_models.py tests/test_learn_data.py tests/test_learn_train.py tests/test_apply.py
+test-backend: install
+	@test -n "$(KERAS_BACKEND)" || { echo "make test-backend: set KERAS_BACKEND=jax or KERAS_BACKEND=torch" >&2; exit 2; }
+	@$(BIN)/python -c "import $(KERAS_BACKEND)" 2>/dev/null || { echo "make test-backend: $(KERAS_BACKEND) is not installed in $(VENV); run $(BIN)/pip install $(KERAS_BACKEND)" >&2; exit 2; }
+	KERAS_BACKEND=$(KERAS_BACKEND) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(LEARN_TESTS) $(PYTEST_ARGS)
 
 lint: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --configfile config/config.yaml

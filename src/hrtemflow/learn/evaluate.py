@@ -27,6 +27,25 @@ from .targets import physical
 from .train import load_bundle, prepare
 
 ECE_BINS = 15
+CI_HOW = "95 % percentile interval, test structures resampled with replacement (all images of a structure together)"
+CI_RESAMPLES = 2000
+
+
+def structure_ci(values: np.ndarray, sample_id: np.ndarray, stat=np.mean, *, resamples: int = CI_RESAMPLES,
+                 seed: int = 0) -> list[float]:
+    """95 % percentile interval of `stat` over images, bootstrapped by structure.
+
+    The images of one structure (its views and optics variants) share their errors, so resampling
+    images would make a test split of 144 tubes look like one of 2,304 independent draws and the
+    interval far too narrow: whole structures are drawn with replacement instead.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    _, inverse = np.unique(np.asarray(sample_id), return_inverse=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(members), size=(resamples, len(members)))
+    stats = np.array([stat(values[np.concatenate([members[j] for j in d])]) for d in draws])
+    return [_num(np.percentile(stats, 2.5)), _num(np.percentile(stats, 97.5))]
 FIGURES = {"classification": ("confusion.png", "calibration.png"), "regression": ("scatter.png",), "denoising": ("denoise_examples.png",)}
 
 
@@ -118,7 +137,11 @@ def _classification(model, card, splits, spec, report: Path, feed_args: dict) ->
     single, _, _ = _class_metrics(test_z[:, 0], y_test, fit_temperature(val_z[:, 0], y_val), n)
     confusion = np.zeros((n, n), dtype=int)
     np.add.at(confusion, (y_test, pred), 1)
-    per_structure = _per_structure(probabilities(test_z, tta["temperature"]), y_test, splits["test"].sample_id)
+    sample_id = splits["test"].sample_id
+    per_structure = _per_structure(probabilities(test_z, tta["temperature"]), y_test, sample_id)
+    top = np.argsort(-probabilities(test_z), axis=1)[:, :min(3, n)]
+    intervals = {"accuracy": structure_ci(pred == y_test, sample_id),
+                 f"top{min(3, n)}_accuracy": structure_ci((top == y_test[:, None]).any(axis=1), sample_id)}
     support = confusion.sum(axis=1)
     recall = {c: (_num(confusion[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
     _confusion_figure(confusion, classes, report / "confusion.png")
@@ -126,6 +149,7 @@ def _classification(model, card, splits, spec, report: Path, feed_args: dict) ->
     return {
         **tta,
         "test_time_augmentation": "8 symmetry elements (flips, 90° rotations), softmaxes averaged, as `hrtemflow predict` does",
+        "ci95": {**intervals, "how": CI_HOW},
         "single_pass": single,
         "per_structure": per_structure,
         "per_class_recall": recall,
@@ -149,6 +173,7 @@ def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dic
     true, pred = physical(task, splits["test"].y), physical(task, pred_raw)
     single = physical(task, offset + scale * outputs[:, 0])
     train_mean = physical(task, splits["train"].y)
+    sample_id = splits["test"].sample_id
     out = {}
     for name, (t, unit) in true.items():
         p = pred[name][0]
@@ -157,9 +182,10 @@ def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dic
         out[name] = {"unit": unit, "mae": _num(np.abs(err).mean()), "rmse": _num(np.sqrt((err ** 2).mean())),
                      "r2": _num(1 - (err ** 2).sum() / ((t - t.mean()) ** 2).sum()) if t.var() > 0 else None,
                      "mae_single_pass": _num(np.abs(single[name][0] - t).mean()),
-                     "mae_predict_train_mean": _num(np.abs(base).mean())}
+                     "mae_predict_train_mean": _num(np.abs(base).mean()), "mae_ci95": structure_ci(np.abs(err), sample_id)}
         if name == "n_atoms":  # a count is judged relative to its size
             out[name]["median_relative_error"] = _num(np.median(np.abs(err) / t))
+            out[name]["median_relative_error_ci95"] = structure_ci(np.abs(err) / t, sample_id, np.median)
     if task == "aberrations":  # angle error where the astigmatism is large enough to have an angle
         c12 = true["c12_magnitude_nm"][0]
         out["c12_magnitude_nm"]["mae_modulus_of_components"] = _num(np.abs(np.hypot(pred_raw[:, 1], pred_raw[:, 2]) / 10 - c12).mean())
@@ -170,7 +196,8 @@ def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dic
             d = np.rad2deg((ang_p - ang_t + np.pi / 2) % np.pi - np.pi / 2)
             out["phi12_deg_where_c12_over_1nm"] = {"unit": "deg", "mae": _num(np.abs(d).mean()), "n": int(big.sum())}
     _scatter_figure(true, pred, report / "scatter.png")
-    return {"targets": out, "test_time_augmentation": "mean over 8 symmetry elements, as `hrtemflow predict` does (mae_single_pass: without)"}
+    return {"targets": out, "test_time_augmentation": "mean over 8 symmetry elements, as `hrtemflow predict` does (mae_single_pass: without)",
+            "ci95_how": CI_HOW}
 
 
 # ----------------------------------------------------------------------------------- denoising
@@ -239,15 +266,17 @@ def _denoising(model, card, splits, spec, report: Path, feed_args: dict, max_bas
             "network": net,
             "wiener_oracle": np.stack([baselines.wiener_oracle(n, c) for n, c in zip(noisy, clean)]),
         }
-        methods = {}
+        methods, per_image = {}, {}
         for name, out in outputs.items():
-            methods[name.split(" (")[0]] = {"psnr_dB": _num(np.mean([psnr(o, c) for o, c in zip(out, clean)])),
-                                           "ssim": _num(np.mean([ssim(o, c) for o, c in zip(out, clean)]))}
+            key = name.split(" (")[0]
+            per_image[key] = np.array([psnr(o, c) for o, c in zip(out, clean)])
+            methods[key] = {"psnr_dB": _num(per_image[key].mean()), "ssim": _num(np.mean([ssim(o, c) for o, c in zip(out, clean)]))}
         best = max(("gaussian", "nl-means", "bm3d"), key=lambda m: methods[m]["psnr_dB"])
         per_family[f] = {
             "n_images": int(len(subset)), "dose_e_per_A2": {"mean": _num(dose[subset].mean()), "min": _num(dose[subset].min()), "max": _num(dose[subset].max())},
             "methods": methods, "best_baseline": best,
             "network_minus_best_baseline_dB": _num(methods["network"]["psnr_dB"] - methods[best]["psnr_dB"]),
+            "network_minus_best_baseline_dB_ci95": structure_ci(per_image["network"] - per_image[best], test_table.sample_id[subset]),
             "wiener_oracle_minus_best_baseline_dB": _num(methods["wiener_oracle"]["psnr_dB"] - methods[best]["psnr_dB"]),
             "network_full_test": {"psnr_dB": _num(net_psnr[fam == f].mean()), "ssim": _num(net_ssim[fam == f].mean()),
                                   "noisy_psnr_dB": _num(noisy_psnr[fam == f].mean()), "n_images": int((fam == f).sum())},
@@ -260,6 +289,7 @@ def _denoising(model, card, splits, spec, report: Path, feed_args: dict, max_bas
         "target": target,
         "network_full_test": {"psnr_dB": _num(net_psnr.mean()), "ssim": _num(net_ssim.mean()),
                               "noisy_psnr_dB": _num(noisy_psnr.mean()), "n_images": len(test_table)},
+        "ci95_how": CI_HOW,
         "comparison": {"subset": f"up to {max_baseline_images} images per family, evenly spaced over the test split (same images for every method)",
                        "gaussian_sigma_px": sigma, "gaussian_sigma_tuned_on": f"{len(val_idx)} validation images", "families": per_family},
         "protocol": "images normalised per image (mean 0, std 1); each output matched to the target by a least-squares gain and "
