@@ -27,6 +27,7 @@ from .targets import physical
 from .train import load_bundle, prepare
 
 ECE_BINS = 15
+FIGURES = {"classification": ("confusion.png", "calibration.png"), "regression": ("scatter.png",), "denoising": ("denoise_examples.png",)}
 CI_HOW = "95 % percentile interval, test structures resampled with replacement (all images of a structure together)"
 CI_RESAMPLES = 2000
 
@@ -46,7 +47,6 @@ def structure_ci(values: np.ndarray, sample_id: np.ndarray, stat=np.mean, *, res
     draws = rng.integers(0, len(members), size=(resamples, len(members)))
     stats = np.array([stat(values[np.concatenate([members[j] for j in d])]) for d in draws])
     return [_num(np.percentile(stats, 2.5)), _num(np.percentile(stats, 97.5))]
-FIGURES = {"classification": ("confusion.png", "calibration.png"), "regression": ("scatter.png",), "denoising": ("denoise_examples.png",)}
 
 
 def _num(x: Any) -> float | None:
@@ -98,6 +98,11 @@ def _outputs(model: keras.Model, card: Mapping[str, Any], feed: data.ShardFeed) 
     return np.concatenate([run_net(net, feed[i][0][..., 0], tta=True)["outputs"] for i in range(len(feed))])
 
 
+def topk_hits(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Per image: whether the true class is among the k most probable."""
+    return (np.argsort(-probs, axis=1)[:, :k] == y[:, None]).any(axis=1)
+
+
 def _class_metrics(logits: np.ndarray, y: np.ndarray, t: float, n: int) -> tuple[dict, np.ndarray, tuple[dict, dict]]:
     """Metrics of (averaged) logits at temperature t; also the predictions and the reliability tables."""
     before, after = probabilities(logits), probabilities(logits, t)
@@ -105,7 +110,7 @@ def _class_metrics(logits: np.ndarray, y: np.ndarray, t: float, n: int) -> tuple
     ece_before, rel_before = expected_calibration_error(before, y)
     ece_after, rel_after = expected_calibration_error(after, y)
     metrics = {"accuracy": _num((before.argmax(axis=1) == y).mean()),
-               f"top{k}_accuracy": _num((np.argsort(-before, axis=1)[:, :k] == y[:, None]).any(axis=1).mean()),
+               f"top{k}_accuracy": _num(topk_hits(before, y, k).mean()),
                "temperature": _num(t), "ece_before": _num(ece_before), "ece_after": _num(ece_after),
                "nll_before": _num(nll(logits, y)), "nll_after": _num(nll(logits, y, t))}
     return metrics, before.argmax(axis=1), (rel_before, rel_after)
@@ -139,9 +144,8 @@ def _classification(model, card, splits, spec, report: Path, feed_args: dict) ->
     np.add.at(confusion, (y_test, pred), 1)
     sample_id = splits["test"].sample_id
     per_structure = _per_structure(probabilities(test_z, tta["temperature"]), y_test, sample_id)
-    top = np.argsort(-probabilities(test_z), axis=1)[:, :min(3, n)]
     intervals = {"accuracy": structure_ci(pred == y_test, sample_id),
-                 f"top{min(3, n)}_accuracy": structure_ci((top == y_test[:, None]).any(axis=1), sample_id)}
+                 f"top{min(3, n)}_accuracy": structure_ci(topk_hits(probabilities(test_z), y_test, min(3, n)), sample_id)}
     support = confusion.sum(axis=1)
     recall = {c: (_num(confusion[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
     _confusion_figure(confusion, classes, report / "confusion.png")
