@@ -57,6 +57,17 @@ def test_complete_run_made_every_product(complete_run):
     assert (r / "apply" / "fringes" / "denoised.tif").exists()
 
 
+def test_report_html_holds_the_network_figures(complete_run):
+    """`snakemake --report` gathers the evaluation figures of every task beside the MD and image sheets."""
+    work, cfg = complete_run
+    res = run_snakemake(work, cfg, "--report", str(work / "report.html"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = (work / "report.html").read_text(errors="replace")
+    for name in ("md_cnt.png", "images_cnt.png", "confusion.png", "calibration.png", "conditions.png", "denoise_examples.png"):
+        assert name in html, f"{name} is not in the report"
+    assert "3. Networks" in html and "chirality" in html
+
+
 def test_d_unchanged_config_schedules_nothing(complete_run):
     work, cfg = complete_run
     assert planned_jobs(work, cfg) == {}

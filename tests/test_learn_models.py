@@ -28,8 +28,9 @@ SCRIPT = textwrap.dedent(
     x = rng.normal(size=(4, 16, 16, 1)).astype("float32")
     cases = [
         (models.classifier(16, 3, 4, 2), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1])),
+        (models.classifier(16, 3, 4, 2, spectral_width=2), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1])),
         (models.regressor(16, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32")),
-        (models.regressor(16, 3, 4, 2, spectral=True), "mse", rng.normal(size=(4, 3)).astype("float32")),
+        (models.regressor(16, 3, 4, 2, spectral_width=4), "mse", rng.normal(size=(4, 3)).astype("float32")),
         (models.structure_regressor(16, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32")),
         (models.denoiser(16, 4, 2), "mse", x),
     ]
@@ -50,7 +51,7 @@ def _cases(models):
     return x, [
         ("classifier", models.classifier(SIZE, 3, 4, 2), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1]), (3,)),
         ("regressor", models.regressor(SIZE, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32"), (3,)),
-        ("spectral_regressor", models.regressor(SIZE, 3, 4, 2, name="spectral_regressor", spectral=True), "mse",
+        ("spectral_regressor", models.regressor(SIZE, 3, 4, 2, name="spectral_regressor", spectral_width=4), "mse",
          rng.normal(size=(4, 3)).astype("float32"), (3,)),
         ("structure_regressor", models.structure_regressor(SIZE, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32"), (4,)),
         ("denoiser", models.denoiser(SIZE, 4, 2), "mse", x, (SIZE, SIZE, 1)),
@@ -90,8 +91,21 @@ def test_log_power_spectrum_layer_matches_numpy():
     p = np.log(np.abs(np.fft.fftshift(np.fft.fft2(x[..., 0] * w), axes=(1, 2))) ** 2 + 1e-3)
     p = (p - p.mean(axis=(1, 2), keepdims=True)) / (p.std(axis=(1, 2), keepdims=True) + 1e-6)
     np.testing.assert_allclose(got[..., 0], p, atol=2e-3)
-    assert models.build("aberrations", "regression", SIZE, 3, 4, 2).get_layer("log_power_spectrum") is not None
-    assert not any(isinstance(layer, models.LogPowerSpectrum) for layer in models.build("structure", "regression", SIZE, 4, 4, 2).layers)
+
+
+def test_spectrum_trunk_width_by_task_and_config():
+    from hrtemflow.learn import models
+
+    def spectrum_width(model):  # channels of the spectrum trunk's pooled features; 0 without one
+        return model.get_layer("spectrum_pool").output.shape[-1] if any(isinstance(layer, models.LogPowerSpectrum) for layer in model.layers) else 0
+
+    # left out of the config: aberrations as wide as the image trunk (4 * 2**1 pooled channels), the rest none
+    assert spectrum_width(models.build("aberrations", "regression", SIZE, 3, 4, 2)) == 8
+    assert spectrum_width(models.build("structure", "regression", SIZE, 4, 4, 2)) == 0
+    assert spectrum_width(models.build("chirality", "classification", SIZE, 8, 4, 2)) == 0
+    # set: any task but the denoiser gets one that wide, or none at 0
+    assert spectrum_width(models.build("chirality", "classification", SIZE, 8, 4, 2, spectral_width=2)) == 4
+    assert spectrum_width(models.build("aberrations", "regression", SIZE, 3, 4, 2, spectral_width=0)) == 0
 
 
 def test_cosine_schedule_decays_over_the_planned_epochs():

@@ -55,6 +55,7 @@ def test_training_writes_a_bundle_that_loads_in_safe_mode(chirality, root):
     assert card["split"]["structures"] == {"train": 16, "val": 4, "test": 4}
     assert 30 / 32 * 0.9 < card["pixel_size_A"] < 40 / 32 * 1.1  # median of s32/pixel_size_A (fov 30-40 Å)
     assert len(card["dataset_sha256"]) == 64 and card["mixed_precision"] is False
+    assert card["hyper"]["spectral_width"] == 0  # resolved from the task's default: the card says what was built
     # fringes are learnable: chance is 0.25, and 16 of 32 right by chance has p < 0.001 (under JAX the
     # same 6 epochs, from other initial weights, land on exactly 0.5)
     assert card["metrics"]["val"]["accuracy"] >= 0.5
@@ -80,8 +81,33 @@ def test_evaluation_of_a_classifier(chirality, root):
     assert m["per_structure"]["n_structures"] == 4 and m["per_structure"]["images_per_structure"] == 8
     lo, hi = m["ci95"]["accuracy"]
     assert 0 <= lo <= m["accuracy"] <= hi <= 1 and m["ci95"]["top3_accuracy"][1] <= 1
-    for name in ("confusion.png", "calibration.png"):
+    # accuracy by imaging condition: quartile bins that cover the test split, each accuracy inside its interval
+    conditions = m["by_condition"]
+    for key in ("dose", "defocus", "c12"):
+        bins = conditions[key]["bins"]
+        assert 1 <= len(bins) <= 4 and sum(b["n_images"] for b in bins) == m["n_images"]
+        assert all(b["range"][0] <= b["range"][1] and b["ci95"][0] <= b["accuracy"] <= b["ci95"][1] for b in bins)
+        assert all(a["range"][1] <= b["range"][0] + 1e-9 for a, b in zip(bins, bins[1:]))
+    correct = sum(b["accuracy"] * b["n_images"] for b in conditions["dose"]["bins"])
+    assert correct == pytest.approx(m["accuracy"] * m["n_images"])
+    assert m["figures"] == ["figures/confusion.png", "figures/calibration.png", "figures/conditions.png"]
+    for name in m["figures"]:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_by_condition_bins_and_a_fixed_condition(monkeypatch):
+    """Quartile bins with their own counts; a condition every image shares (a fixed dose) is one bin."""
+    sample_id = np.repeat([f"s{k}" for k in range(10)], 4)
+    table = data.Table("ordering", ("x.zarr",), np.zeros(40, int), np.arange(40), sample_id, np.zeros(40, int), np.ones(40))
+    values = {"dose_e_per_A2": np.full(40, 500.0), "defocus_A": np.linspace(-400, 400, 40), "c12_A": np.arange(40.0)}
+    monkeypatch.setattr(ev, "shard_param", lambda t, name: values[name])
+    correct = np.arange(40) >= 20  # right on the second half of the C12 range only
+    got = ev._by_condition(correct, table)
+    assert [(b["n_images"], b["accuracy"]) for b in got["dose"]["bins"]] == [(40, 0.5)]
+    assert [b["accuracy"] for b in got["c12"]["bins"]] == [0.0, 0.0, 1.0, 1.0]
+    assert got["c12"]["bins"][0]["range"] == [0.0, pytest.approx(0.975)] and got["c12"]["label"] == "C12 (nm)"
+    assert got["defocus"]["bins"][-1]["range"][1] == pytest.approx(40.0)  # |defocus| in nm
+    assert sum(b["n_images"] for b in got["defocus"]["bins"]) == 40
 
 
 def test_resume_continues_from_the_checkpoint(root, monkeypatch, capsys):
@@ -143,7 +169,7 @@ def test_regression_bundle_and_evaluation(root):
     assert t["c12_magnitude_nm"]["mae_modulus_of_components"] >= 0  # the old estimate, side by side
     assert all(v["mae_ci95"][0] <= v["mae"] <= v["mae_ci95"][1] for k, v in t.items() if "mae_ci95" in v)
     assert all(v["mae_single_pass"] >= 0 for k, v in t.items() if "mae_single_pass" in v) and "mae_single_pass" in t["defocus_nm"]
-    assert (report / "scatter.png").is_file() and json.loads((report / "metrics.json").read_text())["kind"] == "regression"
+    assert (report / "figures" / "scatter.png").is_file() and json.loads((report / "metrics.json").read_text())["kind"] == "regression"
 
 
 def test_denoiser_against_classical_baselines(root):
@@ -165,7 +191,7 @@ def test_denoiser_against_classical_baselines(root):
         assert lo <= r["network_minus_best_baseline_dB"] + 1e-9 and r["network_minus_best_baseline_dB"] <= hi + 1e-9
     assert sum(r["network_full_test"]["n_images"] for r in families.values()) == m["n_images"]
     assert m["network_full_test"]["n_images"] == m["n_images"] and m["comparison"]["gaussian_sigma_px"] > 0
-    assert (report / "denoise_examples.png").is_file()
+    assert (report / "figures" / "denoise_examples.png").is_file()
 
 
 def test_per_structure_accuracy_sums_log_probabilities():

@@ -138,3 +138,24 @@ def test_regressor_specs_name_their_targets(demo_cfg, repo_root, tmp_path, monke
     assert train_spec(plan, "aberrations")["targets"] != old["targets"]
     with pytest.raises(HrtemflowError, match="rerun `hrtemflow plan`"):
         data.check_spec(old)
+
+
+def test_spectral_width_enters_only_its_own_spec_and_only_when_not_the_default(demo_cfg, repo_root):
+    """Setting a task's spectrum trunk retrains that task alone; spelling out a default retrains nothing."""
+    from hrtemflow.plan import train_spec
+
+    plan = _plan(demo_cfg, repo_root)
+    before = {task: train_spec(plan, task) for task in plan.tasks()}
+    assert not any("spectral_width" in spec["hyper"] for spec in before.values())
+
+    tasks = demo_cfg["learning"]["tasks"]
+    tasks["aberrations"]["spectral_width"] = plan.cfg["learning"]["tasks"]["aberrations"]["width"]  # its default
+    tasks["structure"]["spectral_width"] = 0  # its default
+    tasks["denoise"]["spectral_width"] = 8  # the denoiser has no spectrum trunk
+    spelled = _plan(demo_cfg, repo_root)
+    assert {task: train_spec(spelled, task) for task in spelled.tasks()} == before
+
+    tasks["chirality"]["spectral_width"] = 8
+    after = {task: train_spec(_plan(demo_cfg, repo_root), task) for task in before}
+    assert after["chirality"]["hyper"]["spectral_width"] == 8
+    assert [task for task in before if after[task] != before[task]] == ["chirality"]

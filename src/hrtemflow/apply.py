@@ -59,7 +59,10 @@ TOP_K = 3
 #: the 8 elements of the square's symmetry group as (quarter turns, flip), identity first
 D4 = tuple((k, f) for f in (False, True) for k in range(4))
 MAX_FIT_IMAGES = 5000  # per split: plenty for a covariance of a few hundred features, and it bounds the fit's time and memory
-_IMG_BYTES_PER_BATCH = 2**24
+# input bytes per forward pass (all symmetry elements together): the activations, not the input, set the
+# memory, and at 2**24 a 64² classifier with a spectrum trunk peaked at 10 GB (128 images x 8 symmetry elements);
+# at 2**22 (32 x 8) it stays near 3 GB and is no slower on 2 cores (benchmarks/RESULTS.md)
+_IMG_BYTES_PER_BATCH = 2**22
 WINDOW_CHUNK = 4096  # windows cut, normalised and predicted at a time
 
 

@@ -39,6 +39,11 @@ TASK_FAMILIES = {
 FAMILIES = ("nanoalloy", "cnt", "amorphous")
 
 
+def spectral_width_default(task: str, width: int) -> int:
+    """`learning.tasks.<task>.spectral_width` when left out: as wide as the image trunk for aberrations, none elsewhere."""
+    return width if task == "aberrations" else 0
+
+
 def schema_dir() -> Path:
     """The schema folder: in the repository (editable install) or packaged with the wheel."""
     here = Path(__file__).resolve().parent

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import FAMILIES, TASK_FAMILIES, potential_files
+from .config import FAMILIES, TASK_FAMILIES, potential_files, spectral_width_default
 from .errors import HrtemflowError
 from .io import canonical_json, write_if_changed
 from .learn.targets import REGRESSION_TARGETS
@@ -218,10 +218,16 @@ def task_classes(cfg: dict, task: str) -> list[str] | None:
 
 
 def _hyper(tcfg: dict, task: str) -> dict:
-    """A task's training settings; keys other tasks ignore stay out, so changing them retrains nothing else."""
+    """A task's training settings; keys other tasks ignore stay out, so changing them retrains nothing else.
+
+    `spectral_width` is written only when set and not the task's default: a campaign planned before
+    the option existed keeps its specs byte for byte, so its models are not retrained for nothing.
+    """
     hyper = copy.deepcopy(tcfg)
     if task != "denoise":
         hyper.pop("target", None)
+    if task == "denoise" or hyper.get("spectral_width") == spectral_width_default(task, hyper["width"]):
+        hyper.pop("spectral_width", None)
     return hyper
 
 
@@ -251,6 +257,7 @@ def train_paths(cfg: dict, task: str) -> dict[str, str]:
         "model": f"{r}/models/{task}/model.keras",
         "card": f"{r}/models/{task}/card.json",
         "report": f"{r}/reports/{task}/metrics.json",
+        "figures": f"{r}/reports/{task}/figures",
     }
 
 

@@ -72,7 +72,7 @@ def final_targets():
     if IMAGING:
         out += [f"{R}/figures/images_{f}.png" for f in families()]
     for task in PLAN.tasks():
-        out.append(hplan.train_paths(CFG, task)["report"])
+        out += [hplan.train_paths(CFG, task)[k] for k in ("report", "figures")]  # a job reruns only for missing outputs that are asked for
     if CFG["apply"]["enabled"]:
         out.append(f"{R}/apply/summary.json")
     return out

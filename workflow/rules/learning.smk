@@ -31,6 +31,8 @@ rule evaluate:
         card=f"{R}/models/{{task}}/card.json",
     output:
         metrics=f"{R}/reports/{{task}}/metrics.json",
+        figures=report(directory(f"{R}/reports/{{task}}/figures"), patterns=["{name}.png"],
+                       caption="../report/learning_figures.rst", category="3. Networks", subcategory="{task}"),
     params:
         spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
         model_dir=lambda wc: f"{R}/models/{wc.task}",

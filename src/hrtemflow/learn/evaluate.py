@@ -1,9 +1,9 @@
-"""Evaluation of a model bundle on the test split: metrics.json and figures in a report folder.
+"""Evaluation of a model bundle on the test split: metrics.json in a report folder, figures in its figures/.
 
 Classification: accuracy, top-3, per-class recall, confusion matrix, expected calibration error
-before and after temperature scaling (T fitted on the validation split). Regression: MAE and RMSE
-per target in physical units. Denoising: PSNR and SSIM of the network against three classical
-baselines run in the same process on the same test images.
+before and after temperature scaling (T fitted on the validation split), accuracy by dose, defocus
+and astigmatism. Regression: MAE and RMSE per target in physical units. Denoising: PSNR and SSIM of
+the network against three classical baselines run in the same process on the same test images.
 """
 
 from __future__ import annotations
@@ -27,9 +27,17 @@ from .targets import physical
 from .train import load_bundle, prepare
 
 ECE_BINS = 15
-FIGURES = {"classification": ("confusion.png", "calibration.png"), "regression": ("scatter.png",), "denoising": ("denoise_examples.png",)}
+#: figures per kind, written to <report>/figures/ (the folder `snakemake --report` collects)
+FIGURES = {"classification": ("confusion.png", "calibration.png", "conditions.png"), "regression": ("scatter.png",),
+           "denoising": ("denoise_examples.png",)}
+FIGURE_DIR = "figures"
 CI_HOW = "95 % percentile interval, test structures resampled with replacement (all images of a structure together)"
 CI_RESAMPLES = 2000
+#: imaging conditions a classification report breaks its accuracy down by: shard parameter, label, to that unit
+CONDITIONS = {"dose": ("dose_e_per_A2", "dose (e-/Å²)", lambda v: v),
+              "defocus": ("defocus_A", "|defocus| (nm)", lambda v: np.abs(v) / 10.0),
+              "c12": ("c12_A", "C12 (nm)", lambda v: np.abs(v) / 10.0)}
+CONDITION_BINS = 4
 
 
 def structure_ci(values: np.ndarray, sample_id: np.ndarray, stat=np.mean, *, resamples: int = CI_RESAMPLES,
@@ -116,6 +124,33 @@ def _class_metrics(logits: np.ndarray, y: np.ndarray, t: float, n: int) -> tuple
     return metrics, before.argmax(axis=1), (rel_before, rel_after)
 
 
+def _by_condition(correct: np.ndarray, table: data.Table) -> dict:
+    """Accuracy in quartiles of dose, |defocus| and C12 over the test images, each with its interval.
+
+    One number hides where a classifier can be trusted; a microscopist chooses the dose and the
+    focus, so the report says how accuracy moves with them.
+    """
+    correct = np.asarray(correct, dtype=np.float64)
+    out = {}
+    for key, (param, label, to_unit) in CONDITIONS.items():
+        v = to_unit(shard_param(table, param))
+        edges = np.unique(np.quantile(v, np.linspace(0, 1, CONDITION_BINS + 1)))
+        if len(edges) < 2:  # one value for every image (a fixed dose, say): a single bin
+            edges = np.array([v.min(), v.max()])
+        which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+        bins = []
+        for b in range(len(edges) - 1):
+            m = which == b
+            if m.any():
+                bins.append({"range": [_num(edges[b]), _num(edges[b + 1])], "n_images": int(m.sum()),
+                             "n_structures": int(len(np.unique(table.sample_id[m]))), "accuracy": _num(correct[m].mean()),
+                             "ci95": structure_ci(correct[m], table.sample_id[m])})
+        out[key] = {"label": label, "bins": bins}
+    out["how"] = (f"test images in {CONDITION_BINS} quantile bins of each condition (8-fold test-time augmentation); "
+                  "intervals resample whole structures within the bin")
+    return out
+
+
 def _per_structure(probs: np.ndarray, y: np.ndarray, sample_id: np.ndarray) -> dict:
     """Accuracy when every test image of one structure (its views and imaging variants) is combined
     by summing log-probabilities: what a focal or tilt series of one object would give, beside the
@@ -130,7 +165,7 @@ def _per_structure(probs: np.ndarray, y: np.ndarray, sample_id: np.ndarray) -> d
             "how": "all test images of a structure, log-probabilities summed (after temperature scaling)"}
 
 
-def _classification(model, card, splits, spec, report: Path, feed_args: dict) -> dict:
+def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
     """Metrics of what `hrtemflow predict` reports (8-fold test-time augmentation, temperature fitted
     the same way on the validation split), and of a single forward pass beside them."""
     classes = card["classes"]
@@ -148,8 +183,10 @@ def _classification(model, card, splits, spec, report: Path, feed_args: dict) ->
                  f"top{min(3, n)}_accuracy": structure_ci(topk_hits(probabilities(test_z), y_test, min(3, n)), sample_id)}
     support = confusion.sum(axis=1)
     recall = {c: (_num(confusion[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
-    _confusion_figure(confusion, classes, report / "confusion.png")
-    _calibration_figure(rel_before, rel_after, tta["ece_before"], tta["ece_after"], tta["temperature"], report / "calibration.png")
+    by_condition = _by_condition(pred == y_test, splits["test"])
+    _confusion_figure(confusion, classes, figures / "confusion.png")
+    _calibration_figure(rel_before, rel_after, tta["ece_before"], tta["ece_after"], tta["temperature"], figures / "calibration.png")
+    _conditions_figure(by_condition, tta["accuracy"], figures / "conditions.png")
     return {
         **tta,
         "test_time_augmentation": "8 symmetry elements (flips, 90° rotations), softmaxes averaged, as `hrtemflow predict` does",
@@ -158,6 +195,7 @@ def _classification(model, card, splits, spec, report: Path, feed_args: dict) ->
         "per_structure": per_structure,
         "per_class_recall": recall,
         "per_class_support": {c: int(s) for c, s in zip(classes, support)},
+        "by_condition": by_condition,
         "confusion_matrix": {"rows": "true class", "columns": "predicted class", "classes": classes, "counts": confusion.tolist()},
         "ece_bins": ECE_BINS,
         "chance_accuracy": _num(np.bincount(y_test, minlength=n).max() / len(y_test)),
@@ -167,7 +205,7 @@ def _classification(model, card, splits, spec, report: Path, feed_args: dict) ->
 # ---------------------------------------------------------------------------------- regression
 
 
-def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dict:
+def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
     task = card["task"]
     offset = np.array([t["offset"] for t in card["targets"]])
     scale = np.array([t["scale"] for t in card["targets"]])
@@ -199,7 +237,7 @@ def _regression(model, card, splits, spec, report: Path, feed_args: dict) -> dic
             ang_p = 0.5 * np.arctan2(pred_raw[big, 2], pred_raw[big, 1])
             d = np.rad2deg((ang_p - ang_t + np.pi / 2) % np.pi - np.pi / 2)
             out["phi12_deg_where_c12_over_1nm"] = {"unit": "deg", "mae": _num(np.abs(d).mean()), "n": int(big.sum())}
-    _scatter_figure(true, pred, report / "scatter.png")
+    _scatter_figure(true, pred, figures / "scatter.png")
     return {"targets": out, "test_time_augmentation": "mean over 8 symmetry elements, as `hrtemflow predict` does (mae_single_pass: without)",
             "ci95_how": CI_HOW}
 
@@ -229,17 +267,17 @@ def family_of(sample_id: str) -> str:
     return str(sample_id).split("-", 1)[0]
 
 
-def _doses(table: data.Table) -> np.ndarray:
-    """Each image's dose (e-/Å²), read from its shard's parameters."""
+def shard_param(table: data.Table, name: str) -> np.ndarray:
+    """Each image's imaging parameter `name` (params/<name> of its shard, e.g. dose_e_per_A2, defocus_A)."""
     out = np.empty(len(table))
     for k, path in enumerate(table.paths):
         m = table.shard == k
         if m.any():
-            out[m] = np.asarray(zarr.open_group(path, mode="r")["params/dose_e_per_A2"][:], dtype=np.float64)[table.row[m]]
+            out[m] = np.asarray(zarr.open_group(path, mode="r")[f"params/{name}"][:], dtype=np.float64)[table.row[m]]
     return out
 
 
-def _denoising(model, card, splits, spec, report: Path, feed_args: dict, max_baseline_images: int) -> dict:
+def _denoising(model, card, splits, spec, figures: Path, feed_args: dict, max_baseline_images: int) -> dict:
     size = spec["image_size"]
     test_table = splits["test"]
     test = data.ShardFeed(test_table, size, **feed_args)
@@ -253,7 +291,7 @@ def _denoising(model, card, splits, spec, report: Path, feed_args: dict, max_bas
             noisy_psnr.append(psnr(xi, yi))
     net_psnr, net_ssim, noisy_psnr = map(np.asarray, (net_psnr, net_ssim, noisy_psnr))
     fam = np.array([family_of(s) for s in test_table.sample_id])
-    dose = _doses(test_table)
+    dose = shard_param(test_table, "dose_e_per_A2")
     val_idx = data.evenly_spaced(len(splits["val"]), 16)
     sigma = baselines.tune_gaussian(*_arrays(splits["val"], size, val_idx, feed_args), score=psnr)
     per_family, example = {}, None
@@ -287,7 +325,7 @@ def _denoising(model, card, splits, spec, report: Path, feed_args: dict, max_bas
         }
         if example is None:
             example = (outputs, clean)
-    _denoise_figure(*example, report / "denoise_examples.png")
+    _denoise_figure(*example, figures / "denoise_examples.png")
     target = test_table.info.get("target", "clean")
     return {
         "target": target,
@@ -360,6 +398,28 @@ def _calibration_figure(before: dict, after: dict, ece_b: float, ece_a: float, t
     _save(plt, fig, path)
 
 
+def _conditions_figure(by_condition: dict, overall: float, path: Path) -> None:
+    keys = [k for k in CONDITIONS if by_condition.get(k, {}).get("bins")]
+    plt, fig = _figure(figsize=(3.3 * len(keys), 3.0))
+    for k, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), k + 1)
+        bins = by_condition[key]["bins"]
+        x = [0.5 * (b["range"][0] + b["range"][1]) for b in bins]
+        acc = np.array([b["accuracy"] for b in bins])
+        ci = np.array([[b["ci95"][0], b["ci95"][1]] for b in bins], dtype=float)
+        err = np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc]))
+        ax.errorbar(x, acc, yerr=err, fmt="o-", capsize=3, label="quartile bin, 95 % interval")
+        for j, b in enumerate(bins):
+            ax.axvspan(b["range"][0], b["range"][1], color="0.9" if j % 2 else "0.97", zorder=0)
+        ax.axhline(overall, color="k", ls="--", lw=1, label=f"all: {overall:.3f}")
+        ax.set_ylim(min(0.5, float(np.nanmin(ci))) if np.isfinite(ci).any() else 0, 1.0)
+        ax.set_xlabel(by_condition[key]["label"])
+        ax.set_ylabel("accuracy")
+        ax.legend(loc="lower right", fontsize=7)
+    fig.suptitle("test accuracy by imaging condition")
+    _save(plt, fig, path)
+
+
 def _scatter_figure(true: dict, pred: dict, path: Path) -> None:
     n = len(true)
     plt, fig = _figure(figsize=(3.2 * n, 3.2))
@@ -407,21 +467,22 @@ def evaluate(spec: Mapping[str, Any], model_dir: str | Path, report_dir: str | P
     if table.info["dataset_sha256"] != card["dataset_sha256"]:
         raise HrtemflowError(f"model bundle {model_dir} was trained on a different dataset than the spec's shards now hold "
                              f"(dataset_sha256 differs); retrain it (`hrtemflow train`) before evaluating")
-    report.mkdir(parents=True, exist_ok=True)
+    figures = report / FIGURE_DIR
+    figures.mkdir(parents=True, exist_ok=True)
     feed_args = {"batch_size": card["hyper"]["batch_size"], "cache_bytes": cache_bytes}
     if card["kind"] == "regression":
         feed_args["target_scale"] = (np.array([t["offset"] for t in card["targets"]]), np.array([t["scale"] for t in card["targets"]]))
     kind = card["kind"]
     if kind == "classification":
-        result = _classification(model, card, splits, spec, report, feed_args)
+        result = _classification(model, card, splits, spec, figures, feed_args)
     elif kind == "regression":
-        result = _regression(model, card, splits, spec, report, feed_args)
+        result = _regression(model, card, splits, spec, figures, feed_args)
     else:
-        result = _denoising(model, card, splits, spec, report, feed_args, max_baseline_images)
+        result = _denoising(model, card, splits, spec, figures, feed_args, max_baseline_images)
     metrics = {
         "task": card["task"], "kind": kind, "model_dir": str(model_dir), "dataset_sha256": card["dataset_sha256"],
         "split": "test", "n_images": len(splits["test"]), "n_structures": splits["test"].n_structures(),
-        "figures": list(FIGURES[kind]), "backend": keras.backend.backend(), **result,
+        "figures": [f"{FIGURE_DIR}/{name}" for name in FIGURES[kind]], "backend": keras.backend.backend(), **result,
     }
     write_json_atomic(report / "metrics.json", metrics)
     return metrics

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from ..config import spectral_width_default
+
 STRUCTURE_TARGETS = ("co_fraction", "log_n_atoms", "order_measure", "energy_per_atom_eV")
 
 
@@ -44,9 +46,14 @@ def _trunk(input_size: int, width: int, depth: int):
     return inputs, _trunk_on(inputs, width, depth)
 
 
-def classifier(input_size: int, n_classes: int, width: int = 16, depth: int = 3) -> keras.Model:
-    """Class probabilities; the pre-softmax layer is named "logits" (temperature scaling uses it)."""
+def classifier(input_size: int, n_classes: int, width: int = 16, depth: int = 3, spectral_width: int = 0) -> keras.Model:
+    """Class probabilities; the pre-softmax layer is named "logits" (temperature scaling uses it).
+
+    `spectral_width` > 0 adds a trunk on the log power spectrum (CNT chirality: the graphene
+    reflections' angles to the tube axis are the chiral angle, plain in the spectrum).
+    """
     inputs, x = _trunk(input_size, width, depth)
+    x = _with_spectrum(inputs, x, spectral_width, depth)
     x = layers.Dropout(0.2)(x)
     logits = layers.Dense(n_classes, dtype="float32", name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
@@ -79,24 +86,31 @@ class LogPowerSpectrum(layers.Layer):
         return input_shape
 
 
+def _with_spectrum(inputs, features, spectral_width: int, depth: int):
+    """The image trunk's features, joined by those of a trunk `spectral_width` wide on the log power spectrum (0: none)."""
+    if not spectral_width:
+        return features
+    spectrum = _trunk_on(LogPowerSpectrum(name="log_power_spectrum")(inputs), spectral_width, depth, "spectrum_pool")
+    return layers.Concatenate()([features, spectrum])
+
+
 def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, name: str = "regressor",
-              spectral: bool = False) -> keras.Model:
+              spectral_width: int = 0) -> keras.Model:
     """Scaled targets (O(1)); the card holds each target's offset and scale.
 
-    `spectral` adds a second trunk on the image's log power spectrum (aberrations: the image trunk
+    `spectral_width` > 0 adds a trunk on the image's log power spectrum (aberrations: the image trunk
     sees the sign of the contrast, the spectrum trunk the ring radii and ellipticity).
     """
     inputs, x = _trunk(input_size, width, depth)
-    if spectral:
-        x = layers.Concatenate()([x, _trunk_on(LogPowerSpectrum(name="log_power_spectrum")(inputs), width, depth, "spectrum_pool")])
+    x = _with_spectrum(inputs, x, spectral_width, depth)
     x = layers.Dense(4 * width, activation="relu")(x)
     outputs = layers.Dense(n_targets, dtype="float32", name="targets")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def structure_regressor(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
+def structure_regressor(input_size: int, width: int = 16, depth: int = 3, spectral_width: int = 0) -> keras.Model:
     """Ag/Co particle: co_fraction, log n_atoms, order_measure, energy per atom (scaled)."""
-    return regressor(input_size, len(STRUCTURE_TARGETS), width, depth, name="structure_regressor")
+    return regressor(input_size, len(STRUCTURE_TARGETS), width, depth, name="structure_regressor", spectral_width=spectral_width)
 
 
 def denoiser(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
@@ -116,12 +130,15 @@ def denoiser(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
     return keras.Model(inputs, outputs, name="denoiser")
 
 
-def build(task: str, kind: str, input_size: int, n_outputs: int, width: int, depth: int) -> keras.Model:
-    """The model a task trains (`n_outputs`: classes or targets; ignored for denoising)."""
+def build(task: str, kind: str, input_size: int, n_outputs: int, width: int, depth: int,
+          spectral_width: int | None = None) -> keras.Model:
+    """The model a task trains (`n_outputs`: classes or targets; ignored for denoising, which has no spectrum trunk)."""
+    if spectral_width is None:
+        spectral_width = spectral_width_default(task, width)
     if kind == "classification":
-        return classifier(input_size, n_outputs, width, depth)
+        return classifier(input_size, n_outputs, width, depth, spectral_width)
     if kind == "denoising":
         return denoiser(input_size, width, depth)
     if task == "structure":
-        return structure_regressor(input_size, width, depth)
-    return regressor(input_size, n_outputs, width, depth, spectral=task == "aberrations")
+        return structure_regressor(input_size, width, depth, spectral_width)
+    return regressor(input_size, n_outputs, width, depth, spectral_width=spectral_width)

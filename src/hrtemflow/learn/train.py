@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from .. import runtime
+from ..config import spectral_width_default
 from ..errors import HrtemflowError
 from ..io import atomic_file, canonical_json, write_json_atomic
 from . import data, models
@@ -215,6 +216,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     table, splits = prepared or prepare(spec, base)
     task, size, hyper = spec["task"], spec["image_size"], spec["hyper"]
     kind = data.TASK_KIND[task]
+    spectral_width = None if kind == "denoising" else hyper.get("spectral_width", spectral_width_default(task, hyper["width"]))
     seed = task_seed(spec["campaign_seed"], task)
     keras.utils.set_random_seed(seed)
     _limit_threads()
@@ -245,7 +247,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             state = {"fingerprint": fingerprint, "epoch": 0, "best_val_loss": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": {}}
-            model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"])
+            model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"], spectral_width)
             steps = max(1, len(splits["train"]) // int(hyper["batch_size"]))  # the feed drops the last partial batch
             _compile(model, kind, _optimizer(hyper, steps))
 
@@ -270,7 +272,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
 
     bundle_model = model
     if mixed:  # the bundle is float32, so it runs anywhere (CPU inference included)
-        bundle_model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"])
+        bundle_model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"], spectral_width)
         bundle_model.set_weights(model.get_weights())
 
     card = {
@@ -291,7 +293,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         "best_epoch": state["best_epoch"],
         "stopped_early": state["stopped"],
         "history": state["history"],
-        "hyper": dict(hyper),
+        "hyper": {**hyper, **({"spectral_width": spectral_width} if spectral_width is not None else {})},  # resolved: the card says what was built
         "seed": seed,
         "mixed_precision": mixed,
         "backend": keras.backend.backend(),
