@@ -93,6 +93,8 @@ def report() -> str:
     res = _results("chirality")
     m = _metrics(res, "chirality")
     note = f"{m['n_images']} test images of {m['n_structures']} tubes" if m else ""
+    if m and m.get("per_view"):
+        note += f"; the {m['per_view']['images_per_group']:.0f} exposures of one view combined: {m['per_view']['accuracy']:.3f}"
     if m and m.get("per_structure"):
         note += f"; all images of a tube combined: {m['per_structure']['accuracy']:.3f}"
     rows.append(_row("CNT chirality top-1 (8 classes, d 0.82–1.36 nm)", m and m["accuracy"], "{:.3f}", "≥ 0.95", m and m["accuracy"] >= 0.95, note,
@@ -107,6 +109,8 @@ def report() -> str:
     m = _metrics(res, "ordering")
     rows.append(_row("Ag/Co ordering accuracy (3 classes)", m and m["accuracy"], "{:.3f}", "≥ 0.95", m and m["accuracy"] >= 0.95,
                      m and f"{m['n_images']} test images of {m['n_structures']} particles"
+                     + (f"; the {m['per_view']['images_per_group']:.0f} exposures of one view combined: {m['per_view']['accuracy']:.3f}"
+                        if m.get("per_view") else "")
                      + (f"; all images of a particle combined: {m['per_structure']['accuracy']:.3f}" if m.get("per_structure") else ""),
                      _ci(m, "ci95", "accuracy")))
     m = _metrics(res, "aberrations")

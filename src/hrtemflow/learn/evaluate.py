@@ -2,7 +2,8 @@
 
 Classification: accuracy, top-3, per-class recall, confusion matrix, expected calibration error
 before and after temperature scaling (T fitted on the validation split), accuracy by dose, defocus
-and astigmatism. Regression: MAE and RMSE per target in physical units. Denoising: PSNR and SSIM of
+and astigmatism, and accuracy over a view's or a structure's images combined. Regression: MAE and
+RMSE per target in physical units, and the MAE by the same conditions. Denoising: PSNR and SSIM of
 the network against three classical baselines run in the same process on the same test images.
 """
 
@@ -28,12 +29,12 @@ from .train import load_bundle, prepare
 
 ECE_BINS = 15
 #: figures per kind, written to <report>/figures/ (the folder `snakemake --report` collects)
-FIGURES = {"classification": ("confusion.png", "calibration.png", "conditions.png"), "regression": ("scatter.png",),
+FIGURES = {"classification": ("confusion.png", "calibration.png", "conditions.png"), "regression": ("scatter.png", "conditions.png"),
            "denoising": ("denoise_examples.png",)}
 FIGURE_DIR = "figures"
 CI_HOW = "95 % percentile interval, test structures resampled with replacement (all images of a structure together)"
 CI_RESAMPLES = 2000
-#: imaging conditions a classification report breaks its accuracy down by: shard parameter, label, to that unit
+#: imaging conditions a report breaks its accuracy (or a regressor's error) down by: shard parameter, label, to that unit
 CONDITIONS = {"dose": ("dose_e_per_A2", "dose (e-/Å²)", lambda v: v),
               "defocus": ("defocus_A", "|defocus| (nm)", lambda v: np.abs(v) / 10.0),
               "c12": ("c12_A", "C12 (nm)", lambda v: np.abs(v) / 10.0)}
@@ -124,13 +125,14 @@ def _class_metrics(logits: np.ndarray, y: np.ndarray, t: float, n: int) -> tuple
     return metrics, before.argmax(axis=1), (rel_before, rel_after)
 
 
-def _by_condition(correct: np.ndarray, table: data.Table) -> dict:
-    """Accuracy in quartiles of dose, |defocus| and C12 over the test images, each with its interval.
+def _by_condition(values: np.ndarray, table: data.Table, metric: str = "accuracy") -> dict:
+    """The mean of per-image `values` (right or wrong; an absolute error) in quartiles of dose,
+    |defocus| and C12 over the test images, each bin with its interval, stored under `metric`.
 
-    One number hides where a classifier can be trusted; a microscopist chooses the dose and the
-    focus, so the report says how accuracy moves with them.
+    One number hides where a network can be trusted; a microscopist chooses the dose and the
+    focus, so the report says how accuracy or error moves with them.
     """
-    correct = np.asarray(correct, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
     out = {}
     for key, (param, label, to_unit) in CONDITIONS.items():
         v = to_unit(shard_param(table, param))
@@ -143,26 +145,37 @@ def _by_condition(correct: np.ndarray, table: data.Table) -> dict:
             m = which == b
             if m.any():
                 bins.append({"range": [_num(edges[b]), _num(edges[b + 1])], "n_images": int(m.sum()),
-                             "n_structures": int(len(np.unique(table.sample_id[m]))), "accuracy": _num(correct[m].mean()),
-                             "ci95": structure_ci(correct[m], table.sample_id[m])})
+                             "n_structures": int(len(np.unique(table.sample_id[m]))), metric: _num(values[m].mean()),
+                             "ci95": structure_ci(values[m], table.sample_id[m])})
         out[key] = {"label": label, "bins": bins}
     out["how"] = (f"test images in {CONDITION_BINS} quantile bins of each condition (8-fold test-time augmentation); "
                   "intervals resample whole structures within the bin")
     return out
 
 
-def _per_structure(probs: np.ndarray, y: np.ndarray, sample_id: np.ndarray) -> dict:
-    """Accuracy when every test image of one structure (its views and imaging variants) is combined
-    by summing log-probabilities: what a focal or tilt series of one object would give, beside the
-    single-image figure the targets are judged on."""
-    ids, inverse = np.unique(sample_id, return_inverse=True)
+def _combined(probs: np.ndarray, y: np.ndarray, group: np.ndarray, how: str) -> dict:
+    """Accuracy when the test images of each group are combined by summing log-probabilities (after
+    temperature scaling): what a series of exposures of one object gives, beside the single-image
+    figure the targets are judged on."""
+    ids, inverse = np.unique(group, return_inverse=True)
     log_p = np.zeros((len(ids), probs.shape[1]))
     np.add.at(log_p, inverse, np.log(np.clip(probs, 1e-12, None)))
     truth = np.zeros(len(ids), dtype=np.int64)
     truth[inverse] = y
-    return {"accuracy": _num((log_p.argmax(axis=1) == truth).mean()), "n_structures": len(ids),
-            "images_per_structure": _num(np.median(np.bincount(inverse))),
-            "how": "all test images of a structure, log-probabilities summed (after temperature scaling)"}
+    return {"accuracy": _num((log_p.argmax(axis=1) == truth).mean()), "n_groups": len(ids),
+            "images_per_group": _num(np.median(np.bincount(inverse))), "how": how}
+
+
+def view_ids(table: data.Table) -> np.ndarray:
+    """Each image's view ("<sample>-v02-o05" -> "<sample>-v02"): its optics variants share the
+    structure's orientation and position, and differ in defocus, aberrations, dose and detector."""
+    out = np.empty(len(table), dtype=object)
+    for k, path in enumerate(table.paths):
+        m = table.shard == k
+        if m.any():
+            ids = data._strings(zarr.open_group(path, mode="r")["image_id"])[table.row[m]]
+            out[m] = [i.rsplit("-o", 1)[0] for i in ids]
+    return out.astype(str)
 
 
 def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
@@ -178,7 +191,11 @@ def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -
     confusion = np.zeros((n, n), dtype=int)
     np.add.at(confusion, (y_test, pred), 1)
     sample_id = splits["test"].sample_id
-    per_structure = _per_structure(probabilities(test_z, tta["temperature"]), y_test, sample_id)
+    calibrated = probabilities(test_z, tta["temperature"])
+    per_structure = _combined(calibrated, y_test, sample_id, "all test images of a structure (its views and their variants)")
+    per_view = _combined(calibrated, y_test, view_ids(splits["test"]),
+                         "all exposures of one view (one orientation; defocus, aberrations and dose differ between them, "
+                         "as in a focal series)")
     intervals = {"accuracy": structure_ci(pred == y_test, sample_id),
                  f"top{min(3, n)}_accuracy": structure_ci(topk_hits(probabilities(test_z), y_test, min(3, n)), sample_id)}
     support = confusion.sum(axis=1)
@@ -186,13 +203,14 @@ def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -
     by_condition = _by_condition(pred == y_test, splits["test"])
     _confusion_figure(confusion, classes, figures / "confusion.png")
     _calibration_figure(rel_before, rel_after, tta["ece_before"], tta["ece_after"], tta["temperature"], figures / "calibration.png")
-    _conditions_figure(by_condition, tta["accuracy"], figures / "conditions.png")
+    _conditions_figure([("accuracy", by_condition, tta["accuracy"], "accuracy")], figures / "conditions.png", "test accuracy by imaging condition")
     return {
         **tta,
         "test_time_augmentation": "8 symmetry elements (flips, 90° rotations), softmaxes averaged, as `hrtemflow predict` does",
         "ci95": {**intervals, "how": CI_HOW},
         "single_pass": single,
         "per_structure": per_structure,
+        "per_view": per_view,
         "per_class_recall": recall,
         "per_class_support": {c: int(s) for c, s in zip(classes, support)},
         "by_condition": by_condition,
@@ -224,7 +242,8 @@ def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> di
         out[name] = {"unit": unit, "mae": _num(np.abs(err).mean()), "rmse": _num(np.sqrt((err ** 2).mean())),
                      "r2": _num(1 - (err ** 2).sum() / ((t - t.mean()) ** 2).sum()) if t.var() > 0 else None,
                      "mae_single_pass": _num(np.abs(single[name][0] - t).mean()),
-                     "mae_predict_train_mean": _num(np.abs(base).mean()), "mae_ci95": structure_ci(np.abs(err), sample_id)}
+                     "mae_predict_train_mean": _num(np.abs(base).mean()), "mae_ci95": structure_ci(np.abs(err), sample_id),
+                     "by_condition": _by_condition(np.abs(err), splits["test"], "mae")}
         if name == "n_atoms":  # a count is judged relative to its size
             out[name]["median_relative_error"] = _num(np.median(np.abs(err) / t))
             out[name]["median_relative_error_ci95"] = structure_ci(np.abs(err) / t, sample_id, np.median)
@@ -238,6 +257,8 @@ def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> di
             d = np.rad2deg((ang_p - ang_t + np.pi / 2) % np.pi - np.pi / 2)
             out["phi12_deg_where_c12_over_1nm"] = {"unit": "deg", "mae": _num(np.abs(d).mean()), "n": int(big.sum())}
     _scatter_figure(true, pred, figures / "scatter.png")
+    _conditions_figure([(f"MAE {name} ({unit})", out[name]["by_condition"], out[name]["mae"], "mae") for name, (_, unit) in true.items()],
+                       figures / "conditions.png", "test error by imaging condition")
     return {"targets": out, "test_time_augmentation": "mean over 8 symmetry elements, as `hrtemflow predict` does (mae_single_pass: without)",
             "ci95_how": CI_HOW}
 
@@ -398,25 +419,31 @@ def _calibration_figure(before: dict, after: dict, ece_b: float, ece_a: float, t
     _save(plt, fig, path)
 
 
-def _conditions_figure(by_condition: dict, overall: float, path: Path) -> None:
-    keys = [k for k in CONDITIONS if by_condition.get(k, {}).get("bins")]
-    plt, fig = _figure(figsize=(3.3 * len(keys), 3.0))
-    for k, key in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), k + 1)
-        bins = by_condition[key]["bins"]
-        x = [0.5 * (b["range"][0] + b["range"][1]) for b in bins]
-        acc = np.array([b["accuracy"] for b in bins])
-        ci = np.array([[b["ci95"][0], b["ci95"][1]] for b in bins], dtype=float)
-        err = np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc]))
-        ax.errorbar(x, acc, yerr=err, fmt="o-", capsize=3, label="quartile bin, 95 % interval")
-        for j, b in enumerate(bins):
-            ax.axvspan(b["range"][0], b["range"][1], color="0.9" if j % 2 else "0.97", zorder=0)
-        ax.axhline(overall, color="k", ls="--", lw=1, label=f"all: {overall:.3f}")
-        ax.set_ylim(min(0.5, float(np.nanmin(ci))) if np.isfinite(ci).any() else 0, 1.0)
-        ax.set_xlabel(by_condition[key]["label"])
-        ax.set_ylabel("accuracy")
-        ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle("test accuracy by imaging condition")
+def _conditions_figure(rows: list[tuple[str, dict, float, str]], path: Path, title: str) -> None:
+    """One row of panels per (name, by_condition, overall value, metric): the figure of merit in each
+    quartile bin of every condition, with its interval and the all-images value as a dashed line."""
+    keys = [k for k in CONDITIONS if rows[0][1].get(k, {}).get("bins")]
+    plt, fig = _figure(figsize=(3.3 * len(keys), 3.0 * len(rows)))
+    for r, (name, by_condition, overall, metric) in enumerate(rows):
+        for k, key in enumerate(keys):
+            ax = fig.add_subplot(len(rows), len(keys), r * len(keys) + k + 1)
+            bins = by_condition[key]["bins"]
+            x = [0.5 * (b["range"][0] + b["range"][1]) for b in bins]
+            val = np.array([b[metric] for b in bins])
+            ci = np.array([[b["ci95"][0], b["ci95"][1]] for b in bins], dtype=float)
+            err = np.abs(np.stack([val - ci[:, 0], ci[:, 1] - val]))
+            ax.errorbar(x, val, yerr=err, fmt="o-", capsize=3, label="quartile bin, 95 % interval")
+            for j, b in enumerate(bins):
+                ax.axvspan(b["range"][0], b["range"][1], color="0.9" if j % 2 else "0.97", zorder=0)
+            ax.axhline(overall, color="k", ls="--", lw=1, label=f"all: {overall:.3g}")
+            if metric == "accuracy":
+                ax.set_ylim(min(0.5, float(np.nanmin(ci))) if np.isfinite(ci).any() else 0, 1.0)
+            else:
+                ax.set_ylim(0, None)
+            ax.set_xlabel(by_condition[key]["label"])
+            ax.set_ylabel(name)
+            ax.legend(loc="lower right" if metric == "accuracy" else "upper right", fontsize=7)
+    fig.suptitle(title)
     _save(plt, fig, path)
 
 
