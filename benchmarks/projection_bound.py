@@ -147,6 +147,16 @@ def _render(positions: np.ndarray, numbers: np.ndarray, euler, shift, fov: float
     return proj.reshape(size, OVERSAMPLE, size, OVERSAMPLE, -1).mean(axis=(1, 3)).astype(np.float32)
 
 
+def _param_columns(g, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Every params/<name> array of an image shard, at the given rows."""
+    return {name: np.asarray(g[f"params/{name}"][:])[rows] for name in g["params"].array_keys()}
+
+
+def _scalars(columns: dict[str, np.ndarray], i: int) -> dict[str, float]:
+    """One image's scalar parameters (what hrtemflow.optics takes), from `_param_columns`."""
+    return {name: float(v[i]) for name, v in columns.items() if v.ndim == 1}
+
+
 def _phase_object_images(table, size: int, structures: dict) -> dict[str, np.ndarray]:
     """Each image of a split remade from its particle alone as a phase object, exp(iσV) of the
     projected potential at the bench's exit-wave sampling (no film, no propagation within the
@@ -168,7 +178,7 @@ def _phase_object_images(table, size: int, structures: dict) -> dict[str, np.nda
         imaging = g.attrs["imaging"]
         sampling, aperture = float(imaging["physics"]["sampling_A"]), float(imaging["optics"].get("objective_aperture_mrad", 0.0) or 0.0)
         rows = table.row[m]
-        params = {name: np.asarray(g[f"params/{name}"][:])[rows] for name in g["params"].array_keys()}
+        params = _param_columns(g, rows)
         view_id = np.array([i.rsplit("-o", 1)[0] for i in data._strings(g["image_id"])[rows]])
         imgs = np.empty((len(rows), size, size), np.float32)
         for v in tqdm(np.unique(view_id), desc=f"phase objects {Path(path).stem}", unit="view", leave=False):
@@ -182,8 +192,8 @@ def _phase_object_images(table, size: int, structures: dict) -> dict[str, np.nda
             energy = float(params["energy_eV"][i0])
             wave_fft = np.fft.fft2(np.exp(1j * energy2sigma(energy) * pot.sum(axis=-1))).astype(np.complex64)
             for i in members:
-                p = {name: float(val[i]) for name, val in params.items() if val.ndim == 1}
-                imgs[i] = optics.variant_images(wave_fft, fov, energy, sampling, [size], p, np.random.default_rng(0), aperture)[size][1]
+                imgs[i] = optics.variant_images(wave_fft, fov, energy, sampling, [size], _scalars(params, i),
+                                                np.random.default_rng(0), aperture)[size][1]
         x.append(imgs)
         euler.append(params["euler_rad"])
         order.append(m)
@@ -343,11 +353,11 @@ def _aberration_estimates(res: Path, table, size: int) -> np.ndarray:
     """Defocus, C12 and φ12 of every image of `table` as the bench's aberration regressor predicts
     them (`hrtemflow predict`'s pass: 8-fold test-time augmentation), (N, 3) in Å, Å, rad."""
     from hrtemflow.learn.evaluate import _outputs
+    from hrtemflow.learn.targets import card_scaling
     from hrtemflow.learn.train import load_bundle
 
     model, card = load_bundle(res / "models" / "aberrations")
-    offset = np.array([t["offset"] for t in card["targets"]])
-    scale = np.array([t["scale"] for t in card["targets"]])
+    offset, scale = card_scaling(card)
     y = offset + scale * _outputs(model, card, data.ShardFeed(table, size, batch_size=256)).mean(axis=1)
     return np.stack([y[:, 0], np.maximum(y[:, 3], 0.0), 0.5 * np.arctan2(y[:, 2], y[:, 1])], axis=1)
 
@@ -364,10 +374,9 @@ def _with_ctf_channels(sets: dict, splits: dict, estimated: dict | None = None) 
         params = np.empty(len(table), object)
         for k, path in enumerate(table.paths):
             m = np.flatnonzero(table.shard == k)
-            g = zarr.open_group(path, mode="r")
-            cols = {n: np.asarray(g[f"params/{n}"][:])[table.row[m]] for n in g["params"].array_keys()}
+            cols = _param_columns(zarr.open_group(path, mode="r"), table.row[m])
             for j, i in enumerate(m):
-                params[i] = {n: float(v[j]) for n, v in cols.items() if v.ndim == 1}
+                params[i] = _scalars(cols, j)
                 if estimated is not None:
                     params[i].update(zip(("defocus_A", "c12_A", "phi12_rad"), map(float, estimated[name][i])))
         x = sets[name]["x"][..., 0]

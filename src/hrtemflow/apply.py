@@ -46,7 +46,7 @@ import numpy as np
 
 from .errors import HrtemflowError
 from .io import atomic_file, write_json_atomic, write_text_atomic
-from .learn.targets import physical
+from .learn.targets import card_scaling, physical
 
 OOD_FILE = "ood.npz"
 OOD_VERSION = 1
@@ -739,8 +739,7 @@ def _predict_regions(b: Bundle, image: np.ndarray, pixel_yx: tuple[float, float]
 def _regression_values(b: Bundle, outputs: np.ndarray) -> dict[str, tuple[float, float, str]]:
     """Physical estimates (mean, spread, unit) from scaled outputs (windows, G, k): the spread is the
     standard deviation over symmetry elements and windows (TTA disagreement, not a calibrated error)."""
-    offset = np.array([t["offset"] for t in b.card["targets"]])
-    scale = np.array([t["scale"] for t in b.card["targets"]])
+    offset, scale = card_scaling(b.card)
     y = (offset + scale * outputs).reshape(-1, len(offset))  # samples x targets
     samples = {("c12_nm" if k == "c12_magnitude_nm" else k): v for k, v in physical(b.task, y).items()}  # predict's name for |C12|
     out = {k: (_f(v.mean()), _f(v.std()), u) for k, (v, u) in samples.items()}

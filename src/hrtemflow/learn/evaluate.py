@@ -24,7 +24,7 @@ from ..errors import HrtemflowError
 from ..io import atomic_file, write_json_atomic
 from . import baselines, data
 from .baselines import match_affine
-from .targets import physical
+from .targets import card_scaling, physical
 from .train import load_bundle, prepare
 
 ECE_BINS = 15
@@ -125,21 +125,29 @@ def _class_metrics(logits: np.ndarray, y: np.ndarray, t: float, n: int) -> tuple
     return metrics, before.argmax(axis=1), (rel_before, rel_after)
 
 
-def _by_condition(values: np.ndarray, table: data.Table, metric: str = "accuracy") -> dict:
-    """The mean of per-image `values` (right or wrong; an absolute error) in quartiles of dose,
-    |defocus| and C12 over the test images, each bin with its interval, stored under `metric`.
-
-    One number hides where a network can be trusted; a microscopist chooses the dose and the
-    focus, so the report says how accuracy or error moves with them.
-    """
-    values = np.asarray(values, dtype=np.float64)
+def _condition_bins(table: data.Table) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Per condition: its label, the quartile edges over the test images and each image's bin."""
     out = {}
     for key, (param, label, to_unit) in CONDITIONS.items():
         v = to_unit(shard_param(table, param))
         edges = np.unique(np.quantile(v, np.linspace(0, 1, CONDITION_BINS + 1)))
         if len(edges) < 2:  # one value for every image (a fixed dose, say): a single bin
             edges = np.array([v.min(), v.max()])
-        which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+        out[key] = (label, edges, np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2))
+    return out
+
+
+def _by_condition(values: np.ndarray, table: data.Table, metric: str = "accuracy", conditions: dict | None = None) -> dict:
+    """The mean of per-image `values` (right or wrong; an absolute error) in quartiles of dose,
+    |defocus| and C12 over the test images, each bin with its interval, stored under `metric`.
+    `conditions` (from `_condition_bins`) saves reading the shards again for another target.
+
+    One number hides where a network can be trusted; a microscopist chooses the dose and the
+    focus, so the report says how accuracy or error moves with them.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    out = {}
+    for key, (label, edges, which) in (conditions or _condition_bins(table)).items():
         bins = []
         for b in range(len(edges) - 1):
             m = which == b
@@ -169,13 +177,8 @@ def _combined(probs: np.ndarray, y: np.ndarray, group: np.ndarray, how: str) -> 
 def view_ids(table: data.Table) -> np.ndarray:
     """Each image's view ("<sample>-v02-o05" -> "<sample>-v02"): its optics variants share the
     structure's orientation and position, and differ in defocus, aberrations, dose and detector."""
-    out = np.empty(len(table), dtype=object)
-    for k, path in enumerate(table.paths):
-        m = table.shard == k
-        if m.any():
-            ids = data._strings(zarr.open_group(path, mode="r")["image_id"])[table.row[m]]
-            out[m] = [i.rsplit("-o", 1)[0] for i in ids]
-    return out.astype(str)
+    ids = _per_image(table, lambda g: data._strings(g["image_id"]), object)
+    return np.array([i.rsplit("-o", 1)[0] for i in ids])
 
 
 def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
@@ -225,8 +228,7 @@ def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -
 
 def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
     task = card["task"]
-    offset = np.array([t["offset"] for t in card["targets"]])
-    scale = np.array([t["scale"] for t in card["targets"]])
+    offset, scale = card_scaling(card)
     test = data.ShardFeed(splits["test"], spec["image_size"], **feed_args)
     outputs = _outputs(model, card, test).astype(np.float64)  # (N, 8, k), astigmatism signs already undone
     pred_raw = offset + scale * outputs.mean(axis=1)  # as `hrtemflow predict` averages them
@@ -234,6 +236,7 @@ def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> di
     single = physical(task, offset + scale * outputs[:, 0])
     train_mean = physical(task, splits["train"].y)
     sample_id = splits["test"].sample_id
+    conditions = _condition_bins(splits["test"])
     out = {}
     for name, (t, unit) in true.items():
         p = pred[name][0]
@@ -243,7 +246,7 @@ def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> di
                      "r2": _num(1 - (err ** 2).sum() / ((t - t.mean()) ** 2).sum()) if t.var() > 0 else None,
                      "mae_single_pass": _num(np.abs(single[name][0] - t).mean()),
                      "mae_predict_train_mean": _num(np.abs(base).mean()), "mae_ci95": structure_ci(np.abs(err), sample_id),
-                     "by_condition": _by_condition(np.abs(err), splits["test"], "mae")}
+                     "by_condition": _by_condition(np.abs(err), splits["test"], "mae", conditions)}
         if name == "n_atoms":  # a count is judged relative to its size
             out[name]["median_relative_error"] = _num(np.median(np.abs(err) / t))
             out[name]["median_relative_error_ci95"] = structure_ci(np.abs(err) / t, sample_id, np.median)
@@ -288,14 +291,19 @@ def family_of(sample_id: str) -> str:
     return str(sample_id).split("-", 1)[0]
 
 
-def shard_param(table: data.Table, name: str) -> np.ndarray:
-    """Each image's imaging parameter `name` (params/<name> of its shard, e.g. dose_e_per_A2, defocus_A)."""
-    out = np.empty(len(table))
+def _per_image(table: data.Table, read, dtype) -> np.ndarray:
+    """Each image's entry of the per-row shard array `read(group)` returns, in table order."""
+    out = np.empty(len(table), dtype=dtype)
     for k, path in enumerate(table.paths):
         m = table.shard == k
         if m.any():
-            out[m] = np.asarray(zarr.open_group(path, mode="r")[f"params/{name}"][:], dtype=np.float64)[table.row[m]]
+            out[m] = read(zarr.open_group(path, mode="r"))[table.row[m]]
     return out
+
+
+def shard_param(table: data.Table, name: str) -> np.ndarray:
+    """Each image's imaging parameter `name` (params/<name> of its shard, e.g. dose_e_per_A2, defocus_A)."""
+    return _per_image(table, lambda g: np.asarray(g[f"params/{name}"][:], dtype=np.float64), np.float64)
 
 
 def _denoising(model, card, splits, spec, figures: Path, feed_args: dict, max_baseline_images: int) -> dict:
@@ -498,7 +506,7 @@ def evaluate(spec: Mapping[str, Any], model_dir: str | Path, report_dir: str | P
     figures.mkdir(parents=True, exist_ok=True)
     feed_args = {"batch_size": card["hyper"]["batch_size"], "cache_bytes": cache_bytes}
     if card["kind"] == "regression":
-        feed_args["target_scale"] = (np.array([t["offset"] for t in card["targets"]]), np.array([t["scale"] for t in card["targets"]]))
+        feed_args["target_scale"] = card_scaling(card)
     kind = card["kind"]
     if kind == "classification":
         result = _classification(model, card, splits, spec, figures, feed_args)

@@ -43,6 +43,11 @@ REGRESSION_TARGETS: dict[str, tuple[Target, ...]] = {
 ASTIG_COLUMNS = (1, 2)
 
 
+def card_scaling(card: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, scale) of a regression bundle's targets, from its card: raw = offset + scale · output."""
+    return np.array([t["offset"] for t in card["targets"]]), np.array([t["scale"] for t in card["targets"]])
+
+
 def physical(task: str, y: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
     """Reported quantities from raw targets (rows x REGRESSION_TARGETS[task]): name -> (values, unit),
     lengths in nm; |C12| from its own output, floored at 0. The one mapping evaluate and predict share."""
