@@ -270,10 +270,11 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
-    bundle_model = model
-    if mixed:  # the bundle is float32, so it runs anywhere (CPU inference included)
-        bundle_model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"], spectral_width)
-        bundle_model.set_weights(model.get_weights())
+    # The bundle is for inference anywhere: float32 (CPU included), and uncompiled, so it carries no
+    # optimizer. A compiled model saves its optimizer's class, and under PyTorch that class lives in
+    # keras.src.backend.torch: loading it under TensorFlow would then import torch, or fail without it.
+    bundle_model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"], spectral_width)
+    bundle_model.set_weights(model.get_weights())
 
     card = {
         "card_version": CARD_VERSION,
