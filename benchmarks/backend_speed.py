@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from _common import ROOT, emit, header
+from _common import emit, header
 
 CASES = [  # (label, task, kind, outputs, spectral_width): what the benches train
     ("classifier (ordering, chirality)", "ordering", "classification", 3, 8),
@@ -89,7 +89,7 @@ def main() -> int:
         if importlib.util.find_spec(backend) is None:
             missing.append(backend)
             continue
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "KERAS_BACKEND": backend}  # the worker finds src/ through _common, as this process does
         print(f"backend_speed: {backend} ...", file=sys.stderr, flush=True)
         res = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(args.steps), "--repeats", str(args.repeats)],
                              env=env, capture_output=True, text=True)

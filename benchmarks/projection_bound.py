@@ -88,8 +88,7 @@ def _views(table, size: int) -> dict[str, np.ndarray]:
         if not len(m):
             continue
         g = zarr.open_group(path, mode="r")
-        ids = data._strings(g["image_id"])[table.row[m]]
-        view_id = np.array([i.rsplit("-o", 1)[0] for i in ids])
+        view_id = data.view_of(data._strings(g["image_id"])[table.row[m]])
         _, first, counts = np.unique(view_id, return_index=True, return_counts=True)
         rows = table.row[m][first]
         sid.append(table.sample_id[m][first])
@@ -179,7 +178,7 @@ def _phase_object_images(table, size: int, structures: dict) -> dict[str, np.nda
         sampling, aperture = float(imaging["physics"]["sampling_A"]), float(imaging["optics"].get("objective_aperture_mrad", 0.0) or 0.0)
         rows = table.row[m]
         params = _param_columns(g, rows)
-        view_id = np.array([i.rsplit("-o", 1)[0] for i in data._strings(g["image_id"])[rows]])
+        view_id = data.view_of(data._strings(g["image_id"])[rows])
         imgs = np.empty((len(rows), size, size), np.float32)
         for v in tqdm(np.unique(view_id), desc=f"phase objects {Path(path).stem}", unit="view", leave=False):
             members = np.flatnonzero(view_id == v)

@@ -188,6 +188,12 @@ def _strings(arr) -> np.ndarray:
     return np.array(values.tolist(), dtype=str)
 
 
+def view_of(image_ids: np.ndarray) -> np.ndarray:
+    """Each image's view ("<sample>-v02-o05" -> "<sample>-v02", the id hrtemflow.imaging writes): the
+    optics variants of a view share the structure's orientation and position."""
+    return np.array([i.rsplit("-o", 1)[0] for i in image_ids])
+
+
 def _task_targets(group: zarr.Group, task: str, classes: Sequence[str] | None) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
     """(targets, usable mask, unknown labels) of one shard."""
     n = group["sample_id"].shape[0]

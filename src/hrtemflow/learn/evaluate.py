@@ -177,8 +177,7 @@ def _combined(probs: np.ndarray, y: np.ndarray, group: np.ndarray, how: str) -> 
 def view_ids(table: data.Table) -> np.ndarray:
     """Each image's view ("<sample>-v02-o05" -> "<sample>-v02"): its optics variants share the
     structure's orientation and position, and differ in defocus, aberrations, dose and detector."""
-    ids = _per_image(table, lambda g: data._strings(g["image_id"]), object)
-    return np.array([i.rsplit("-o", 1)[0] for i in ids])
+    return data.view_of(_per_image(table, lambda g: data._strings(g["image_id"]), object))
 
 
 def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
