@@ -15,6 +15,8 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install --only-binary=zarrs -e ".[fast-read]" || \
+	  echo "make: no zarrs wheel for this platform; the learning feed streams with zarr-python's own reader (2-3x slower)"
 	touch $@
 
 install: $(VENV)/.installed

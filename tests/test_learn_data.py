@@ -251,15 +251,50 @@ def test_streamed_and_cached_batches_agree(root):
     assert x.shape == y.shape == (8, 32, 32, 1)
 
 
-def test_feed_with_worker_processes(root):
-    """Keras reads the feed in 2 forked worker processes (each reopens its Zarr handles): same batches, same order."""
+def test_feed_with_worker_threads(root):
+    """Keras reads the feed in 2 worker threads, never forked processes: same batches, same order."""
     import keras
 
     spec = make_spec(root, "chirality")
     val = data.split_table(data.load_table(spec, root), spec["split"])["val"]
-    feed = data.ShardFeed(val, 32, batch_size=8, cache_bytes=0, workers=2, use_multiprocessing=True)
+    feed = data.ShardFeed(val, 32, batch_size=8, cache_bytes=0, workers=2)
+    assert feed.workers == 2 and feed.use_multiprocessing is False
     probe = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Flatten()])
     np.testing.assert_allclose(probe.predict(feed, verbose=0), np.concatenate([feed[i][0] for i in range(len(feed))]).reshape(len(val), -1))
+
+
+def test_zarrs_reader_gives_the_same_batches(root):
+    """The zarrs pipeline is bound to the feed's own handles only: same batches, and zarr's global
+    config (which the store's writers use) is left as it was."""
+    pytest.importorskip("zarrs", reason="zarrs (the fast reader) is not installed: pip install --only-binary=:all: zarrs")
+    spec = make_spec(root, "denoise")
+    test = data.split_table(data.load_table(spec, root), spec["split"])["test"]
+    before = zarr.config.get("codec_pipeline.path")
+    fast = data.ShardFeed(test, 32, batch_size=8, cache_bytes=0, reader="zarrs", shuffle=True, augment=True, seed=3)
+    plain = data.ShardFeed(test, 32, batch_size=8, cache_bytes=0, reader="zarr-python", shuffle=True, augment=True, seed=3)
+    for i in range(len(fast)):
+        for u, v in zip(fast[i], plain[i]):
+            np.testing.assert_array_equal(u, v)
+    assert type(fast._array(0, data.image_key(32))._async_array.codec_pipeline).__name__ == "ZarrsCodecPipeline"
+    assert type(plain._array(0, data.image_key(32))._async_array.codec_pipeline).__name__ != "ZarrsCodecPipeline"
+    assert zarr.config.get("codec_pipeline.path") == before
+
+
+def test_feed_reader_choice_is_checked(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("HRTEMFLOW_FEED_READER", "fast")
+    with pytest.raises(HrtemflowError, match="HRTEMFLOW_FEED_READER='fast' is not one of auto, zarrs, zarr-python"):
+        data.feed_reader()
+    monkeypatch.setenv("HRTEMFLOW_FEED_READER", "zarr-python")
+    assert data.feed_reader() == "zarr-python"
+    monkeypatch.setenv("HRTEMFLOW_FEED_READER", "auto")
+    assert data.feed_reader() == ("zarrs" if importlib.util.find_spec("zarrs") else "zarr-python")
+    monkeypatch.setitem(__import__("sys").modules, "zarrs", None)  # as if not installed
+    assert data.feed_reader() == "zarr-python"
+    monkeypatch.setenv("HRTEMFLOW_FEED_READER", "zarrs")
+    with pytest.raises(HrtemflowError, match="zarrs package is not installed"):
+        data.feed_reader()
 
 
 def test_normalise_is_per_image_and_robust():

@@ -354,6 +354,46 @@ def test_mixed_precision_path_writes_a_float32_bundle(root, monkeypatch):
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
 
 
+def test_streamed_training_with_reading_threads_after_zarrs_reads(root):
+    """`--workers 2` on a split too big for the cache, in a process that has already read through
+    zarrs from 2 threads: training finishes. Forked reader processes hung forever there (Keras'
+    process workers after threaded zarrs reads, seen 2026-11); the feed's workers are threads."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("zarrs", reason="zarrs (the fast reader) is not installed: pip install --only-binary=:all: zarrs")
+    spec = make_spec(root, "chirality", epochs=2, batch_size=8)
+    path = root / "plan" / "chirality-threads.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec))
+    out = root / "models" / "chirality-threads"
+    code = f"""
+import json, sys, keras
+from hrtemflow.cli import main
+from hrtemflow.learn import data
+spec = json.load(open({str(path)!r}))
+val = data.split_table(data.load_table(spec, {str(root)!r}), spec["split"])["val"]
+feed = data.ShardFeed(val, spec["image_size"], batch_size=8, cache_bytes=0, workers=2)
+assert feed.reader == "zarrs", feed.reader
+keras.Sequential([keras.Input((spec["image_size"],) * 2 + (1,)), keras.layers.Flatten()]).predict(feed, verbose=0)
+sys.exit(main(["train", {str(path)!r}, "--out-dir", {str(out)!r}, "--base", {str(root)!r}, "--quiet", "--workers", "2"]))
+"""
+    env = {**os.environ, "HRTEMFLOW_FEED_CACHE_MB": "0", "HRTEMFLOW_FEED_READER": "zarrs"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own process group: a hang leaves no orphans
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        pytest.fail(f"streamed training with 2 reading workers hung after zarrs reads; its output: {stdout[-1500:]}")
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    assert "train and val streamed from the shards (zarrs reader, 2 reading thread(s))" in stdout
+    assert json.loads((out / "card.json").read_text())["epochs_run"] == 2
+
+
 @pytest.mark.parametrize(("backend", "task"), [("jax", "aberrations"), ("jax", "denoise"),
                                              ("torch", "chirality"), ("torch", "aberrations"), ("torch", "denoise")])
 def test_train_and_evaluate_under_other_backends(root, backend, task):

@@ -534,16 +534,15 @@ def load_ood_stats(bundle_dir: str | Path, *, model: Bundle | None = None, missi
 
 def _read_table_images(table, size: int, max_images: int) -> np.ndarray:
     """Raw images of a data.Table (an evenly spaced subset when it is larger than max_images)."""
-    import zarr  # noqa: PLC0415
-
     from .learn import data  # noqa: PLC0415
 
+    reader = data.feed_reader()
     idx = data.evenly_spaced(len(table), max_images)
     out = np.empty((len(idx), size, size), dtype=np.float32)
     shards = table.shard[idx]
     for s in np.unique(shards):
         m = np.flatnonzero(shards == s)
-        arr = zarr.open_group(table.paths[int(s)], mode="r")[data.image_key(size)]
+        arr = data.open_array(table.paths[int(s)], data.image_key(size), reader)
         out[m] = data.read_rows(arr, table.row[idx[m]])
     return out
 

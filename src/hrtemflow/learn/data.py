@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,13 @@ DEFAULT_CACHE_MB = 2048
 #: Zarr decodes this many chunks per batch of its codec pipeline; its default (1) makes reads of
 #: one-image chunks ~1.6x slower on 2 cores (benchmarks/feed_throughput.py)
 ZARR_READ_CONFIG = {"codec_pipeline.batch_size": 16}
+#: HRTEMFLOW_FEED_READER: the codec pipeline the feed reads shards with. `zarrs` (PyPI `zarrs`, Rust)
+#: reads one-image chunks 3-7x faster than zarr-python's own pipeline (benchmarks/feed_throughput.py);
+#: `auto` uses it where it is installed.
+FEED_READERS = ("auto", "zarrs", "zarr-python")
+ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+#: zarr's config is process-global: one thread at a time opens an array under the zarrs pipeline
+_OPEN_LOCK = threading.Lock()
 SPLITS = ("train", "val", "test")
 
 
@@ -356,6 +364,37 @@ def read_rows(arr, rows: np.ndarray) -> np.ndarray:
     return data[inverse]
 
 
+def feed_reader() -> str:
+    """'zarrs' or 'zarr-python': the reader HRTEMFLOW_FEED_READER asks for (auto: zarrs where installed)."""
+    choice = os.environ.get("HRTEMFLOW_FEED_READER", "auto").strip().lower() or "auto"
+    if choice not in FEED_READERS:
+        raise HrtemflowError(f"HRTEMFLOW_FEED_READER={choice!r} is not one of {', '.join(FEED_READERS)}; unset it for auto")
+    if choice == "zarr-python":
+        return choice
+    try:
+        import zarrs  # noqa: F401, PLC0415
+    except ImportError:
+        if choice == "zarrs":
+            raise HrtemflowError("HRTEMFLOW_FEED_READER=zarrs, but the zarrs package is not installed; "
+                                 "`pip install --only-binary=:all: zarrs`, or unset HRTEMFLOW_FEED_READER") from None
+        return "zarr-python"
+    return "zarrs"
+
+
+def open_array(path: str, key: str, reader: str = "zarr-python"):
+    """A read-only Zarr array of a shard, decoded by `reader` (see `feed_reader`).
+
+    The pipeline is bound when the array is opened, so the zarrs setting stays on this handle and
+    never reaches arrays opened elsewhere in the process (the store's writers keep zarr-python's).
+    A process that has read through zarrs must not fork: its children can hang on a lock held by
+    zarrs' threads at the fork, which is why the feed's workers are threads.
+    """
+    if reader == "zarr-python":
+        return zarr.open_group(path, mode="r")[key]
+    with _OPEN_LOCK, zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
+        return zarr.open_group(path, mode="r")[key]
+
+
 def cache_budget_bytes() -> int:
     """Memory a feed may use to hold its images (env HRTEMFLOW_FEED_CACHE_MB, default 2048 MiB)."""
     return int(float(os.environ.get("HRTEMFLOW_FEED_CACHE_MB", DEFAULT_CACHE_MB)) * 2**20)
@@ -369,14 +408,20 @@ class ShardFeed(keras.utils.PyDataset):
     When the images fit `cache_bytes` they are read once (whole shards / contiguous runs) and
     batches are fully random; otherwise batches are built from shuffled blocks of `block`
     contiguous rows (one Zarr request per block), which trades some randomness for throughput.
+    `reader` is the codec pipeline of the reads (`feed_reader()` by default); `workers` > 1 reads
+    batches ahead in threads.
     """
 
     def __init__(self, table: Table, size: int, *, batch_size: int = 32, shuffle: bool = False,
                  augment: bool = False, jitter_amount: float = 0.1, seed: int = 0, epoch: int = 0,
                  target_scale: tuple[np.ndarray, np.ndarray] | None = None, block: int = 8,
-                 cache_bytes: int | None = None, workers: int = 1, use_multiprocessing: bool = False,
-                 max_queue_size: int = 10) -> None:
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+                 cache_bytes: int | None = None, workers: int = 1, max_queue_size: int = 10,
+                 reader: str | None = None) -> None:
+        # threads, never processes: Zarr reads release the GIL, and a process that read through zarrs must not fork
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
+        self.reader = feed_reader() if reader is None else reader
+        if self.reader not in FEED_READERS[1:]:
+            raise HrtemflowError(f"feed reader {self.reader!r} is not one of {', '.join(FEED_READERS[1:])}")
         self.table, self.size, self.batch_size = table, size, int(batch_size)
         self.shuffle, self.augment, self.jitter_amount = shuffle, augment, jitter_amount
         self.seed, self.epoch, self.block = int(seed), int(epoch), max(1, int(block))
@@ -410,7 +455,7 @@ class ShardFeed(keras.utils.PyDataset):
         if self._handles.get("pid") != pid:
             self._handles = {"pid": pid}
         if (shard, key) not in self._handles:
-            self._handles[(shard, key)] = zarr.open_group(self.table.paths[shard], mode="r")[key]
+            self._handles[(shard, key)] = open_array(self.table.paths[shard], key, self.reader)
         return self._handles[(shard, key)]
 
     def _read(self, idx: np.ndarray, key: str) -> np.ndarray:

@@ -207,8 +207,8 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
           prepared: tuple[data.Table, dict[str, data.Table]] | None = None) -> dict:
     """Train the spec's task into `out_dir` (model.keras + card.json); returns the card.
 
-    `workers` > 1 reads batches ahead in that many processes when the data does not fit the feed's
-    memory cache (on 2 cores one process was fastest: benchmarks/feed_throughput.py). `cache_bytes`
+    `workers` > 1 reads batches ahead in that many threads when the data does not fit the feed's
+    memory cache (never processes: see `data.open_array`; benchmarks/feed_throughput.py). `cache_bytes`
     overrides the cache budget (HRTEMFLOW_FEED_CACHE_MB). `prepared` is `prepare(spec, base)`'s
     result when the caller already checked the data.
     """
@@ -257,8 +257,13 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
                                     cache_bytes=budget, **feed_args)
         val_feed = data.ShardFeed(splits["val"], size, cache_bytes=budget - train_feed.image_bytes * train_feed.cached, **feed_args)
         for feed in (train_feed, val_feed):
-            if not feed.cached and workers and workers > 1:  # streamed from the shards: read ahead in worker processes
-                feed.workers, feed.use_multiprocessing = workers, True
+            if not feed.cached and workers and workers > 1:  # streamed from the shards: read ahead in worker threads
+                feed.workers = workers
+        streamed = [name for name, feed in (("train", train_feed), ("val", val_feed)) if not feed.cached]
+        if streamed:  # beyond the memory cache: say how, since the reader decides the feed's speed
+            cached = " (val cached in memory)" if streamed == ["train"] else ""
+            print(f"train: {task}: {' and '.join(streamed)} streamed from the shards ({train_feed.reader} reader, "
+                  f"{max(1, workers or 1)} reading thread(s)){cached}", flush=True)
 
         if not state["stopped"] and state["epoch"] < hyper["epochs"]:
             model.fit(train_feed, validation_data=val_feed, epochs=hyper["epochs"], initial_epoch=state["epoch"], shuffle=False,
