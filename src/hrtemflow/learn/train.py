@@ -259,11 +259,11 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         for feed in (train_feed, val_feed):
             if not feed.cached and workers and workers > 1:  # streamed from the shards: read ahead in worker threads
                 feed.workers = workers
-        streamed = [name for name, feed in (("train", train_feed), ("val", val_feed)) if not feed.cached]
-        if streamed:  # beyond the memory cache: say how, since the reader decides the feed's speed
-            cached = " (val cached in memory)" if streamed == ["train"] else ""
+        feeds = {"train": train_feed, "val": val_feed}
+        if streamed := [name for name, feed in feeds.items() if not feed.cached]:  # say how, since the reader decides the feed's speed
+            held = [name for name, feed in feeds.items() if feed.cached]
             print(f"train: {task}: {' and '.join(streamed)} streamed from the shards ({train_feed.reader} reader, "
-                  f"{max(1, workers or 1)} reading thread(s)){cached}", flush=True)
+                  f"{max(1, workers or 1)} reading thread(s)){f'; {held[0]} cached in memory' if held else ''}", flush=True)
 
         if not state["stopped"] and state["epoch"] < hyper["epochs"]:
             model.fit(train_feed, validation_data=val_feed, epochs=hyper["epochs"], initial_epoch=state["epoch"], shuffle=False,
