@@ -14,9 +14,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[test]"
-	$(BIN)/python -m pip install --only-binary=zarrs -e ".[fast-read]" || \
-	  echo "make: no zarrs wheel for this platform; the learning feed streams with zarr-python's own reader (2-3x slower)"
+	$(BIN)/python -m pip install --only-binary=zarrs -e ".[test,fast-read]" || { \
+	  echo "make: install with zarrs (wheel only) failed; installing without it: the learning feed then streams with zarr-python's own reader (2-3x slower)"; \
+	  $(BIN)/python -m pip install -e ".[test]"; }
 	touch $@
 
 install: $(VENV)/.installed

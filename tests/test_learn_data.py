@@ -282,6 +282,7 @@ def test_zarrs_reader_gives_the_same_batches(root):
 
 def test_feed_reader_choice_is_checked(monkeypatch):
     import importlib.util
+    import sys
 
     monkeypatch.setenv("HRTEMFLOW_FEED_READER", "fast")
     with pytest.raises(HrtemflowError, match="HRTEMFLOW_FEED_READER='fast' is not one of auto, zarrs, zarr-python"):
@@ -290,7 +291,7 @@ def test_feed_reader_choice_is_checked(monkeypatch):
     assert data.feed_reader() == "zarr-python"
     monkeypatch.setenv("HRTEMFLOW_FEED_READER", "auto")
     assert data.feed_reader() == ("zarrs" if importlib.util.find_spec("zarrs") else "zarr-python")
-    monkeypatch.setitem(__import__("sys").modules, "zarrs", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "zarrs", None)  # as if not installed
     assert data.feed_reader() == "zarr-python"
     monkeypatch.setenv("HRTEMFLOW_FEED_READER", "zarrs")
     with pytest.raises(HrtemflowError, match="zarrs package is not installed"):

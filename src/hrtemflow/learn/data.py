@@ -451,9 +451,6 @@ class ShardFeed(keras.utils.PyDataset):
 
     # -- reading
     def _array(self, shard: int, key: str):
-        pid = os.getpid()  # handles do not survive a fork: reopen per process
-        if self._handles.get("pid") != pid:
-            self._handles = {"pid": pid}
         if (shard, key) not in self._handles:
             self._handles[(shard, key)] = open_array(self.table.paths[shard], key, self.reader)
         return self._handles[(shard, key)]
@@ -526,8 +523,3 @@ class ShardFeed(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state

@@ -256,10 +256,10 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         train_feed = data.ShardFeed(splits["train"], size, shuffle=True, augment=bool(hyper["augment"]), epoch=state["epoch"],
                                     cache_bytes=budget, **feed_args)
         val_feed = data.ShardFeed(splits["val"], size, cache_bytes=budget - train_feed.image_bytes * train_feed.cached, **feed_args)
-        for feed in (train_feed, val_feed):
+        feeds = {"train": train_feed, "val": val_feed}
+        for feed in feeds.values():
             if not feed.cached and workers and workers > 1:  # streamed from the shards: read ahead in worker threads
                 feed.workers = workers
-        feeds = {"train": train_feed, "val": val_feed}
         if streamed := [name for name, feed in feeds.items() if not feed.cached]:  # say how, since the reader decides the feed's speed
             held = [name for name, feed in feeds.items() if feed.cached]
             print(f"train: {task}: {' and '.join(streamed)} streamed from the shards ({train_feed.reader} reader, "
