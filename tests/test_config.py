@@ -12,9 +12,17 @@ from hrtemflow.errors import ConfigError
 
 
 def test_shipped_configs_are_valid(repo_root):
-    for name in ("config.yaml", "campaign-seed.yaml"):
-        cfg = load_config(repo_root / "config" / name, base=repo_root)
-        assert cfg["campaign"]["name"]
+    """Every committed config, the bench campaigns included, loads; no two share a results folder,
+    where one bench's run would overwrite another's products."""
+    paths = sorted((repo_root / "config").glob("*.yaml"))
+    assert {"config.yaml", "campaign-seed.yaml", "bench-nanoalloy.yaml"} <= {p.name for p in paths}
+    results = {}
+    for path in paths:
+        cfg = load_config(path, base=repo_root)
+        assert cfg["campaign"]["name"], path.name
+        results.setdefault(cfg["campaign"]["results"], []).append(path.name)
+    shared = {k: v for k, v in results.items() if len(v) > 1}
+    assert not shared, f"configs sharing a results folder: {shared}"
 
 
 def test_defaults_fill_every_section(repo_root):
