@@ -27,11 +27,22 @@ BENCHES = ("chirality", "denoise", "nanoalloy", "nanoalloy-ncsi")
 TRAIN_LIMIT_MIN = 20.0
 
 
-def _results(name: str) -> Path:
+def _config(name: str) -> dict:
     import yaml
 
-    cfg = yaml.safe_load((ROOT / "config" / f"bench-{name}.yaml").read_text())
-    return ROOT / cfg["campaign"]["results"]
+    return yaml.safe_load((ROOT / "config" / f"bench-{name}.yaml").read_text())
+
+
+def _results(name: str) -> Path:
+    return ROOT / _config(name)["campaign"]["results"]
+
+
+def _conditions(name: str) -> str:
+    """A bench's optics and dose as its config sets them, so a row names what it was measured under."""
+    img = _config(name)["imaging"]
+    o, dose = img["optics"], img["noise"]["dose_e_per_A2"]
+    return (f"Cs {o['cs_um'][0]:g} to {o['cs_um'][1]:g} µm, defocus {o['defocus_nm'][0]:g} to {o['defocus_nm'][1]:g} nm, "
+            f"C12 ≤ {o['c12_nm'][1]:g} nm, {dose[0]:,.0f}–{dose[1]:,.0f} e-/Å²")
 
 
 def _metrics(res: Path, task: str) -> dict | None:
@@ -137,7 +148,7 @@ def report() -> str:
     rows += _nanoalloy_rows(res, "")
     timing.append(("nanoalloy", res))
     res = _results("nanoalloy-ncsi")
-    rows += _nanoalloy_rows(res, ", negative-Cs structure imaging at 1,000–10,000 e-/Å² (bench-nanoalloy-ncsi)")
+    rows += _nanoalloy_rows(res, f", bench-nanoalloy-ncsi ({_conditions('nanoalloy-ncsi')})")
     timing.append(("nanoalloy-ncsi", res))
 
     res = _results("denoise")
