@@ -99,9 +99,10 @@ def _train_note(res: Path, task: str) -> str:
     return f"train {job['min']:.1f} min, {job['rss_gb']:.1f} GB{epochs}"
 
 
-def _nanoalloy_rows(res: Path, where: str) -> list[str]:
-    """Rows of one nanoalloy bench; `where` names the bench's imaging conditions when not the wide bench's."""
-    rows = []
+def _nanoalloy_rows(name: str, where: str = "") -> list[str]:
+    """Rows of one nanoalloy bench; `where` names the bench's imaging conditions when not the wide bench's.
+    The aberration rows come with the benches whose config trains that task, shown "not run" until it has."""
+    res, rows = _results(name), []
     m = _metrics(res, "ordering")
     rows.append(_row(f"Ag/Co ordering accuracy (3 classes){where}", m and m["accuracy"], "{:.3f}", "≥ 0.95", m and m["accuracy"] >= 0.95,
                      m and f"{m['n_images']} test images of {m['n_structures']} particles"
@@ -110,7 +111,7 @@ def _nanoalloy_rows(res: Path, where: str) -> list[str]:
                      + (f"; all images of a particle combined: {m['per_structure']['accuracy']:.3f}" if m.get("per_structure") else ""),
                      _ci(m, "ci95", "accuracy")))
     m = _metrics(res, "aberrations")
-    if m or not where:  # the wide bench reports it even when not run
+    if _config(name)["learning"]["tasks"].get("aberrations", {}).get("enabled", True):
         t = m and m["targets"]
         rows.append(_row("defocus MAE over ±50 nm (nm)", t and t["defocus_nm"]["mae"], "{:.2f}", "≤ 3", t and t["defocus_nm"]["mae"] <= 3,
                          t and f"predicting the mean: {t['defocus_nm']['mae_predict_train_mean']:.1f} nm", _ci(t, "defocus_nm", "mae_ci95")))
@@ -144,12 +145,9 @@ def report() -> str:
                      m and f"before {m['ece_before']:.3f}, T = {m['temperature']:.2f}"))
     timing.append(("chirality", res))
 
-    res = _results("nanoalloy")
-    rows += _nanoalloy_rows(res, "")
-    timing.append(("nanoalloy", res))
-    res = _results("nanoalloy-ncsi")
-    rows += _nanoalloy_rows(res, f", bench-nanoalloy-ncsi ({_conditions('nanoalloy-ncsi')})")
-    timing.append(("nanoalloy-ncsi", res))
+    rows += _nanoalloy_rows("nanoalloy")
+    rows += _nanoalloy_rows("nanoalloy-ncsi", f", bench-nanoalloy-ncsi ({_conditions('nanoalloy-ncsi')})")
+    timing += [("nanoalloy", _results("nanoalloy")), ("nanoalloy-ncsi", _results("nanoalloy-ncsi"))]
 
     res = _results("denoise")
     m = _metrics(res, "denoise")
