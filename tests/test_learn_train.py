@@ -348,10 +348,28 @@ def test_mixed_precision_path_writes_a_float32_bundle(root, monkeypatch):
     spec = make_spec(root, "chirality", epochs=1)
     out = root / "models" / "mixed"
     card = tr.train(spec, out, base=root, progress=False)
-    assert card["mixed_precision"] is True
+    assert card["mixed_precision"] is True and card["dtype_policy"] == "mixed_float16"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     model, _ = tr.load_bundle(out)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def test_bfloat16_training_writes_a_float32_bundle(root):
+    """`precision: mixed_bfloat16` (CPUs with AMX) trains in bfloat16 and leaves a float32 bundle that
+    loads anywhere; the card names the policy, and a refused value names the setting."""
+    import keras
+
+    spec = make_spec(root, "chirality", epochs=1)
+    spec["hyper"]["precision"] = "mixed_bfloat16"
+    out = root / "models" / "bfloat16"
+    card = tr.train(spec, out, base=root, progress=False)
+    assert card["dtype_policy"] == "mixed_bfloat16" and card["mixed_precision"] is True
+    assert np.isfinite(card["history"]["loss"]).all()
+    assert keras.config.dtype_policy().name == "float32"
+    model, _ = tr.load_bundle(out)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    with pytest.raises(HrtemflowError, match="learning.tasks.<task>.precision"):
+        tr.dtype_policy("float16")
 
 
 def test_streamed_training_with_reading_threads_after_zarrs_reads(root):

@@ -159,3 +159,22 @@ def test_spectral_width_enters_only_its_own_spec_and_only_when_not_the_default(d
     after = {task: train_spec(_plan(demo_cfg, repo_root), task) for task in before}
     assert after["chirality"]["hyper"]["spectral_width"] == 8
     assert [task for task in before if after[task] != before[task]] == ["chirality"]
+
+
+def test_precision_enters_only_its_own_spec_and_only_when_not_auto(demo_cfg, repo_root):
+    """Training in bfloat16 retrains that task alone; a config that spells out auto retrains nothing."""
+    from hrtemflow.plan import train_spec
+
+    plan = _plan(demo_cfg, repo_root)
+    before = {task: train_spec(plan, task) for task in plan.tasks()}
+    assert not any("precision" in spec["hyper"] for spec in before.values())
+
+    tasks = demo_cfg["learning"]["tasks"]
+    for task in before:
+        tasks[task]["precision"] = "auto"
+    assert {task: train_spec(_plan(demo_cfg, repo_root), task) for task in before} == before
+
+    tasks["ordering"]["precision"] = "mixed_bfloat16"
+    after = {task: train_spec(_plan(demo_cfg, repo_root), task) for task in before}
+    assert after["ordering"]["hyper"]["precision"] == "mixed_bfloat16"
+    assert [task for task in before if after[task] != before[task]] == ["ordering"]

@@ -220,14 +220,17 @@ def task_classes(cfg: dict, task: str) -> list[str] | None:
 def _hyper(tcfg: dict, task: str) -> dict:
     """A task's training settings; keys other tasks ignore stay out, so changing them retrains nothing else.
 
-    `spectral_width` is written only when set and not the task's default: a campaign planned before
-    the option existed keeps its specs byte for byte, so its models are not retrained for nothing.
+    `spectral_width` is written only when set and not the task's default, and `precision` only when
+    not auto: a campaign planned before an option existed keeps its specs byte for byte, so its
+    models are not retrained for nothing.
     """
     hyper = copy.deepcopy(tcfg)
     if task != "denoise":
         hyper.pop("target", None)
     if task == "denoise" or hyper.get("spectral_width") == spectral_width_default(task, hyper["width"]):
         hyper.pop("spectral_width", None)
+    if hyper.get("precision") == "auto":
+        hyper.pop("precision")
     return hyper
 
 

@@ -84,6 +84,19 @@ def has_gpu() -> bool:
     return False
 
 
+def dtype_policy(precision: str) -> str:
+    """The Keras dtype policy of a training run from `learning.tasks.<task>.precision`.
+
+    auto: mixed_float16 on a GPU (tensor cores), float32 on a CPU, where float16 is emulated. An
+    explicit mixed_bfloat16 is for CPUs with AMX tiles, and for GPUs that do bfloat16.
+    """
+    if precision == "auto":
+        return "mixed_float16" if has_gpu() else "float32"
+    if precision not in ("float32", "mixed_bfloat16"):
+        raise HrtemflowError(f"train: precision {precision!r} is not one of auto, float32, mixed_bfloat16; fix learning.tasks.<task>.precision")
+    return precision
+
+
 def _limit_threads() -> None:
     """Keep TensorFlow to the cores the job was given (Snakemake {threads}, SLURM), when told."""
     n = runtime.threads(0)
@@ -230,9 +243,9 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     folder = out_dir / CHECKPOINT
     fingerprint = _fingerprint(spec, table.info["dataset_sha256"])
     state = _resume_state(folder, fingerprint, resume, hyper["epochs"], hyper["patience"])
-    mixed = has_gpu()
+    policy = dtype_policy(hyper.get("precision", "auto"))
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16" if mixed else "float32")
+    keras.config.set_dtype_policy(policy)
     try:
         if state is not None:
             try:
@@ -301,7 +314,8 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         "history": state["history"],
         "hyper": {**hyper, **({"spectral_width": spectral_width} if spectral_width is not None else {})},  # resolved: the card says what was built
         "seed": seed,
-        "mixed_precision": mixed,
+        "mixed_precision": policy != "float32",
+        "dtype_policy": policy,
         "backend": keras.backend.backend(),
         "n_params": int(bundle_model.count_params()),
         "versions": {**runtime.versions(), "keras_backend": keras.backend.backend()},

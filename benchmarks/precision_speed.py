@@ -1,0 +1,108 @@
+"""Training speed of the bench networks in float32 and in mixed bfloat16 on this CPU.
+
+    python benchmarks/precision_speed.py [--steps 20] [--widths 16,32]
+
+Whether `learning.tasks.<task>.precision: mixed_bfloat16` pays on a CPU node: the same model
+(`hrtemflow.learn.models.build`), optimizer and loss (`learn.train._optimizer`, `_compile`) and batch
+(64 images of 64²), each precision built in its own process, alternating, and each training step timed
+alone with `train_on_batch` after three warm-up steps; the median step is reported. (Whole `fit`
+calls over a few dozen steps gave times in steps of ~5 s on the Intel Xeon here, whatever the model:
+per-step medians do not.) bfloat16 is fast only where the CPU multiplies it in hardware (AMX tiles,
+Intel Sapphire Rapids and newer); the flags this CPU reports are printed with the table.
+Prints a markdown block for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from _common import emit, header
+
+CASES = [  # (label, task, kind, outputs, spectral_width): what the benches train
+    ("classifier with a spectrum trunk (chirality, ordering)", "ordering", "classification", 3, 8),
+    ("classifier, image only", "ordering", "classification", 3, 0),
+    ("regressor (structure)", "structure", "regression", 4, 0),
+]
+POLICIES = ("float32", "mixed_bfloat16")
+SIZE, DEPTH, BATCH = 64, 4, 64
+
+
+def worker(policy: str, width: int, steps: int) -> dict:
+    import keras
+    import numpy as np
+
+    from hrtemflow.learn import models
+    from hrtemflow.learn.train import _compile, _limit_threads, _optimizer
+
+    _limit_threads()
+    keras.config.set_dtype_policy(policy)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype("float32")
+    out = {}
+    for label, task, kind, n_out, spectral in CASES:
+        model = models.build(task, kind, SIZE, n_out, width, DEPTH, spectral)
+        _compile(model, kind, _optimizer({"learning_rate": 1e-3}, steps))
+        y = rng.integers(0, n_out, size=BATCH) if kind == "classification" else rng.normal(size=(BATCH, n_out)).astype("float32")
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            model.train_on_batch(x, y)
+            times.append(time.perf_counter() - t0)
+        out[label] = BATCH / float(np.median(times))
+    return out
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return ", ".join(found) or "none of avx512f, avx512_bf16, amx_bf16, amx_tile"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps of 64 images per case")
+    ap.add_argument("--widths", default="16,32", help="first-stage channels to measure, comma-separated")
+    ap.add_argument("--worker", nargs=2, metavar=("POLICY", "WIDTH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args.worker[0], int(args.worker[1]), args.steps)))
+        return 0
+
+    t_start = time.perf_counter()
+    widths = [int(w) for w in args.widths.split(",")]
+    results: dict[tuple[str, int], dict] = {}
+    for width in widths:
+        for policy in POLICIES:
+            print(f"precision_speed: {policy}, width {width} ...", file=sys.stderr, flush=True)
+            res = subprocess.run([sys.executable, __file__, "--worker", policy, str(width), "--steps", str(args.steps)],
+                                 capture_output=True, text=True)
+            line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if res.returncode or line is None:
+                print(f"precision_speed: {policy} width {width} failed (exit {res.returncode}):\n{res.stderr[-3000:]}", file=sys.stderr)
+                return 1
+            results[(policy, width)] = json.loads(line[len("RESULT "):])
+
+    lines = [header("Training precision on the CPU: float32 and mixed bfloat16 (benchmarks/precision_speed.py)"), "",
+             f"Training images/s of 64² (batch 64, depth {DEPTH}, TensorFlow), median of {args.steps} steps timed one by one "
+             f"after 3 warm-up steps; each precision and width in its own process. CPU flags: {cpu_flags()}.", "",
+             "| network | width | float32 img/s | mixed_bfloat16 img/s | ratio |", "|---|---:|---:|---:|---:|"]
+    for label, *_ in CASES:
+        for width in widths:
+            f32, bf16 = results[("float32", width)][label], results[("mixed_bfloat16", width)][label]
+            lines.append(f"| {label} | {width} | {f32:.0f} | {bf16:.0f} | {bf16 / f32:.2f} |")
+    lines.append(f"\n(benchmark wall time {time.perf_counter() - t_start:.0f} s)\n")
+    emit("\n".join(lines), "precision_speed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
