@@ -59,9 +59,10 @@ def worker(policy: str, width: int, steps: int) -> dict:
 
 
 def cpu_flags() -> str:
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except (OSError, StopIteration):
+    from hrtemflow.runtime import cpu_flags as flags_of_this_cpu
+
+    flags = flags_of_this_cpu()
+    if flags is None:
         return "unknown"
     found = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     return ", ".join(found) or "none of avx512f, avx512_bf16, amx_bf16, amx_tile"

