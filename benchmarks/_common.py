@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,3 +36,15 @@ def emit(block: str, name: str) -> None:
     out = ROOT / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
     (out / f"{name}.md").write_text(block)
+
+
+def run_worker(what: str, script: str, args: list[str], env: dict | None = None) -> dict | None:
+    """Run `script` again in a fresh process (a clean Keras/TensorFlow state per case) and return the
+    JSON it prints after "RESULT "; None, with the worker's stderr tail printed, if it failed."""
+    print(f"{what} ...", file=sys.stderr, flush=True)
+    res = subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if res.returncode or line is None:
+        print(f"{what} failed (exit {res.returncode}):\n{res.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[len("RESULT "):])

@@ -19,11 +19,10 @@ import importlib.util
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
-from _common import emit, header
+from _common import emit, header, run_worker
 
 CASES = [  # (label, task, kind, outputs, spectral_width): what the benches train
     ("classifier (ordering, chirality)", "ordering", "classification", 3, 8),
@@ -90,14 +89,10 @@ def main() -> int:
             missing.append(backend)
             continue
         env = {**os.environ, "KERAS_BACKEND": backend}  # the worker finds src/ through _common, as this process does
-        print(f"backend_speed: {backend} ...", file=sys.stderr, flush=True)
-        res = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(args.steps), "--repeats", str(args.repeats)],
-                             env=env, capture_output=True, text=True)
-        line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if res.returncode or line is None:
-            print(f"backend_speed: {backend} failed (exit {res.returncode}):\n{res.stderr[-3000:]}", file=sys.stderr)
+        result = run_worker(f"backend_speed: {backend}", __file__, ["--worker", "--steps", str(args.steps), "--repeats", str(args.repeats)], env)
+        if result is None:
             return 1
-        results[backend] = json.loads(line[len("RESULT "):])
+        results[backend] = result
     if not results:
         print(f"backend_speed: none of {args.backends} is installed", file=sys.stderr)
         return 1

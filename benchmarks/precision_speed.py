@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 
-from _common import emit, header
+from _common import emit, header, run_worker
 
 CASES = [  # (label, task, kind, outputs, spectral_width): what the benches train
     ("classifier with a spectrum trunk (chirality, ordering)", "ordering", "classification", 3, 8),
@@ -83,14 +82,10 @@ def main() -> int:
     results: dict[tuple[str, int], dict] = {}
     for width in widths:
         for policy in POLICIES:
-            print(f"precision_speed: {policy}, width {width} ...", file=sys.stderr, flush=True)
-            res = subprocess.run([sys.executable, __file__, "--worker", policy, str(width), "--steps", str(args.steps)],
-                                 capture_output=True, text=True)
-            line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if res.returncode or line is None:
-                print(f"precision_speed: {policy} width {width} failed (exit {res.returncode}):\n{res.stderr[-3000:]}", file=sys.stderr)
+            result = run_worker(f"precision_speed: {policy}, width {width}", __file__, ["--worker", policy, str(width), "--steps", str(args.steps)])
+            if result is None:
                 return 1
-            results[(policy, width)] = json.loads(line[len("RESULT "):])
+            results[(policy, width)] = result
 
     lines = [header("Training precision on the CPU: float32 and mixed bfloat16 (benchmarks/precision_speed.py)"), "",
              f"Training images/s of 64² (batch 64, depth {DEPTH}, TensorFlow), median of {args.steps} steps timed one by one "
