@@ -244,7 +244,8 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     fingerprint = _fingerprint(spec, table.info["dataset_sha256"])
     state = _resume_state(folder, fingerprint, resume, hyper["epochs"], hyper["patience"])
     policy = dtype_policy(hyper.get("precision", "auto"))
-    if policy == "mixed_bfloat16" and "amx_bf16" not in (runtime.cpu_flags() or {"amx_bf16"}) and not has_gpu():
+    flags = runtime.cpu_flags()  # None where the system does not say: then nothing to warn about
+    if policy == "mixed_bfloat16" and flags is not None and "amx_bf16" not in flags and not has_gpu():
         print(f"train: {task}: precision mixed_bfloat16 on a CPU without AMX (no amx_bf16 flag): bfloat16 is not "
               "multiplied in hardware here and trains slower than float32 (benchmarks/precision_speed.py); "
               f"learning.tasks.{task}.precision: auto trains in float32", flush=True)
