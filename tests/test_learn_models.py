@@ -32,6 +32,8 @@ SCRIPT = textwrap.dedent(
         (models.regressor(16, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32")),
         (models.regressor(16, 3, 4, 2, spectral_width=4), "mse", rng.normal(size=(4, 3)).astype("float32")),
         (models.structure_regressor(16, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32")),
+        (models.classifier(16, 3, 4, 2, spectral_width=2, stem="patchify"), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1])),
+        (models.structure_regressor(16, 4, 2, stem="patchify"), "mse", rng.normal(size=(4, 4)).astype("float32")),
         (models.denoiser(16, 4, 2), "mse", x),
     ]
     for model, loss, y in cases:
@@ -54,6 +56,9 @@ def _cases(models):
         ("spectral_regressor", models.regressor(SIZE, 3, 4, 2, name="spectral_regressor", spectral_width=4), "mse",
          rng.normal(size=(4, 3)).astype("float32"), (3,)),
         ("structure_regressor", models.structure_regressor(SIZE, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32"), (4,)),
+        ("classifier", models.classifier(SIZE, 3, 4, 2, spectral_width=2, stem="patchify"), "sparse_categorical_crossentropy",
+         np.array([0, 1, 2, 1]), (3,)),
+        ("structure_regressor", models.structure_regressor(SIZE, 4, 2, stem="patchify"), "mse", rng.normal(size=(4, 4)).astype("float32"), (4,)),
         ("denoiser", models.denoiser(SIZE, 4, 2), "mse", x, (SIZE, SIZE, 1)),
     ]
 
@@ -106,6 +111,30 @@ def test_spectrum_trunk_width_by_task_and_config():
     # set: any task but the denoiser gets one that wide, or none at 0
     assert spectrum_width(models.build("chirality", "classification", SIZE, 8, 4, 2, spectral_width=2)) == 4
     assert spectrum_width(models.build("aberrations", "regression", SIZE, 3, 4, 2, spectral_width=0)) == 0
+
+
+def test_patchify_stem_halves_every_stage_and_ends_on_the_same_grid():
+    """The patchify stem maps each 2x2 patch to `width` channels (stride 2), so stage k runs at half
+    the full stem's resolution; the last stage is not pooled, so both end on size / 2**depth."""
+    import keras
+
+    from hrtemflow.learn import models
+
+    def grids(model):  # spatial sizes of the residual stages' outputs (their Add layers), in order
+        return [layer.output.shape[1] for layer in model.layers if isinstance(layer, keras.layers.Add)]
+
+    full = models.build("ordering", "classification", 32, 3, 4, 3, spectral_width=2)
+    patch = models.build("ordering", "classification", 32, 3, 4, 3, spectral_width=2, stem="patchify")
+    assert sorted(grids(full)) == [8, 8, 16, 16, 32, 32] and sorted(grids(patch)) == [4, 4, 8, 8, 16, 16]  # both trunks
+    stem = next(layer for layer in patch.layers if isinstance(layer, keras.layers.Conv2D))
+    assert stem.kernel_size == (2, 2) and stem.strides == (2, 2) and stem.filters == 4
+    for model in (full, patch):  # global pooling over the same 4x4 grid, the same features
+        assert [layer.input.shape[1] for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)] == [4, 4]
+    assert patch.output_shape == full.output_shape == (None, 3)
+    # the denoiser keeps its full-resolution U-Net
+    assert models.build("denoise", "denoising", 32, 1, 4, 2, stem="patchify").count_params() == models.denoiser(32, 4, 2).count_params()
+    with pytest.raises(ValueError, match="stem 'strided' is not one of full, patchify"):
+        models.build("ordering", "classification", 32, 3, 4, 3, stem="strided")
 
 
 def test_cosine_schedule_decays_over_the_planned_epochs():

@@ -377,6 +377,25 @@ def test_bfloat16_training_writes_a_float32_bundle(root, monkeypatch, capsys):
         tr.dtype_policy("float16")
 
 
+def test_patchify_stem_trains_and_its_bundle_says_so(root):
+    """`stem: patchify` builds the trunks on 2x2 patches; the card records the stem, the bundle loads
+    in safe mode and evaluates; an unknown stem is refused before any data is opened."""
+    spec = make_spec(root, "structure", epochs=1)
+    spec["hyper"]["stem"] = "patchify"
+    out = root / "models" / "structure-patchify"
+    card = tr.train(spec, out, base=root, progress=False)
+    assert card["hyper"]["stem"] == "patchify" and np.isfinite(card["history"]["loss"]).all()
+    model, _ = tr.load_bundle(out)
+    first = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert first.strides == (2, 2) and first.kernel_size == (2, 2)
+    m = ev.evaluate(spec, out, root / "reports" / "structure-patchify", base=root)
+    assert m["targets"]["co_fraction"]["mae"] >= 0
+    bad = {**spec, "hyper": {**spec["hyper"], "stem": "strided"}, "shards": ["nowhere.zarr"]}
+    with pytest.raises(HrtemflowError, match="stem 'strided' is not one of full, patchify; fix learning.tasks.structure.stem"):
+        tr.train(bad, root / "models" / "bad-stem", base=root, progress=False)
+    assert not (root / "models" / "bad-stem").exists()
+
+
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
     from hrtemflow.runtime import cpu_flags
 

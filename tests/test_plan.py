@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from hrtemflow.config import load_config
 from hrtemflow.io import write_if_changed
 from hrtemflow.plan import format_summary, make_plan, paths, sample_seed, write_plan
@@ -161,20 +163,25 @@ def test_spectral_width_enters_only_its_own_spec_and_only_when_not_the_default(d
     assert [task for task in before if after[task] != before[task]] == ["chirality"]
 
 
-def test_precision_enters_only_its_own_spec_and_only_when_not_auto(demo_cfg, repo_root):
-    """Training in bfloat16 retrains that task alone; a config that spells out auto retrains nothing."""
+@pytest.mark.parametrize("option, default, value, task, ignored_by", [
+    ("precision", "auto", "mixed_bfloat16", "ordering", ()),
+    ("stem", "full", "patchify", "structure", ("denoise",)),
+])
+def test_option_enters_only_its_own_spec_and_only_when_not_default(demo_cfg, repo_root, option, default, value, task, ignored_by):
+    """Training in bfloat16 or on a patchify stem retrains that task alone; a config that spells out
+    the default retrains nothing, nor does a value for a task that does not use the option."""
     from hrtemflow.plan import train_spec
 
     plan = _plan(demo_cfg, repo_root)
-    before = {task: train_spec(plan, task) for task in plan.tasks()}
-    assert not any("precision" in spec["hyper"] for spec in before.values())
+    before = {t: train_spec(plan, t) for t in plan.tasks()}
+    assert not any(option in spec["hyper"] for spec in before.values())
 
     tasks = demo_cfg["learning"]["tasks"]
-    for task in before:
-        tasks[task]["precision"] = "auto"
-    assert {task: train_spec(_plan(demo_cfg, repo_root), task) for task in before} == before
+    for t in before:
+        tasks[t][option] = value if t in ignored_by else default
+    assert {t: train_spec(_plan(demo_cfg, repo_root), t) for t in before} == before
 
-    tasks["ordering"]["precision"] = "mixed_bfloat16"
-    after = {task: train_spec(_plan(demo_cfg, repo_root), task) for task in before}
-    assert after["ordering"]["hyper"]["precision"] == "mixed_bfloat16"
-    assert [task for task in before if after[task] != before[task]] == ["ordering"]
+    tasks[task][option] = value
+    after = {t: train_spec(_plan(demo_cfg, repo_root), t) for t in before}
+    assert after[task]["hyper"][option] == value
+    assert [t for t in before if after[t] != before[t]] == [task]

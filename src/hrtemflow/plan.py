@@ -220,8 +220,8 @@ def task_classes(cfg: dict, task: str) -> list[str] | None:
 def _hyper(tcfg: dict, task: str) -> dict:
     """A task's training settings; keys other tasks ignore stay out, so changing them retrains nothing else.
 
-    `spectral_width` is written only when set and not the task's default, and `precision` only when
-    not auto: a campaign planned before an option existed keeps its specs byte for byte, so its
+    `spectral_width` is written only when set and not the task's default, `precision` only when
+    not auto and `stem` only when not full: a campaign planned before an option existed keeps its specs byte for byte, so its
     models are not retrained for nothing.
     """
     hyper = copy.deepcopy(tcfg)
@@ -231,6 +231,8 @@ def _hyper(tcfg: dict, task: str) -> dict:
         hyper.pop("spectral_width", None)
     if hyper.get("precision") == "auto":
         hyper.pop("precision")
+    if task == "denoise" or hyper.get("stem") == "full":
+        hyper.pop("stem", None)
     return hyper
 
 

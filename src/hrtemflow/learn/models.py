@@ -31,29 +31,47 @@ def _residual_block(x, filters: int):
     return layers.Activation("relu")(layers.Add()([shortcut, y]))
 
 
-def _trunk_on(x, width: int, depth: int, pool_name: str | None = None):
-    """Residual CNN on a tensor: `depth` stages, channels doubling, each halving the image; global average pool."""
-    x = _conv_bn_relu(x, width)
+STEMS = ("full", "patchify")
+
+
+def _trunk_on(x, width: int, depth: int, pool_name: str | None = None, stem: str = "full"):
+    """Residual CNN on a tensor: `depth` stages, channels doubling, each halving the image; global average pool.
+
+    stem "full": a 3x3 convolution, and the first stage at the input's resolution. "patchify": a 2x2
+    convolution of stride 2 (each non-overlapping 2x2 patch to `width` channels, a linear map that
+    loses nothing, as ConvNeXt's stem), so every stage runs at half the resolution, and the last one
+    is not pooled: the same 1/2^depth grid at the end, for about a quarter of the arithmetic
+    (benchmarks/precision_speed.py measures both).
+    """
+    if stem == "patchify":
+        x = layers.Conv2D(width, 2, strides=2, use_bias=False)(x)
+        x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    elif stem == "full":
+        x = _conv_bn_relu(x, width)
+    else:
+        raise ValueError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
     for stage in range(depth):
         x = _residual_block(x, width * 2**stage)
-        x = layers.MaxPooling2D(2)(x)
+        if stem == "full" or stage < depth - 1:
+            x = layers.MaxPooling2D(2)(x)
     return layers.GlobalAveragePooling2D(name=pool_name)(x)
 
 
-def _trunk(input_size: int, width: int, depth: int):
+def _trunk(input_size: int, width: int, depth: int, stem: str = "full"):
     """The image input and the residual trunk on it."""
     inputs = keras.Input((input_size, input_size, 1), name="image")
-    return inputs, _trunk_on(inputs, width, depth)
+    return inputs, _trunk_on(inputs, width, depth, stem=stem)
 
 
-def classifier(input_size: int, n_classes: int, width: int = 16, depth: int = 3, spectral_width: int = 0) -> keras.Model:
+def classifier(input_size: int, n_classes: int, width: int = 16, depth: int = 3, spectral_width: int = 0,
+               stem: str = "full") -> keras.Model:
     """Class probabilities; the pre-softmax layer is named "logits" (temperature scaling uses it).
 
     `spectral_width` > 0 adds a trunk on the log power spectrum (CNT chirality: the graphene
-    reflections' angles to the tube axis are the chiral angle, plain in the spectrum).
+    reflections' angles to the tube axis are the chiral angle, plain in the spectrum). `stem`: see `_trunk_on`.
     """
-    inputs, x = _trunk(input_size, width, depth)
-    x = _with_spectrum(inputs, x, spectral_width, depth)
+    inputs, x = _trunk(input_size, width, depth, stem)
+    x = _with_spectrum(inputs, x, spectral_width, depth, stem)
     x = layers.Dropout(0.2)(x)
     logits = layers.Dense(n_classes, dtype="float32", name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
@@ -86,31 +104,32 @@ class LogPowerSpectrum(layers.Layer):
         return input_shape
 
 
-def _with_spectrum(inputs, features, spectral_width: int, depth: int):
+def _with_spectrum(inputs, features, spectral_width: int, depth: int, stem: str = "full"):
     """The image trunk's features, joined by those of a trunk `spectral_width` wide on the log power spectrum (0: none)."""
     if not spectral_width:
         return features
-    spectrum = _trunk_on(LogPowerSpectrum(name="log_power_spectrum")(inputs), spectral_width, depth, "spectrum_pool")
+    spectrum = _trunk_on(LogPowerSpectrum(name="log_power_spectrum")(inputs), spectral_width, depth, "spectrum_pool", stem)
     return layers.Concatenate()([features, spectrum])
 
 
 def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, name: str = "regressor",
-              spectral_width: int = 0) -> keras.Model:
+              spectral_width: int = 0, stem: str = "full") -> keras.Model:
     """Scaled targets (O(1)); the card holds each target's offset and scale.
 
     `spectral_width` > 0 adds a trunk on the image's log power spectrum (aberrations: the image trunk
-    sees the sign of the contrast, the spectrum trunk the ring radii and ellipticity).
+    sees the sign of the contrast, the spectrum trunk the ring radii and ellipticity). `stem`: see `_trunk_on`.
     """
-    inputs, x = _trunk(input_size, width, depth)
-    x = _with_spectrum(inputs, x, spectral_width, depth)
+    inputs, x = _trunk(input_size, width, depth, stem)
+    x = _with_spectrum(inputs, x, spectral_width, depth, stem)
     x = layers.Dense(4 * width, activation="relu")(x)
     outputs = layers.Dense(n_targets, dtype="float32", name="targets")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def structure_regressor(input_size: int, width: int = 16, depth: int = 3, spectral_width: int = 0) -> keras.Model:
+def structure_regressor(input_size: int, width: int = 16, depth: int = 3, spectral_width: int = 0,
+                        stem: str = "full") -> keras.Model:
     """Ag/Co particle: co_fraction, log n_atoms, order_measure, energy per atom (scaled)."""
-    return regressor(input_size, len(STRUCTURE_TARGETS), width, depth, name="structure_regressor", spectral_width=spectral_width)
+    return regressor(input_size, len(STRUCTURE_TARGETS), width, depth, name="structure_regressor", spectral_width=spectral_width, stem=stem)
 
 
 def denoiser(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
@@ -131,14 +150,15 @@ def denoiser(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
 
 
 def build(task: str, kind: str, input_size: int, n_outputs: int, width: int, depth: int,
-          spectral_width: int | None = None) -> keras.Model:
-    """The model a task trains (`n_outputs`: classes or targets; ignored for denoising, which has no spectrum trunk)."""
+          spectral_width: int | None = None, stem: str = "full") -> keras.Model:
+    """The model a task trains (`n_outputs`: classes or targets; ignored for denoising, which has
+    no spectrum trunk and keeps its full-resolution U-Net whatever `stem` is)."""
     if spectral_width is None:
         spectral_width = spectral_width_default(task, width)
     if kind == "classification":
-        return classifier(input_size, n_outputs, width, depth, spectral_width)
+        return classifier(input_size, n_outputs, width, depth, spectral_width, stem)
     if kind == "denoising":
         return denoiser(input_size, width, depth)
     if task == "structure":
-        return structure_regressor(input_size, width, depth, spectral_width)
-    return regressor(input_size, n_outputs, width, depth, spectral_width=spectral_width)
+        return structure_regressor(input_size, width, depth, spectral_width, stem)
+    return regressor(input_size, n_outputs, width, depth, spectral_width=spectral_width, stem=stem)

@@ -230,6 +230,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     task, size, hyper = spec["task"], spec["image_size"], spec["hyper"]
     kind = data.TASK_KIND[task]
     spectral_width = None if kind == "denoising" else hyper.get("spectral_width", spectral_width_default(task, hyper["width"]))
+    stem = hyper.get("stem", "full")  # specs planned before the option: the full-resolution stem they were built with
     seed = task_seed(spec["campaign_seed"], task)
     keras.utils.set_random_seed(seed)
     _limit_threads()
@@ -265,7 +266,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             state = {"fingerprint": fingerprint, "epoch": 0, "best_val_loss": None, "best_epoch": 0, "wait": 0, "stopped": False, "history": {}}
-            model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"], spectral_width)
+            model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"], spectral_width, stem)
             steps = max(1, len(splits["train"]) // int(hyper["batch_size"]))  # the feed drops the last partial batch
             _compile(model, kind, _optimizer(hyper, steps))
 
@@ -296,7 +297,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     # The bundle is for inference anywhere: float32 (CPU included), and uncompiled, so it carries no
     # optimizer. A compiled model saves its optimizer's class, and under PyTorch that class lives in
     # keras.src.backend.torch: loading it under TensorFlow would then import torch, or fail without it.
-    bundle_model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"], spectral_width)
+    bundle_model = models.build(task, kind, size, n_outputs, hyper["width"], hyper["depth"], spectral_width, stem)
     bundle_model.set_weights(model.get_weights())
 
     card = {
@@ -317,7 +318,8 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         "best_epoch": state["best_epoch"],
         "stopped_early": state["stopped"],
         "history": state["history"],
-        "hyper": {**hyper, **({"spectral_width": spectral_width} if spectral_width is not None else {})},  # resolved: the card says what was built
+        "hyper": {**hyper, **({"spectral_width": spectral_width} if spectral_width is not None else {}),
+                  **({"stem": stem} if kind != "denoising" else {})},  # resolved: the card says what was built
         "seed": seed,
         "mixed_precision": policy != "float32",
         "dtype_policy": policy,
