@@ -23,6 +23,7 @@ import zarr
 from ..errors import HrtemflowError
 from ..io import canonical_json
 from ..store import split_structures
+from .models import STEMS
 from .targets import ASTIG_COLUMNS, REGRESSION_TARGETS, Target  # noqa: F401  (re-exported: data.REGRESSION_TARGETS)
 
 #: what a task learns: a class, some numbers, or a clean image
@@ -94,8 +95,8 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     need = ("epochs", "batch_size", "learning_rate", "width", "depth", "patience", "augment")
     if missing := [k for k in need if k not in hyper]:
         raise HrtemflowError(f"train spec: hyper lacks {', '.join(missing)}; rerun `hrtemflow plan`")
-    if hyper.get("stem", "full") not in ("full", "patchify"):
-        raise HrtemflowError(f"train spec: stem {hyper['stem']!r} is not one of full, patchify; fix learning.tasks.{task}.stem")
+    if hyper.get("stem", "full") not in STEMS:
+        raise HrtemflowError(f"train spec: stem {hyper['stem']!r} is not one of {', '.join(STEMS)}; fix learning.tasks.{task}.stem")
     size = spec["image_size"]
     if size % (2 ** hyper["depth"]):
         raise HrtemflowError(f"train spec: image_size {size} is not divisible by 2**depth = {2 ** hyper['depth']}; lower learning.tasks.{task}.depth")
