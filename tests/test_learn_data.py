@@ -1,9 +1,10 @@
 """Learning stage, data side: shard index, split by structure, feed, augmentation, normalisation.
 
 The image shards used here are TEST DATA for the learning code, not physics: small Zarr v3 stores in
-the contract layout of docs/data-products.md whose images are lattice fringes with Poisson noise.
-The class sets the fringe frequency, the fringe direction is the astigmatism angle φ12, and defocus
-blurs the noise-free image, so the tasks are learnable and every label/geometry rule can be checked.
+the contract layout of docs/data-products.md whose images are lattice fringes with Poisson noise and
+the imaging stage's gain. The class sets the fringe frequency, the fringe direction is the astigmatism
+angle φ12, and defocus blurs the noise-free image, so the tasks are learnable and every label/geometry
+rule can be checked.
 `write_fringe_shard` and `make_spec` are imported by the other test_learn_* modules and by
 benchmarks/feed_throughput.py.
 """
@@ -19,6 +20,8 @@ import pytest
 import zarr
 from scipy.ndimage import gaussian_filter
 from zarr.codecs import BloscCodec
+
+from hrtemflow.optics import apply_gain
 
 CNT_CLASSES = ["10-0", "8-4", "7-5", "9-3"]
 ORDERINGS = ["core-shell", "janus", "disordered"]
@@ -72,6 +75,7 @@ def write_fringe_shard(path: Path, *, family: str, group: str, indices: range, f
                        sizes: tuple[int, ...] = (16, 32), seed: int = 0, override_labels: dict | None = None) -> Path:
     """One image shard in the contract layout (test data: fringes, not physics)."""
     rng = np.random.default_rng([seed, int(hashlib.sha256(group.encode()).hexdigest()[:8], 16), indices.start])
+    gain_rng = np.random.default_rng([seed, int(hashlib.sha256(group.encode()).hexdigest()[:8], 16), indices.start, 1])
     rows = {"sample_id": [], "image_id": [], "params": {k: [] for k in PARAMS}, "euler_rad": [], "shift_A": [], "labels": {}}
     images = {s: {"image": [], "noise_free": [], "clean": [], "pixel_size_A": []} for s in sizes}
     for index in indices:
@@ -85,6 +89,7 @@ def write_fringe_shard(path: Path, *, family: str, group: str, indices: range, f
                 p = {k: 0.0 for k in PARAMS}
                 p.update(defocus_A=rng.uniform(-500, 500), c12_A=rng.uniform(0, 50), phi12_rad=rng.uniform(0, np.pi),
                          dose_e_per_A2=rng.uniform(20, 200), fov_A=rng.uniform(30, 40), energy_eV=80e3, cs_A=-2e5)
+                p.update(brightness=gain_rng.uniform(0.9, 1.1), contrast=gain_rng.uniform(0.9, 1.1), background=gain_rng.uniform(0, 0.05))
                 for k in PARAMS:
                     rows["params"][k].append(p[k])
                 rows["euler_rad"].append(rng.uniform(0, 2 * np.pi, 3))
@@ -98,8 +103,8 @@ def write_fringe_shard(path: Path, *, family: str, group: str, indices: range, f
                     clean = counts * fringes(s, f_sample, p["phi12_rad"], phase)
                     noise_free = counts * gaussian_filter(fringes(s, f_sample, p["phi12_rad"], phase), 0.2 + abs(p["defocus_A"]) / 500 * s / 32)
                     images[s]["clean"].append(clean)
-                    images[s]["noise_free"].append(noise_free)
-                    images[s]["image"].append(rng.poisson(noise_free).astype(np.float32))
+                    images[s]["noise_free"].append(apply_gain(noise_free, noise_free, p))  # gained as the imaging stage does
+                    images[s]["image"].append(apply_gain(rng.poisson(noise_free), noise_free, p).astype(np.float32))
                     images[s]["pixel_size_A"].append(px)
     n = len(rows["sample_id"])
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -249,6 +254,46 @@ def test_streamed_and_cached_batches_agree(root):
             np.testing.assert_array_equal(u, v)
     x, y = a[0]
     assert x.shape == y.shape == (8, 32, 32, 1)
+
+
+@pytest.mark.parametrize("cache", [None, 0], ids=["cached", "streamed"])
+def test_fresh_shot_noise_is_new_each_epoch_at_the_images_own_level(root, cache):
+    """shot_noise fresh: each training image comes with new Poisson noise every epoch (the same again
+    for the same seed and epoch, so a resumed run sees what an uninterrupted one would), as strong as
+    its stored noise: the residual about the noise-free image has the stored image's variance."""
+    spec = make_spec(root, "ordering", shot_noise="fresh")
+    train = data.split_table(data.load_table(spec, root), spec["split"])["train"]
+    assert train.gain.shape == (len(train), 3)
+    stored = data.ShardFeed(train, 32, batch_size=64, cache_bytes=cache)
+    fresh = data.ShardFeed(train, 32, batch_size=64, cache_bytes=cache, shot_noise="fresh", seed=5)
+    rows = fresh.indices(0)
+    clean = data.normalise(np.stack([zarr.open_group(train.paths[k], mode="r")["s32/noise_free"][int(r)]
+                                     for k, r in zip(train.shard[rows], train.row[rows])]))
+    x0, y0 = fresh[0]
+    np.testing.assert_array_equal(y0, train.y[rows])
+
+    def residual(x):  # noise about the noise-free image, both standardised
+        return np.var(x[..., 0] - clean, axis=(1, 2))
+
+    ratio = residual(x0) / residual(stored[0][0])
+    assert 0.8 < np.median(ratio) < 1.25
+    assert not np.allclose(x0, stored[0][0], atol=1e-3)  # not the stored draw
+    again = data.ShardFeed(train, 32, batch_size=64, cache_bytes=cache, shot_noise="fresh", seed=5)
+    np.testing.assert_array_equal(again[0][0], x0)  # reproducible by (seed, epoch, batch)
+    again.epoch = 1
+    assert not np.allclose(again[0][0], x0, atol=1e-3)  # a new draw next epoch
+
+
+def test_fresh_shot_noise_refuses_a_gain_it_cannot_undo(root):
+    spec = make_spec(root, "ordering")
+    with pytest.raises(HrtemflowError, match="shot_noise 'always' is not one of stored, fresh; fix learning.tasks.ordering.shot_noise"):
+        data.check_spec({**spec, "hyper": {**spec["hyper"], "shot_noise": "always"}})
+    path = write_fringe_shard(root / "dark.zarr", family="nanoalloy", group="nanoalloy-janus", indices=range(200, 202), freq=4.5)
+    zarr.open_group(str(path), mode="r+")["params/contrast"][3] = 0.0
+    fresh = {**spec, "hyper": {**spec["hyper"], "shot_noise": "fresh"}, "shards": spec["shards"] + [str(path)]}
+    with pytest.raises(HrtemflowError, match=r"1 image\(s\) have a gain that fresh shot noise cannot undo.*shot_noise: stored"):
+        data.load_table(fresh, root)
+    data.load_table({**fresh, "hyper": spec["hyper"]}, root)  # the stored noise needs no gain
 
 
 def test_feed_with_worker_threads(root):

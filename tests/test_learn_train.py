@@ -396,6 +396,17 @@ def test_patchify_stem_trains_and_its_bundle_says_so(root):
     assert not (root / "models" / "bad-stem").exists()
 
 
+def test_fresh_shot_noise_trains_and_the_card_says_so(root):
+    """`shot_noise: fresh` trains the denoiser on new noise each epoch (the target as stored) and the
+    card's augmentation says so; validation keeps the stored images, so its loss is comparable."""
+    spec = make_spec(root, "denoise", epochs=2, shot_noise="fresh")
+    out = root / "models" / "denoise-fresh"
+    card = tr.train(spec, out, base=root, progress=False)
+    assert "new Poisson noise" in card["augmentation"]["shot_noise"] and card["hyper"]["shot_noise"] == "fresh"
+    assert len(card["history"]["val_loss"]) == 2 and np.isfinite(card["history"]["val_loss"]).all()
+    assert tr._augmentation_card("denoise", False, "stored") is None  # nothing augmented: the card says none
+
+
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
     from hrtemflow.runtime import cpu_flags
 

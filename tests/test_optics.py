@@ -145,6 +145,23 @@ def test_gain_contrast_background():
     assert np.allclose(y, 2.0 * (10 + 0.5 * (x - 10) + 1.0))
 
 
+def test_expected_counts_undo_the_gain_of_a_stored_image():
+    """From a weak object's stored noise-free image and its gain, `expected_counts` gives back the
+    counts the noise was drawn from: the stored noisy image, ungained with them, is whole electrons."""
+    wave, extent, sampling = single_atom_wave("C")
+    w = fft2(wave)
+    p = params(defocus_A=50.0, focal_spread_A=30.0, convergence_mrad=0.2, dose_e_per_A2=500.0, mtf_c50=0.4,
+               brightness=1.7, contrast=0.8, background=0.04)
+    noisy, noise_free = optics.variant_images(w, extent, 200e3, sampling, [64], p, np.random.default_rng(3))[64]
+    gain = ([p["brightness"]] * 2, [p["contrast"]] * 2, [p["background"]] * 2)
+    counts = optics.expected_counts(np.stack([noise_free, noise_free]), *gain)[0]
+    assert abs(counts.mean() / (500.0 * (extent / 64) ** 2) - 1) < 0.01  # the dose, not the gained level
+    mu = counts.mean()
+    electrons = mu + (noisy / p["brightness"] - mu * (1 + p["background"])) / p["contrast"]
+    assert np.abs(electrons - np.round(electrons)).max() < 1e-3 * mu
+    assert abs(np.var(electrons - counts) / mu - 1) < 0.1  # Poisson about them
+
+
 def test_draw_variant_is_deterministic_and_in_range():
     cfg_o = {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 100], "c23_nm": [0, 50],
              "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3]}

@@ -166,9 +166,10 @@ def test_spectral_width_enters_only_its_own_spec_and_only_when_not_the_default(d
 @pytest.mark.parametrize("option, default, value, task, ignored_by", [
     ("precision", "auto", "mixed_bfloat16", "ordering", ()),
     ("stem", "full", "patchify", "structure", ("denoise",)),
+    ("shot_noise", "stored", "fresh", "denoise", ()),
 ])
 def test_option_enters_only_its_own_spec_and_only_when_not_default(demo_cfg, repo_root, option, default, value, task, ignored_by):
-    """Training in bfloat16 or on a patchify stem retrains that task alone; a config that spells out
+    """Training in bfloat16, on a patchify stem or with fresh shot noise retrains that task alone; a config that spells out
     the default retrains nothing, nor does a value for a task that does not use the option."""
     from hrtemflow.plan import train_spec
 

@@ -338,6 +338,18 @@ def apply_gain(x: np.ndarray, expected: np.ndarray, p: Mapping[str, float]) -> n
     return p["brightness"] * (mu + p["contrast"] * (x - mu) + p["background"] * mu)
 
 
+def expected_counts(y: np.ndarray, brightness, contrast, background) -> np.ndarray:
+    """The expected counts behind gained noise-free images (apply_gain's inverse), per image of a (B, H, W) stack.
+
+    So that training can draw new shot noise for a stored image at its own dose: mean(y) = b·μ·(1 + bg)
+    gives μ, then x = μ + (y/b − μ·(1 + bg))/c. Needs b > 0, c > 0 and bg > −1 (checked by the caller).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    b, c, bg = (np.asarray(v, dtype=np.float64).reshape(-1, 1, 1) for v in (brightness, contrast, background))
+    mu = y.mean(axis=(-2, -1), keepdims=True) / (b * (1.0 + bg))
+    return mu + (y / b - mu * (1.0 + bg)) / c
+
+
 def counts(intensity: np.ndarray, dose_e_per_A2: float, pixel_size_A: float) -> np.ndarray:
     """Normalised intensity -> expected electron counts per pixel."""
     return intensity * (dose_e_per_A2 * pixel_size_A**2)

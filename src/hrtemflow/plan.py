@@ -221,8 +221,8 @@ def _hyper(tcfg: dict, task: str) -> dict:
     """A task's training settings; keys other tasks ignore stay out, so changing them retrains nothing else.
 
     `spectral_width` is written only when set and not the task's default, `precision` only when
-    not auto and `stem` only when not full: a campaign planned before an option existed keeps its specs byte for byte, so its
-    models are not retrained for nothing.
+    not auto, `stem` only when not full and `shot_noise` only when not stored: a campaign planned
+    before an option existed keeps its specs byte for byte, so its models are not retrained for nothing.
     """
     hyper = copy.deepcopy(tcfg)
     if task != "denoise":
@@ -233,6 +233,8 @@ def _hyper(tcfg: dict, task: str) -> dict:
         hyper.pop("precision")
     if task == "denoise" or hyper.get("stem") == "full":
         hyper.pop("stem", None)
+    if hyper.get("shot_noise") == "stored":
+        hyper.pop("shot_noise")
     return hyper
 
 

@@ -1,9 +1,10 @@
 """Dataset index over image shards, split by structure, and the Keras feed.
 
 The shards are read directly per the contract in docs/data-products.md (Zarr v3, one group per
-shard, chunks of one image), so this module depends on nothing but zarr and numpy (and Keras for the
-PyDataset base class). Labels are small and read eagerly into a `Table`; images are read lazily,
-batch by batch, or cached in memory once when the split fits a memory budget.
+shard, chunks of one image), so this module depends on nothing but zarr and numpy (Keras for the
+PyDataset base class, hrtemflow.optics for the counts behind a stored image). Labels are small and
+read eagerly into a `Table`; images are read lazily, batch by batch, or cached in memory once when
+the split fits a memory budget.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import zarr
 
 from ..errors import HrtemflowError
 from ..io import canonical_json
+from ..optics import expected_counts
 from ..store import split_structures
 from .models import STEMS
 from .targets import ASTIG_COLUMNS, REGRESSION_TARGETS, Target  # noqa: F401  (re-exported: data.REGRESSION_TARGETS)
@@ -55,6 +57,11 @@ ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 #: zarr's config is process-global: one thread at a time opens an array under the zarrs pipeline
 _OPEN_LOCK = threading.Lock()
 SPLITS = ("train", "val", "test")
+#: `learning.tasks.<task>.shot_noise`: train on the stored noisy images, or draw new shot noise for each
+#: training image every time it is served, from its noise-free image at its own dose
+SHOT_NOISE = ("stored", "fresh")
+#: the gain of a stored image (optics.apply_gain), which fresh shot noise undoes to reach the counts
+GAIN_PARAMS = ("params/brightness", "params/contrast", "params/background")
 
 
 def normalise(x: np.ndarray, eps: float = NORMALISATION["eps"], clip: float = NORMALISATION["clip"], *, inplace: bool = False) -> np.ndarray:
@@ -97,6 +104,9 @@ def check_spec(spec: Mapping[str, Any]) -> None:
         raise HrtemflowError(f"train spec: hyper lacks {', '.join(missing)}; rerun `hrtemflow plan`")
     if hyper.get("stem", "full") not in STEMS:
         raise HrtemflowError(f"train spec: stem {hyper['stem']!r} is not one of {', '.join(STEMS)}; fix learning.tasks.{task}.stem")
+    if shot_noise(spec) not in SHOT_NOISE:
+        raise HrtemflowError(f"train spec: shot_noise {hyper['shot_noise']!r} is not one of {', '.join(SHOT_NOISE)}; "
+                             f"fix learning.tasks.{task}.shot_noise")
     size = spec["image_size"]
     if size % (2 ** hyper["depth"]):
         raise HrtemflowError(f"train spec: image_size {size} is not divisible by 2**depth = {2 ** hyper['depth']}; lower learning.tasks.{task}.depth")
@@ -123,14 +133,21 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
+def shot_noise(spec: Mapping[str, Any]) -> str:
+    """Where the training images' shot noise comes from (specs from before the option: `stored`)."""
+    return spec.get("hyper", {}).get("shot_noise", "stored")
+
+
 def denoise_target(spec: Mapping[str, Any]) -> str:
     """The array a denoiser learns to output (specs from before the option mean `clean`)."""
     return spec.get("hyper", {}).get("target", "clean")
 
 
-def required_arrays(task: str, size: int, target: str = "clean") -> list[str]:
+def required_arrays(task: str, size: int, target: str = "clean", noise: str = "stored") -> list[str]:
     """Arrays a shard must hold for a task (checked before any training starts)."""
     need = ["sample_id", image_key(size), f"s{size}/pixel_size_A"]
+    if noise == "fresh":
+        need += [f"s{size}/noise_free", *GAIN_PARAMS]
     if task in CLASS_LABEL:
         need.append(CLASS_LABEL[task])
     elif task == "aberrations":
@@ -161,6 +178,8 @@ class Table:
     y: np.ndarray | None
     pixel_size_A: np.ndarray
     info: dict = field(default_factory=dict)
+    #: (N, 3) brightness, contrast, background of each image: read only for fresh shot noise
+    gain: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.row)
@@ -168,7 +187,8 @@ class Table:
     def take(self, mask_or_index: np.ndarray) -> Table:
         sel = np.asarray(mask_or_index)
         return Table(self.task, self.paths, self.shard[sel], self.row[sel], self.sample_id[sel],
-                     None if self.y is None else self.y[sel], self.pixel_size_A[sel], self.info)
+                     None if self.y is None else self.y[sel], self.pixel_size_A[sel], self.info,
+                     None if self.gain is None else self.gain[sel])
 
     def n_structures(self) -> int:
         return len(np.unique(self.sample_id))
@@ -226,6 +246,18 @@ def _task_targets(group: zarr.Group, task: str, classes: Sequence[str] | None) -
     return y, np.isfinite(y).all(axis=1), []
 
 
+def _gain(group: zarr.Group, path: str, rows: np.ndarray, task: str) -> np.ndarray:
+    """(len(rows), 3) gain of those images; refuses a gain that cannot be undone (no counts to draw noise from)."""
+    gain = np.stack([np.asarray(group[k][:], dtype=np.float64)[rows] for k in GAIN_PARAMS], axis=1)
+    bad = ~((gain[:, 0] > 0) & (gain[:, 1] > 0) & (gain[:, 2] > -1))
+    if bad.any():
+        b, c, bg = gain[np.flatnonzero(bad)[0]]
+        raise HrtemflowError(f"image shard {path}: {int(bad.sum())} image(s) have a gain that fresh shot noise cannot undo "
+                             f"(e.g. brightness {b:g}, contrast {c:g}, background {bg:g}; it needs brightness > 0, contrast > 0 "
+                             f"and background > -1); narrow imaging.noise ranges, or set learning.tasks.{task}.shot_noise: stored")
+    return gain
+
+
 def dataset_fingerprint(entries: list[dict]) -> str:
     return hashlib.sha256(canonical_json(entries).encode()).hexdigest()
 
@@ -235,8 +267,9 @@ def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
     check_spec(spec)
     task, size = spec["task"], spec["image_size"]
     target = denoise_target(spec) if task == "denoise" else "clean"
-    need = required_arrays(task, size, target)
-    shard, row, sid, ys, px, entries = [], [], [], [], [], []
+    noise = shot_noise(spec)
+    need = required_arrays(task, size, target, noise)
+    shard, row, sid, ys, px, gains, entries = [], [], [], [], [], [], []
     unknown: set[str] = set()
     dropped = 0
     paths = tuple(str(Path(base) / p) for p in spec["shards"])
@@ -262,12 +295,15 @@ def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
         px.append(np.asarray(group[f"s{size}/pixel_size_A"][:], dtype=np.float64)[idx])
         if y is not None:
             ys.append(y[idx])
+        if noise == "fresh":
+            gains.append(_gain(group, path, idx, task))
     table = Table(
         task=task, paths=paths, shard=np.concatenate(shard), row=np.concatenate(row), sample_id=np.concatenate(sid),
         y=np.concatenate(ys) if ys else None, pixel_size_A=np.concatenate(px),
         info={"dataset_sha256": dataset_fingerprint([{"task": task, "image_size": size, **({"target": target} if target != "clean" else {})}, *entries]),
               "n_shards": len(paths), "dropped_rows": dropped, "unknown_labels": sorted(unknown),
               **({"target": target} if task == "denoise" else {})},
+        gain=np.concatenate(gains) if gains else None,
     )
     if len(table) == 0:
         why = f" (labels {sorted(unknown)} are not among the classes {spec.get('classes')})" if unknown else ""
@@ -412,14 +448,17 @@ class ShardFeed(keras.utils.PyDataset):
     batches are fully random; otherwise batches are built from shuffled blocks of `block`
     contiguous rows (one Zarr request per block), which trades some randomness for throughput.
     `reader` is the codec pipeline of the reads (`feed_reader()` by default); `workers` > 1 reads
-    batches ahead in threads.
+    batches ahead in threads. `shot_noise="fresh"` serves each image with new Poisson noise drawn
+    from its expected counts (its noise-free image with the gain undone, `optics.expected_counts`)
+    every time, seeded by (seed, epoch, batch): over the epochs the network never sees the same noise
+    twice, as it would not in the microscope. The gain itself drops out in `normalise`.
     """
 
     def __init__(self, table: Table, size: int, *, batch_size: int = 32, shuffle: bool = False,
                  augment: bool = False, jitter_amount: float = 0.1, seed: int = 0, epoch: int = 0,
                  target_scale: tuple[np.ndarray, np.ndarray] | None = None, block: int = 8,
                  cache_bytes: int | None = None, workers: int = 1, max_queue_size: int = 10,
-                 reader: str | None = None) -> None:
+                 reader: str | None = None, shot_noise: str = "stored") -> None:
         # threads, never processes: Zarr reads release the GIL, and a process that read through zarrs must not fork
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.reader = feed_reader() if reader is None else reader
@@ -429,6 +468,11 @@ class ShardFeed(keras.utils.PyDataset):
         self.shuffle, self.augment, self.jitter_amount = shuffle, augment, jitter_amount
         self.seed, self.epoch, self.block = int(seed), int(epoch), max(1, int(block))
         self.denoise = TASK_KIND[table.task] == "denoising"
+        if shot_noise not in SHOT_NOISE:
+            raise HrtemflowError(f"shot_noise {shot_noise!r} is not one of {', '.join(SHOT_NOISE)}")
+        if shot_noise == "fresh" and table.gain is None:
+            raise HrtemflowError("fresh shot noise needs each image's gain: load the table from a spec with shot_noise: fresh")
+        self.fresh_noise = shot_noise == "fresh"
         self.target_key = clean_key(size, table.info.get("target", "clean")) if self.denoise else None
         self.astig = ASTIG_COLUMNS if table.task == "aberrations" else None
         self.y = self._scaled_targets(target_scale)
@@ -458,7 +502,7 @@ class ShardFeed(keras.utils.PyDataset):
             self._handles[(shard, key)] = open_array(self.table.paths[shard], key, self.reader)
         return self._handles[(shard, key)]
 
-    def _read(self, idx: np.ndarray, key: str) -> np.ndarray:
+    def _read(self, idx: np.ndarray, key: str, *, normalised: bool = True) -> np.ndarray:
         out = np.empty((len(idx), self.size, self.size), dtype=np.float32)
         shards = self.table.shard[idx]
         for s in np.unique(shards):
@@ -468,11 +512,22 @@ class ShardFeed(keras.utils.PyDataset):
                 out[m[0]:m[-1] + 1] = rows
             else:
                 out[m] = rows
-        return normalise(out, inplace=True)
+        return normalise(out, inplace=True) if normalised else out
+
+    def _inputs(self, idx: np.ndarray) -> np.ndarray:
+        """Network inputs of table rows idx, or with fresh shot noise their expected counts (float32)."""
+        if not self.fresh_noise:
+            return self._read(idx, image_key(self.size))
+        y = self._read(idx, f"s{self.size}/noise_free", normalised=False)
+        return expected_counts(y, *self.table.gain[idx].T).astype(np.float32)
+
+    def _noisy(self, counts: np.ndarray, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch, i, 2])
+        return normalise(rng.poisson(np.clip(counts, 0.0, None)).astype(np.float32), inplace=True)
 
     def _fill_cache(self) -> dict[str, np.ndarray]:
         idx = np.arange(len(self.table))
-        cache = {"x": self._read(idx, image_key(self.size))}
+        cache = {"x": self._inputs(idx)}
         if self.denoise:
             cache["y"] = self._read(idx, self.target_key)
         return cache
@@ -512,8 +567,10 @@ class ShardFeed(keras.utils.PyDataset):
             x = self.cache["x"][idx]
             y = self.cache["y"][idx] if self.denoise else self.y[idx]
         else:
-            x = self._read(idx, image_key(self.size))
+            x = self._inputs(idx)
             y = self._read(idx, self.target_key) if self.denoise else self.y[idx]
+        if self.fresh_noise:
+            x = self._noisy(x, i)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i, 1])
             x, y = dihedral(x, rng, y=y, y_is_image=self.denoise, astig=self.astig)

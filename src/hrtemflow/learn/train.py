@@ -273,7 +273,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         budget = data.cache_budget_bytes() if cache_bytes is None else cache_bytes  # shared by the two feeds
         feed_args = {"batch_size": hyper["batch_size"], "target_scale": scale, "seed": seed}
         train_feed = data.ShardFeed(splits["train"], size, shuffle=True, augment=bool(hyper["augment"]), epoch=state["epoch"],
-                                    cache_bytes=budget, **feed_args)
+                                    cache_bytes=budget, shot_noise=data.shot_noise(spec), **feed_args)
         val_feed = data.ShardFeed(splits["val"], size, cache_bytes=budget - train_feed.image_bytes * train_feed.cached, **feed_args)
         feeds = {"train": train_feed, "val": val_feed}
         for feed in feeds.values():
@@ -309,7 +309,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         "input": {"array": data.image_key(size), "layout": "NHWC", "channels": 1, "dtype": "float32"},
         "pixel_size_A": float(np.median(table.pixel_size_A)),
         "normalisation": data.NORMALISATION,
-        "augmentation": _augmentation_card(task) if hyper["augment"] else None,
+        "augmentation": _augmentation_card(task, hyper["augment"], data.shot_noise(spec)),
         "dataset_sha256": table.info["dataset_sha256"],
         "spec_sha256": hashlib.sha256(canonical_json(dict(spec)).encode()).hexdigest(),
         "split": _split_card(spec, splits, table),
@@ -336,12 +336,17 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     return card
 
 
-def _augmentation_card(task: str) -> dict:
-    out = {"geometric": "random flip and 90-degree rotation per image (8 elements of the square's symmetry group)",
-           "intensity": "contrast gain and offset in [1-0.1, 1+0.1] and [-0.1, 0.1] on the normalised image"}
-    if task == "aberrations":
-        out["targets"] = "astigmatism components transformed with the image: 90-degree rotation negates both, a flip negates C12 sin 2phi"
-    return out
+def _augmentation_card(task: str, augment: bool, shot_noise: str) -> dict | None:
+    out = {}
+    if augment:
+        out = {"geometric": "random flip and 90-degree rotation per image (8 elements of the square's symmetry group)",
+               "intensity": "contrast gain and offset in [1-0.1, 1+0.1] and [-0.1, 0.1] on the normalised image"}
+        if task == "aberrations":
+            out["targets"] = "astigmatism components transformed with the image: 90-degree rotation negates both, a flip negates C12 sin 2phi"
+    if shot_noise == "fresh":
+        out["shot_noise"] = ("new Poisson noise each time a training image is served, drawn from its noise-free image's expected "
+                             "counts (its own dose, MTF and optics; gain undone); validation and test keep their stored images")
+    return out or None
 
 
 def _split_card(spec: Mapping, splits: dict[str, data.Table], table: data.Table) -> dict:
