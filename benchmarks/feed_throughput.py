@@ -8,7 +8,8 @@ benchmarks/out/feed_shards/, then times `hrtemflow.learn.data.ShardFeed` with au
 with each installed reader side by side (zarr-python's own codec pipeline and, where PyPI `zarrs`
 is installed, its Rust pipeline): streamed from the shards (blocks of contiguous rows; in the
 calling thread, and 2 worker threads through Keras' own PyDataset adapter) and from the in-memory
-cache (which the feed uses when the split fits HRTEMFLOW_FEED_CACHE_MB, default 2048 MiB). The
+cache (which the feed uses when the split fits HRTEMFLOW_FEED_CACHE_MB, default 2048 MiB), there also
+with new shot noise drawn for every image (`shot_noise: fresh`, 1 and 2 threads). The
 shards were just written, so "streamed" reads come from the OS page cache: decompression and Zarr
 overhead, not disk speed. Prints a markdown block for benchmarks/RESULTS.md.
 """
@@ -52,11 +53,12 @@ def make_shards(folder: Path, n_images: int, shard_images: int = 256) -> list[st
 
 def table_of(paths: list[str]) -> data.Table:
     spec = {"kind": "train", "task": "denoise", "campaign_seed": 1, "image_size": SIZE, "split": {"val": 0.15, "test": 0.15},
-            "hyper": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3, "width": 8, "depth": 2, "patience": 1, "augment": True},
+            "hyper": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3, "width": 8, "depth": 2, "patience": 1, "augment": True,
+                      "shot_noise": "fresh"},  # reads each image's gain too, for the fresh-noise feed
             "shards": paths, "classes": None, "families": ["cnt"]}
     table = data.load_table(spec)
     return data.Table("chirality", table.paths, table.shard, table.row, table.sample_id,
-                      np.zeros(len(table), np.int64), table.pixel_size_A, table.info)  # class targets: image reads only
+                      np.zeros(len(table), np.int64), table.pixel_size_A, table.info, table.gain)  # class targets: image reads only
 
 
 def rate(feed: data.ShardFeed, seconds: float, via_keras: bool = False) -> tuple[float, int]:
@@ -111,7 +113,11 @@ def main() -> None:
             fills.setdefault(reader, []).append(time.perf_counter() - t0)
             assert cached.cached
             rows.append((f"in-memory cache (filled by {reader})", *rate(cached, args.seconds)))
-    cached_rate = float(np.median([r for name, r, _ in rows if name.startswith("in-memory")]))
+        fresh = data.ShardFeed(table, SIZE, shot_noise="fresh", **common)  # the reader only fills the cache
+        rows.append(("in-memory cache, fresh shot noise, 1 thread", *rate(fresh, args.seconds)))
+        fresh = data.ShardFeed(table, SIZE, shot_noise="fresh", workers=2, **common)
+        rows.append(("in-memory cache, fresh shot noise, 2 worker threads (Keras adapter)", *rate(fresh, args.seconds, via_keras=True)))
+    cached_rate = float(np.median([r for name, r, _ in rows if name.startswith("in-memory cache (")]))
 
     disk = sum(f.stat().st_size for p in paths for f in Path(p).rglob("*") if f.is_file())
     print(f"<!-- feed_throughput.py: {n} images in {len(paths)} shards written/indexed in {prep:.1f} s -->")

@@ -162,6 +162,19 @@ def test_expected_counts_undo_the_gain_of_a_stored_image():
     assert abs(np.var(electrons - counts) / mu - 1) < 0.1  # Poisson about them
 
 
+@pytest.mark.parametrize("lam", [0.5, 5.0, 49.0, 51.0, 500.0])
+def test_redrawn_shot_noise_has_poisson_mean_and_variance(lam):
+    """Exact Poisson below POISSON_EXACT_BELOW counts, the rounded normal approximation above: whole,
+    non-negative counts with mean = variance = the expected counts on both sides of the switch."""
+    n = 250_000
+    x = optics.redraw_shot_noise(np.full((100, 50, 50), lam, np.float32), np.random.default_rng(11))
+    assert x.dtype == np.float32 and np.array_equal(x, np.round(x)) and x.min() >= 0
+    assert abs(x.mean() / lam - 1) < 5 * math.sqrt(1 / (lam * n))
+    assert abs(x.var() / lam - 1) < 5 * math.sqrt((2 + 1 / lam) / n)  # rounding's +1/12 is 0.0016 of 51, below this
+    again = optics.redraw_shot_noise(np.full((100, 50, 50), lam, np.float32), np.random.default_rng(11))
+    assert np.array_equal(x, again)
+
+
 def test_draw_variant_is_deterministic_and_in_range():
     cfg_o = {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 100], "c23_nm": [0, 50],
              "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3]}

@@ -54,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out-dir and start over")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     p.add_argument("--workers", type=int, default=1,
-                   help="threads reading batches ahead when the images do not fit the memory cache (HRTEMFLOW_FEED_CACHE_MB, default 2048); "
-                        "the reader is zarrs where installed (HRTEMFLOW_FEED_READER)")
+                   help="threads reading batches ahead when the images do not fit the memory cache (HRTEMFLOW_FEED_CACHE_MB, default 2048), "
+                        "or drawing their shot noise with shot_noise: fresh; the reader is zarrs where installed (HRTEMFLOW_FEED_READER)")
     p.add_argument("--base", default=".", help="working directory the spec's shard paths refer to")
     p.set_defaults(func=_train)
 

@@ -23,7 +23,7 @@ import zarr
 
 from ..errors import HrtemflowError
 from ..io import canonical_json
-from ..optics import expected_counts
+from ..optics import expected_counts, redraw_shot_noise
 from ..store import split_structures
 from .models import STEMS
 from .targets import ASTIG_COLUMNS, REGRESSION_TARGETS, Target  # noqa: F401  (re-exported: data.REGRESSION_TARGETS)
@@ -449,8 +449,8 @@ class ShardFeed(keras.utils.PyDataset):
     contiguous rows (one Zarr request per block), which trades some randomness for throughput.
     `reader` is the codec pipeline of the reads (`feed_reader()` by default); `workers` > 1 reads
     batches ahead in threads. `shot_noise="fresh"` serves each image with new Poisson noise drawn
-    from its expected counts (its noise-free image with the gain undone, `optics.expected_counts`)
-    every time, seeded by (seed, epoch, batch): over the epochs the network never sees the same noise
+    from its expected counts (its noise-free image with the gain undone, `optics.expected_counts`;
+    drawn by `optics.redraw_shot_noise`) every time, seeded by (seed, epoch, batch): over the epochs the network never sees the same noise
     twice, as it would not in the microscope. The gain itself drops out in `normalise`.
     """
 
@@ -522,8 +522,7 @@ class ShardFeed(keras.utils.PyDataset):
         return expected_counts(y, *self.table.gain[idx].T).astype(np.float32)
 
     def _noisy(self, counts: np.ndarray, i: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch, i, 2])
-        return normalise(rng.poisson(np.clip(counts, 0.0, None)).astype(np.float32), inplace=True)
+        return normalise(redraw_shot_noise(counts, np.random.default_rng([self.seed, self.epoch, i, 2])), inplace=True)
 
     def _fill_cache(self) -> dict[str, np.ndarray]:
         idx = np.arange(len(self.table))

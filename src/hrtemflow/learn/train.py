@@ -221,7 +221,8 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
     """Train the spec's task into `out_dir` (model.keras + card.json); returns the card.
 
     `workers` > 1 reads batches ahead in that many threads when the data does not fit the feed's
-    memory cache (never processes: see `data.open_array`; benchmarks/feed_throughput.py). `cache_bytes`
+    memory cache, or draws their fresh shot noise (never processes: see `data.open_array`;
+    benchmarks/feed_throughput.py). `cache_bytes`
     overrides the cache budget (HRTEMFLOW_FEED_CACHE_MB). `prepared` is `prepare(spec, base)`'s
     result when the caller already checked the data.
     """
@@ -277,7 +278,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         val_feed = data.ShardFeed(splits["val"], size, cache_bytes=budget - train_feed.image_bytes * train_feed.cached, **feed_args)
         feeds = {"train": train_feed, "val": val_feed}
         for feed in feeds.values():
-            if not feed.cached and workers and workers > 1:  # streamed from the shards: read ahead in worker threads
+            if (not feed.cached or feed.fresh_noise) and workers and workers > 1:  # reads or noise draws (both free the GIL) in threads
                 feed.workers = workers
         if streamed := [name for name, feed in feeds.items() if not feed.cached]:  # say how, since the reader decides the feed's speed
             held = [name for name, feed in feeds.items() if feed.cached]
