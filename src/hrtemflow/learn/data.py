@@ -450,8 +450,9 @@ class ShardFeed(keras.utils.PyDataset):
     `reader` is the codec pipeline of the reads (`feed_reader()` by default); `workers` > 1 reads
     batches ahead in threads. `shot_noise="fresh"` serves each image with new Poisson noise drawn
     from its expected counts (its noise-free image with the gain undone, `optics.expected_counts`;
-    drawn by `optics.redraw_shot_noise`) every time, seeded by (seed, epoch, batch): over the epochs the network never sees the same noise
-    twice, as it would not in the microscope. The gain itself drops out in `normalise`.
+    drawn by `optics.redraw_shot_noise`) every time, seeded by (seed, epoch, batch): over the epochs
+    the network never sees the same noise twice, as it would not in the microscope. The gain itself
+    drops out in `normalise`.
     """
 
     def __init__(self, table: Table, size: int, *, batch_size: int = 32, shuffle: bool = False,

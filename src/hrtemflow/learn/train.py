@@ -222,9 +222,8 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
 
     `workers` > 1 reads batches ahead in that many threads when the data does not fit the feed's
     memory cache, or draws their fresh shot noise (never processes: see `data.open_array`;
-    benchmarks/feed_throughput.py). `cache_bytes`
-    overrides the cache budget (HRTEMFLOW_FEED_CACHE_MB). `prepared` is `prepare(spec, base)`'s
-    result when the caller already checked the data.
+    benchmarks/feed_throughput.py). `cache_bytes` overrides the cache budget (HRTEMFLOW_FEED_CACHE_MB).
+    `prepared` is `prepare(spec, base)`'s result when the caller already checked the data.
     """
     out_dir = Path(out_dir)
     table, splits = prepared or prepare(spec, base)
