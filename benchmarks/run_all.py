@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ALL = ["dag_scale", "md_throughput", "imaging_throughput", "feed_throughput", "backend_speed", "precision_speed", "demo_time", "soak",
-       "learning_accuracy", "projection_bound"]  # projection_bound reads the nanoalloy bench that learning_accuracy makes
+       "learning_accuracy", "projection_bound", "denoise_bound"]  # the last two read the benches that learning_accuracy makes
 
 
 def main() -> int:
