@@ -2,6 +2,8 @@
 
     python benchmarks/projection_bound.py                  # after the nanoalloy bench (config/bench-nanoalloy.yaml)
     python benchmarks/projection_bound.py --epochs 6 --extra-views 4 --rungs potential image   # quicker
+    python benchmarks/projection_bound.py --results results-bench-nanoalloy-ncsi --rungs noise_free image --bin 2
+        # a 128 px bench (0.3125 Å) read at 0.625 Å pixels: how much of an image rung the shot noise takes
 
 The nanoalloy bench's networks miss two targets of issue 5: ordering 0.76 per image (target 0.95) and
 Co fraction MAE 0.088 (target 0.05). Is it the projection itself, which no microscope gets past, or
@@ -316,8 +318,9 @@ RUNGS = {
 WIENER_EPS = 0.1
 
 
-def _images(table, size: int, key: str) -> dict[str, np.ndarray]:
-    """Every image of a split as the bench stores it (key: image or noise_free), with its view's orientation."""
+def _images(table, size: int, key: str, bin_by: int = 1) -> dict[str, np.ndarray]:
+    """Every image of a split as the bench stores it (key: image or noise_free), with its view's orientation;
+    `bin_by` > 1 sums bin_by x bin_by pixels (the counts of a detector with pixels that much larger)."""
     import zarr
 
     x, euler, order = [], [], []
@@ -326,7 +329,9 @@ def _images(table, size: int, key: str) -> dict[str, np.ndarray]:
         if not len(m):
             continue
         g = zarr.open_group(path, mode="r")
-        x.append(data.read_rows(g[f"s{size}/{key}"], table.row[m]))
+        rows = data.read_rows(g[f"s{size}/{key}"], table.row[m])
+        n = size // bin_by
+        x.append(rows.reshape(len(rows), n, bin_by, n, bin_by).sum(axis=(2, 4)) if bin_by > 1 else rows)
         euler.append(np.asarray(g["params/euler_rad"][:])[table.row[m]])
         order.append(m)
     order = np.concatenate(order)
@@ -462,6 +467,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bin", type=int, default=1, dest="bin_by",
+                    help="image rungs only (noise_free, image): sum BIN x BIN pixels, e.g. 2 to read a 128 px bench at a 64 px bench's pixel size")
     args = ap.parse_args()
     res = args.results.resolve()
     if not (res / "plan" / "train" / "ordering.json").is_file():
@@ -475,6 +482,10 @@ def main() -> None:
     t0 = time.perf_counter()
     spec = json.loads((res / "plan" / "train" / "ordering.json").read_text())
     size, classes = spec["image_size"], spec["classes"]
+    if args.bin_by < 1 or size % args.bin_by:
+        raise SystemExit(f"--bin {args.bin_by}: the bench's {size} px images split into whole bins only (a divisor of {size})")
+    if args.bin_by > 1 and (unbinnable := set(args.rungs) - {"noise_free", "image"}):
+        raise SystemExit(f"--bin applies to the image rungs noise_free and image only, not {', '.join(sorted(unbinnable))}")
     splits = data.split_table(data.load_table(spec, base=ROOT), spec["split"])
     structures = _structures(res)
     co_of = {sid: float(np.mean(numbers == 27)) for sid, (_, numbers) in structures.items()}  # = labels/co_fraction (to its 6 digits)
@@ -493,6 +504,8 @@ def main() -> None:
         species = {name: _render_all(v, structures, size, kernels, name) for name, v in views.items()}
 
     hyper = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "width", "depth", "seed", "extra_views")}
+    if args.bin_by > 1:  # recorded only when used, so the ladders stored before the option still match
+        hyper["bin"] = args.bin_by
     ladder = args.out / "ladder.json"
     details = json.loads(ladder.read_text()) if ladder.is_file() else {}
     if details.get("hyper") != hyper:  # rungs of an earlier run with the same settings are kept; others are not comparable
@@ -527,7 +540,7 @@ def main() -> None:
                   f"C12 MAE {np.abs(est[:, 1] - truth['c12_A']).mean() / 10:.2f} nm (all splits)", flush=True)
             _with_ctf_channels(sets, splits, estimated)
         else:
-            sets = {k: _images(t, size, rung) for k, t in splits.items()}
+            sets = {k: _images(t, size, rung, args.bin_by) for k, t in splits.items()}
         test, w = sets["test"], sets["test"]["weight"]
         sid_w = np.repeat(test["sample_id"], w)
         x = {k: v["x"] for k, v in sets.items()}
