@@ -302,6 +302,21 @@ def test_cli_refuses_bad_input_before_training(root, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_feed_threads_default_to_the_jobs_threads(monkeypatch):
+    """Snakemake sets OMP_NUM_THREADS to a rule's threads (SLURM: SLURM_CPUS_PER_TASK): the feed takes them
+    unless --workers says otherwise, so the workflow's rule text need not change."""
+    from hrtemflow.commands.learn import feed_workers
+
+    for var in ("HRTEMFLOW_THREADS", "SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    assert feed_workers(None) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert feed_workers(None) == 8
+    assert feed_workers(3) == 3
+    with pytest.raises(HrtemflowError, match="--workers 0"):
+        feed_workers(0)
+
+
 def test_early_stopping_replay_decides_what_can_be_resumed():
     losses = [1.0, 0.8, 0.9, 0.95, 0.7, 0.75]
     assert tr._stop_epoch(losses, 3) is None

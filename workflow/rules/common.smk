@@ -25,7 +25,9 @@ R = hplan.results_dir(CFG)
 # Specs of new shards are written now (the DAG needs them); changed specs are rewritten only when a
 # real run starts (onstart), so a dry run with another config leaves the files a real run compares
 # alone. Every job carries its spec's content hash as a param, so Snakemake's params trigger makes a
-# dry run show what a config change would rerun.
+# dry run show what a config change would rerun. A rule's shell text is Snakemake's code trigger too:
+# editing it reruns every job of that rule in every existing campaign, so new knobs reach the commands
+# through the spec or the job's environment (e.g. the threads Snakemake and SLURM export), not the text.
 SPEC_BUILDERS = hplan.spec_builders(PLAN)
 SPEC_TEXT_CACHE = {}
 

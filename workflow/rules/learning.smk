@@ -21,9 +21,7 @@ rule train:
     conda:
         "../../envs/learn.yaml"
     shell:
-        # the rule's threads (set-threads in the SLURM profile) also read batches ahead and draw fresh shot
-        # noise when a split is streamed or `shot_noise: fresh`: a GPU is otherwise fed by one thread
-        "hrtemflow train {input.spec:q} --out-dir {params.out_dir:q} --workers {threads} --quiet > {log:q} 2>&1"
+        "hrtemflow train {input.spec:q} --out-dir {params.out_dir:q} --quiet > {log:q} 2>&1"
 
 
 rule evaluate:

@@ -13,15 +13,28 @@ def _read_spec(path: str) -> dict:
     return read_spec(path, "train")
 
 
+def feed_workers(requested: int | None) -> int:
+    """The feed's threads: as asked, else the job's own (Snakemake sets OMP_NUM_THREADS to a rule's threads,
+    SLURM its CPUs), so a workflow job feeds its GPU with every CPU it was given and no rule text changes."""
+    from ..errors import HrtemflowError
+    from ..runtime import threads
+
+    workers = threads(1) if requested is None else requested
+    if workers < 1:
+        raise HrtemflowError(f"--workers {workers}: give at least 1 (threads reading and noising batches ahead)")
+    return workers
+
+
 def _train(args: argparse.Namespace) -> int:
     spec = _read_spec(args.spec)
+    workers = feed_workers(args.workers)
     from ..learn.train import prepare, train
 
     table, splits = prepare(spec, args.base)  # spec, shards, arrays, labels, split sizes: refused here, before training
     counts = ", ".join(f"{k} {t.n_structures()} structures / {len(t)} images" for k, t in splits.items())
-    print(f"train: {spec['task']}: {len(table.paths)} shard(s); {counts}", flush=True)
+    print(f"train: {spec['task']}: {len(table.paths)} shard(s); {counts}; {workers} feed thread(s)", flush=True)
     card = train(spec, Path(args.out_dir), resume=not args.no_resume, progress=not args.quiet, base=args.base,
-                 workers=args.workers, prepared=(table, splits))
+                 workers=workers, prepared=(table, splits))
     if card["kind"] != "denoising":  # predict flags out-of-distribution regions with these (ood.npz)
         from ..apply import fit_bundle_ood
 
@@ -53,9 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", required=True, help="model bundle folder (model.keras, card.json, checkpoint/)")
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out-dir and start over")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int, default=None,
                    help="threads reading batches ahead when the images do not fit the memory cache (HRTEMFLOW_FEED_CACHE_MB, default 2048), "
-                        "or drawing their shot noise with shot_noise: fresh; the reader is zarrs where installed (HRTEMFLOW_FEED_READER)")
+                        "or drawing their shot noise with shot_noise: fresh; the reader is zarrs where installed (HRTEMFLOW_FEED_READER). "
+                        "Default: the job's threads ($HRTEMFLOW_THREADS, $SLURM_CPUS_PER_TASK, or $OMP_NUM_THREADS, which Snakemake "
+                        "sets to the rule's threads), else 1")
     p.add_argument("--base", default=".", help="working directory the spec's shard paths refer to")
     p.set_defaults(func=_train)
 
