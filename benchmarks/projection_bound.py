@@ -158,6 +158,20 @@ def _scalars(columns: dict[str, np.ndarray], i: int) -> dict[str, float]:
     return {name: float(v[i]) for name, v in columns.items() if v.ndim == 1}
 
 
+def image_optics(table) -> list[dict[str, float]]:
+    """Each image's stored scalar parameters (what hrtemflow.optics takes), in table order."""
+    import zarr
+
+    out: list[dict[str, float]] = [{} for _ in range(len(table))]
+    for k, path in enumerate(table.paths):
+        m = np.flatnonzero(table.shard == k)
+        if len(m):
+            cols = _param_columns(zarr.open_group(path, mode="r"), table.row[m])
+            for j, i in enumerate(m):
+                out[i] = _scalars(cols, j)
+    return out
+
+
 def _phase_object_images(table, size: int, structures: dict) -> dict[str, np.ndarray]:
     """Each image of a split remade from its particle alone as a phase object, exp(iσV) of the
     projected potential at the bench's exit-wave sampling (no film, no propagation within the
@@ -372,17 +386,11 @@ def _with_ctf_channels(sets: dict, splits: dict, estimated: dict | None = None) 
     defocus, C12 and φ12 taken from `estimated` (split -> (N, 3), table order): what an aberration
     estimate could give a network. Both are linear, so they are taken of the standardised image the
     network sees."""
-    import zarr
-
     for name, table in splits.items():
-        params = np.empty(len(table), object)
-        for k, path in enumerate(table.paths):
-            m = np.flatnonzero(table.shard == k)
-            cols = _param_columns(zarr.open_group(path, mode="r"), table.row[m])
-            for j, i in enumerate(m):
-                params[i] = _scalars(cols, j)
-                if estimated is not None:
-                    params[i].update(zip(("defocus_A", "c12_A", "phi12_rad"), map(float, estimated[name][i])))
+        params = image_optics(table)
+        if estimated is not None:
+            for p, est in zip(params, estimated[name]):
+                p.update(zip(("defocus_A", "c12_A", "phi12_rad"), map(float, est)))
         x = sets[name]["x"][..., 0]
         flip, wiener = np.empty_like(x), np.empty_like(x)
         for j, i in enumerate(sets[name]["order"]):
