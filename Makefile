@@ -44,7 +44,7 @@ lint: install
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/run_all.py
 
-# the learning stage's accuracy targets: four bench campaigns (config/bench-*.yaml), ~2.5 h on 2 cores
+# the learning stage's accuracy targets: five bench campaigns (config/bench-*.yaml), ~3.5 h on 2 cores
 bench-learning: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/learning_accuracy.py
 
