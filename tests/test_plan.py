@@ -186,3 +186,23 @@ def test_option_enters_only_its_own_spec_and_only_when_not_default(demo_cfg, rep
     after = {t: train_spec(_plan(demo_cfg, repo_root), t) for t in before}
     assert after[task]["hyper"][option] == value
     assert [t for t in before if after[t] != before[t]] == [task]
+
+
+def test_temporal_coherence_enters_image_specs_only_when_not_the_envelope(demo_cfg, repo_root):
+    """Spelling out the envelope images nothing again; averaging over the focal spread changes every
+    image spec and no MD spec (so `snakemake` re-images and re-trains, and keeps the MD)."""
+    from hrtemflow.plan import image_spec, md_spec
+
+    plan = _plan(demo_cfg, repo_root)
+    before = {s.name: (md_spec(plan.cfg, s), image_spec(plan, s)) for s in plan.shards}
+    assert not any("temporal_coherence" in spec[1]["imaging"]["optics"] for spec in before.values())
+
+    demo_cfg.setdefault("imaging", {}).setdefault("optics", {})["temporal_coherence"] = "envelope"
+    spelled = _plan(demo_cfg, repo_root)
+    assert {s.name: (md_spec(spelled.cfg, s), image_spec(spelled, s)) for s in spelled.shards} == before
+
+    demo_cfg["imaging"]["optics"]["temporal_coherence"] = "defocus_average"
+    after_plan = _plan(demo_cfg, repo_root)
+    after = {s.name: (md_spec(after_plan.cfg, s), image_spec(after_plan, s)) for s in after_plan.shards}
+    assert all(after[name][0] == before[name][0] for name in before)
+    assert all(after[name][1]["imaging"]["optics"]["temporal_coherence"] == "defocus_average" for name in before)

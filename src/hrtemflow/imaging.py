@@ -50,7 +50,7 @@ CONVENTIONS = {
     "defocus": "abTEM defocus = -C10 (Å); positive = underfocus",
     "astigmatism": "C12 (Å) with angle phi12 of period pi; learn (C12 cos 2phi12, C12 sin 2phi12)",
     "aberration_phase": "chi = 2pi/lambda [a^2/2 (C10 + C12 cos2(phi-phi12)) + a^3/3 (C21 cos(phi-phi21) + C23 cos3(phi-phi23)) + a^4/4 C30], a = lambda k; phi21 period 2pi, phi23 period 2pi/3",
-    "focal_spread": "abTEM focal_spread: 1/e width (= sqrt(2) sigma), E_t = exp(-(pi lambda D k^2 / 2)^2)",
+    "focal_spread": "abTEM focal_spread: 1/e width (= sqrt(2) sigma), E_t = exp(-(pi lambda D k^2 / 2)^2) on the wave; with optics.temporal_coherence defocus_average, images averaged over defocus ~ N(defocus, sigma^2) instead (every electron kept)",
     "convergence": "abTEM angular_spread (mrad), E_s = exp(-(theta/2)^2 |grad_a chi|^2), quasi-coherent",
     "intensity": "electron counts per pixel; on vacuum mean = dose x pixel area; image is Poisson at that dose before gain",
     "gain": "y = brightness (mu + contrast (x - mu) + background mu), mu = mean expected counts; clean has no gain",
@@ -290,13 +290,14 @@ def view_images(
     physics, sizes = spec_imaging["physics"], list(spec_imaging["sizes"])
     energy = 1e3 * float(physics["energy_kV"])
     aperture = float(spec_imaging["optics"].get("objective_aperture_mrad", 0.0) or 0.0)
+    coherence = str(spec_imaging["optics"].get("temporal_coherence", "envelope"))
     wave_fft = fft2(wave, overwrite_x=False)
     clean = optics.clean_images(wave_fft, view.fov_A, sizes, view.sampling_A)
     out = []
     for variant in range(int(spec_imaging["variants_per_view"])):
         rng = variant_rng(sample_seed, view_index, variant)
         p = optics.draw_variant(rng, spec_imaging["optics"], spec_imaging["detector"], spec_imaging["noise"])
-        imgs = optics.variant_images(wave_fft, view.fov_A, energy, view.sampling_A, sizes, p, rng, aperture)
+        imgs = optics.variant_images(wave_fft, view.fov_A, energy, view.sampling_A, sizes, p, rng, aperture, coherence)
         images = {}
         for s in sizes:
             noisy, noise_free = imgs[s]

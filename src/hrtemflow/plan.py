@@ -202,11 +202,20 @@ def image_spec(plan: Plan, shard: Shard) -> dict:
             "variants_per_view": img["variants_per_view"],
             "sizes": sorted(img["sizes"]),
             "physics": copy.deepcopy(img["families"][shard.family]),
-            "optics": copy.deepcopy(img["optics"]),
+            "optics": _optics(img["optics"]),
             "detector": copy.deepcopy(img["detector"]),
             "noise": copy.deepcopy(img["noise"]),
         },
     }
+
+
+def _optics(optics: dict) -> dict:
+    """The optics of an image spec; `temporal_coherence` only when not the envelope, so a campaign
+    planned before the option existed keeps its specs byte for byte and is not imaged again."""
+    out = copy.deepcopy(optics)
+    if out.get("temporal_coherence") == "envelope":
+        out.pop("temporal_coherence")
+    return out
 
 
 def task_classes(cfg: dict, task: str) -> list[str] | None:
