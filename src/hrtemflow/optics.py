@@ -356,14 +356,14 @@ def image_spectra(
 ) -> dict[int, Any]:
     """Spectra of the normalised image intensity at each size, through the objective (`p`'s aberrations,
     envelopes and the aperture), with the focal spread as an envelope or as an average of images."""
+    if temporal_coherence not in TEMPORAL_COHERENCE:
+        raise ValueError(f"temporal_coherence {temporal_coherence!r}: use one of {', '.join(TEMPORAL_COHERENCE)}")
     xp = _xp_of(wave_fft)
     if temporal_coherence == "envelope" or p.get("focal_spread_A", 0.0) == 0.0:
         k_band = band_limit(exit_wave_cutoff(sampling_A), lam, p.get("focal_spread_A", 0.0), aperture_mrad)
         return intensity_at_sizes(
             wave_fft, extent, sizes, k_band, transfer=lambda kx, ky: transfer_function(kx, ky, lam, p, aperture_mrad, xp)
         )
-    if temporal_coherence != "defocus_average":
-        raise ValueError(f"temporal_coherence {temporal_coherence!r}: use one of {', '.join(TEMPORAL_COHERENCE)}")
     k_band = band_limit(exit_wave_cutoff(sampling_A), lam, 0.0, aperture_mrad)
     max_phase = focal_phase_spread(p["focal_spread_A"], lam, k_band, max(sizes) / (2.0 * extent))
     total: dict[int, Any] = {}
