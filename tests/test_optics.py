@@ -219,6 +219,40 @@ def test_defocus_average_keeps_every_electron_the_envelope_drops():
         assert (avg - _brute_focal_average(w, extent, sampling, p, size)).std() < 0.002 * avg.std()
 
 
+def test_phase_plate_images_a_weak_object_at_focus():
+    """At focus without aberrations a weak phase object has almost no contrast (sin χ = 0); a +90° plate
+    on the unscattered beam turns its image into 1 + 2σV, the projected potential (cos χ = 1), atoms
+    bright, low spatial frequencies included. The plate is unitary: a heavy column's image keeps its
+    mean to float32 precision."""
+    wave, extent, sampling = single_atom_wave("C")
+    n, size = wave.shape[-1], 64
+    phase = 0.1 * np.angle(wave[0]).astype(np.float64)  # a weak object: peak ~0.03 rad
+    w = fft2(np.exp(1j * phase)[None].astype(np.complex64))
+    plate, bare = (_noise_free(w, extent, sampling, params(phase_plate_rad=phi), "envelope", size) for phi in (math.pi / 2, 0.0))
+    expected = np.real(np.fft.ifft2(optics.fourier_resize(np.fft.fft2(2.0 * phase), size))) * (size / n) ** 2
+    residual = (plate - plate.mean()) - (expected - expected.mean())
+    assert residual.std() < 0.02 * expected.std()  # 0.004 measured: the second-order terms
+    assert plate[size // 2, size // 2] > plate.mean() + 10.0 * plate.std()  # the atom is bright
+    assert bare.std() < 0.01 * plate.std()
+    heavy = fft2(column_wave()[0])
+    for phi in (math.pi / 2, -math.pi / 3):
+        with_plate = _noise_free(heavy, 12.0, 0.05, params(phase_plate_rad=phi), "envelope", 32)
+        assert abs(with_plate.mean() - _noise_free(heavy, 12.0, 0.05, params(), "envelope", 32).mean()) < 1e-5
+
+
+def test_phase_plate_is_drawn_last_and_only_when_there_is_one():
+    cfg_o = {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 0], "c23_nm": [0, 0],
+             "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3]}
+    cfg_n = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
+    det = {"mtf_c50": [0.3, 0.6]}
+    for seed in range(20):
+        bare = optics.draw_variant(np.random.default_rng(seed), dict(cfg_o, phase_plate_deg=[0, 0]), det, cfg_n)
+        plate = optics.draw_variant(np.random.default_rng(seed), dict(cfg_o, phase_plate_deg=[60, 90]), det, cfg_n)
+        assert bare == optics.draw_variant(np.random.default_rng(seed), cfg_o, det, cfg_n)
+        assert set(plate) - set(bare) == {"phase_plate_rad"} and {k: plate[k] for k in bare} == bare
+        assert math.radians(60) <= plate["phase_plate_rad"] <= math.radians(90)
+
+
 def test_detector_mtf_is_half_at_c50():
     mtf = optics.detector_mtf(64, 0.5, np)
     f = np.fft.fftfreq(64) * 2

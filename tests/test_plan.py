@@ -188,21 +188,25 @@ def test_option_enters_only_its_own_spec_and_only_when_not_default(demo_cfg, rep
     assert [t for t in before if after[t] != before[t]] == [task]
 
 
-def test_temporal_coherence_enters_image_specs_only_when_not_the_envelope(demo_cfg, repo_root):
-    """Spelling out the envelope images nothing again; averaging over the focal spread changes every
-    image spec and no MD spec (so `snakemake` re-images and re-trains, and keeps the MD)."""
+@pytest.mark.parametrize(("option", "default", "value"), [
+    ("temporal_coherence", "envelope", "defocus_average"),
+    ("phase_plate_deg", [0.0, 0.0], [60.0, 90.0]),
+])
+def test_physics_options_enter_image_specs_only_when_set(demo_cfg, repo_root, option, default, value):
+    """Spelling out the default (the envelope, no phase plate) images nothing again; setting the option
+    changes every image spec and no MD spec (so `snakemake` re-images and re-trains, and keeps the MD)."""
     from hrtemflow.plan import image_spec, md_spec
 
     plan = _plan(demo_cfg, repo_root)
     before = {s.name: (md_spec(plan.cfg, s), image_spec(plan, s)) for s in plan.shards}
-    assert not any("temporal_coherence" in spec[1]["imaging"]["optics"] for spec in before.values())
+    assert not any(option in spec[1]["imaging"]["optics"] for spec in before.values())
 
-    demo_cfg.setdefault("imaging", {}).setdefault("optics", {})["temporal_coherence"] = "envelope"
+    demo_cfg.setdefault("imaging", {}).setdefault("optics", {})[option] = default
     spelled = _plan(demo_cfg, repo_root)
     assert {s.name: (md_spec(spelled.cfg, s), image_spec(spelled, s)) for s in spelled.shards} == before
 
-    demo_cfg["imaging"]["optics"]["temporal_coherence"] = "defocus_average"
+    demo_cfg["imaging"]["optics"][option] = value
     after_plan = _plan(demo_cfg, repo_root)
     after = {s.name: (md_spec(after_plan.cfg, s), image_spec(after_plan, s)) for s in after_plan.shards}
     assert all(after[name][0] == before[name][0] for name in before)
-    assert all(after[name][1]["imaging"]["optics"]["temporal_coherence"] == "defocus_average" for name in before)
+    assert all(after[name][1]["imaging"]["optics"][option] == value for name in before)

@@ -52,6 +52,7 @@ CONVENTIONS = {
     "aberration_phase": "chi = 2pi/lambda [a^2/2 (C10 + C12 cos2(phi-phi12)) + a^3/3 (C21 cos(phi-phi21) + C23 cos3(phi-phi23)) + a^4/4 C30], a = lambda k; phi21 period 2pi, phi23 period 2pi/3",
     "focal_spread": "abTEM focal_spread: 1/e width (= sqrt(2) sigma), E_t = exp(-(pi lambda D k^2 / 2)^2) on the wave; with optics.temporal_coherence defocus_average, images averaged over defocus ~ N(defocus, sigma^2) instead (every electron kept)",
     "convergence": "abTEM angular_spread (mrad), E_s = exp(-(theta/2)^2 |grad_a chi|^2), quasi-coherent",
+    "phase_plate": "params phase_plate_rad (only with optics.phase_plate_deg): the wave below |k| = 1/(15 nm) times exp(i phase), after exp(-i chi); +pi/2 images a weak phase object as 1 + 2 sigma V at focus",
     "intensity": "electron counts per pixel; on vacuum mean = dose x pixel area; image is Poisson at that dose before gain",
     "gain": "y = brightness (mu + contrast (x - mu) + background mu), mu = mean expected counts; clean has no gain",
     "mtf": "MTF = 1/(1+(f/c50)^2), f = fraction of the output pixel's Nyquist frequency; applied before shot noise",

@@ -25,6 +25,11 @@ Conventions (docs/data-products.md; tested in tests/test_optics.py):
   images (intensities) over the Gaussian focal spread (`focal_nodes`): every electron is kept and
   the interference of every pair of beams is damped as the focal spread damps it; the spatial
   envelope stays quasi-coherent.
+- Phase plate (`phase_plate_deg`, off by default): the unscattered beam, every |k| below
+  PHASE_PLATE_CUTON (1/(15 nm): a Zernike plate's 1 µm hole or a Volta plate's charged spot at
+  ordinary focal lengths), is multiplied by exp(iφ). A weak phase object's image then transfers
+  cos χ (φ = +90°: I ≈ 1 + 2σV at focus, atoms bright) instead of sin χ, and so keeps the low spatial
+  frequencies where a particle's total scattering, its mass, lies. Unitary: every electron is kept.
 - Intensity: electron counts per pixel. The normalised intensity |ψ|² is 1 on vacuum; an image of
   `size` pixels over the field of view `fov` has pixel size fov/size and expected counts
   dose × pixel_size² × intensity, so on vacuum the mean is dose × pixel area and the noisy image is
@@ -51,6 +56,11 @@ ENVELOPE_CUTOFF = 1e-4
 #: half-width of the focal average, in standard deviations of the focal spread: the Gaussian's weight
 #: beyond it, exp(−4.3²/2), is 1e-4
 FOCAL_RANGE = 4.3
+
+#: |k| (1/Å) below which a phase plate shifts the wave: 1/(15 nm), the cut-on of a Zernike plate's 1 µm
+#: hole at 200 kV and 2.7 mm focal length (r/(λf) = 0.0074/Å) or of a Volta plate's spot. For fields
+#: under 15 nm that is the k = 0 beam alone.
+PHASE_PLATE_CUTON = 1.0 / 150.0
 
 #: the partial temporal coherence models (imaging.optics.temporal_coherence)
 TEMPORAL_COHERENCE = ("envelope", "defocus_average")
@@ -113,7 +123,8 @@ def draw_variant(rng: np.random.Generator, optics: Mapping, detector: Mapping, n
     """One image's optics, detector and noise parameters (units of PARAM_NAMES), from the config ranges.
 
     Every value is drawn, in a fixed order, even where its range is a single value: widening a range
-    later never shifts the other draws of the same image.
+    later never shifts the other draws of the same image. The phase plate is drawn last and only
+    when there is one, so images without one draw what they drew before the option existed.
     """
     p = {
         "defocus_A": 10.0 * uniform(rng, optics["defocus_nm"]),
@@ -132,6 +143,8 @@ def draw_variant(rng: np.random.Generator, optics: Mapping, detector: Mapping, n
         "background": uniform(rng, noise["background"]),
         "mtf_c50": uniform(rng, detector["mtf_c50"]),
     }
+    if any(optics.get("phase_plate_deg", (0.0, 0.0))):
+        p["phase_plate_rad"] = math.radians(uniform(rng, optics["phase_plate_deg"]))
     return p
 
 
@@ -229,8 +242,11 @@ def temporal_envelope(kx, ky, wavelength: float, focal_spread_A: float, xp: Modu
 
 
 def transfer_function(kx, ky, wavelength: float, p: Mapping[str, float], aperture_mrad: float, xp: ModuleType):
-    """The complex objective transfer exp(−iχ)·E_t·E_s·A on the given frequencies."""
+    """The complex objective transfer exp(−iχ)·E_t·E_s·A on the given frequencies, times exp(iφ) of
+    a phase plate below its cut-on."""
     t = xp.exp(-1j * aberration_phase(kx, ky, wavelength, p, xp).astype(xp.float32))
+    if p.get("phase_plate_rad", 0.0):
+        t = t * xp.where(kx**2 + ky**2 < PHASE_PLATE_CUTON**2, xp.complex64(np.exp(1j * p["phase_plate_rad"])), xp.complex64(1.0))
     for env in (temporal_envelope(kx, ky, wavelength, p.get("focal_spread_A", 0.0), xp), spatial_envelope(kx, ky, wavelength, p, xp)):
         if env is not None:
             t = t * env

@@ -210,11 +210,14 @@ def image_spec(plan: Plan, shard: Shard) -> dict:
 
 
 def _optics(optics: dict) -> dict:
-    """The optics of an image spec; `temporal_coherence` only when not the envelope, so a campaign
-    planned before the option existed keeps its specs byte for byte and is not imaged again."""
+    """The optics of an image spec; `temporal_coherence` only when not the envelope and
+    `phase_plate_deg` only when there is a plate, so a campaign planned before either option existed
+    keeps its specs byte for byte and is not imaged again."""
     out = copy.deepcopy(optics)
     if out.get("temporal_coherence") == "envelope":
         out.pop("temporal_coherence")
+    if not any(out.get("phase_plate_deg", (0.0, 0.0))):
+        out.pop("phase_plate_deg", None)
     return out
 
 
