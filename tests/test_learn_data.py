@@ -71,6 +71,11 @@ def _labels(family: str, group: str, rng: np.random.Generator) -> dict:
     return out
 
 
+#: the ranges write_fringe_shard draws its parameters from, as the imaging stage records them in attrs
+FRINGE_IMAGING = {"physics": {"energy_kV": 80}, "optics": {"defocus_nm": [-50, 50], "c12_nm": [0, 5], "cs_um": [-20, -20]},
+                  "noise": {"dose_e_per_A2": [20, 200], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}}
+
+
 def write_fringe_shard(path: Path, *, family: str, group: str, indices: range, freq: float, views: int = 2, variants: int = 4,
                        sizes: tuple[int, ...] = (16, 32), seed: int = 0, override_labels: dict | None = None) -> Path:
     """One image shard in the contract layout (test data: fringes, not physics)."""
@@ -111,6 +116,7 @@ def write_fringe_shard(path: Path, *, family: str, group: str, indices: range, f
     g.attrs.update(schema_version=1, kind="images", family=family, group=group, shard=path.name.removesuffix(".zarr"),
                    spec_sha256=hashlib.sha256(f"{group}:{indices}:{seed}:{sizes}".encode()).hexdigest(), versions={"test": "fringes"},
                    sizes=list(sizes), n_samples=len(indices), n_failed_skipped=0, conventions={}, complete=False,
+                   imaging=FRINGE_IMAGING,
                    synthetic="lattice fringes with Poisson noise: test data for the learning code, not physics")
 
     def put(name: str, values, dtype=None, image=False):

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_learn_data import make_spec
+from test_learn_data import FRINGE_IMAGING, make_spec
 
 from hrtemflow.cli import main
 from hrtemflow.errors import HrtemflowError
@@ -56,6 +56,9 @@ def test_training_writes_a_bundle_that_loads_in_safe_mode(chirality, root):
     assert 30 / 32 * 0.9 < card["pixel_size_A"] < 40 / 32 * 1.1  # median of s32/pixel_size_A (fov 30-40 Å)
     assert len(card["dataset_sha256"]) == 64 and card["mixed_precision"] is False
     assert card["hyper"]["spectral_width"] == 0  # resolved from the task's default: the card says what was built
+    # what the training images were taken with, so a user knows which micrographs the bundle is for
+    assert card["imaging"] == [{"family": "cnt", "energy_kV": 80, "optics": FRINGE_IMAGING["optics"], "detector": None,
+                                "noise": FRINGE_IMAGING["noise"]}]
     # fringes are learnable: chance is 0.25, and 16 of 32 right by chance has p < 0.001 (under JAX the
     # same 6 epochs, from other initial weights, land on exactly 0.5)
     assert card["metrics"]["val"]["accuracy"] >= 0.5

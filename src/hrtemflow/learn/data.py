@@ -262,6 +262,14 @@ def dataset_fingerprint(entries: list[dict]) -> str:
     return hashlib.sha256(canonical_json(entries).encode()).hexdigest()
 
 
+def imaging_conditions(attrs: dict) -> dict:
+    """What a shard's images were taken with (energy, optics, detector and noise ranges, from its attrs),
+    for a bundle's card: a network is for micrographs taken the same way (a phase plate, negative Cs)."""
+    img = attrs.get("imaging") or {}
+    return {"family": attrs.get("family"), "energy_kV": (img.get("physics") or {}).get("energy_kV"),
+            **{k: img.get(k) for k in ("optics", "detector", "noise")}}
+
+
 def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
     """Open every shard of a train spec, check it holds what the task needs, and index its images."""
     check_spec(spec)
@@ -270,6 +278,7 @@ def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
     noise = shot_noise(spec)
     need = required_arrays(task, size, target, noise)
     shard, row, sid, ys, px, gains, entries = [], [], [], [], [], [], []
+    conditions: list[dict] = []
     unknown: set[str] = set()
     dropped = 0
     paths = tuple(str(Path(base) / p) for p in spec["shards"])
@@ -288,6 +297,8 @@ def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
         attrs = dict(group.attrs)
         entries.append({"shard": rel, "spec_sha256": attrs.get("spec_sha256"), "schema_version": attrs.get("schema_version"),
                         "n_images": int(n), "n_samples": attrs.get("n_samples")})
+        if (c := imaging_conditions(attrs)) not in conditions:
+            conditions.append(c)
         idx = np.flatnonzero(ok)
         shard.append(np.full(len(idx), k, dtype=np.int32))
         row.append(idx.astype(np.int64))
@@ -301,7 +312,7 @@ def load_table(spec: Mapping[str, Any], base: str | os.PathLike = ".") -> Table:
         task=task, paths=paths, shard=np.concatenate(shard), row=np.concatenate(row), sample_id=np.concatenate(sid),
         y=np.concatenate(ys) if ys else None, pixel_size_A=np.concatenate(px),
         info={"dataset_sha256": dataset_fingerprint([{"task": task, "image_size": size, **({"target": target} if target != "clean" else {})}, *entries]),
-              "n_shards": len(paths), "dropped_rows": dropped, "unknown_labels": sorted(unknown),
+              "n_shards": len(paths), "dropped_rows": dropped, "unknown_labels": sorted(unknown), "imaging": conditions,
               **({"target": target} if task == "denoise" else {})},
         gain=np.concatenate(gains) if gains else None,
     )

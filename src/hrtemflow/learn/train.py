@@ -311,6 +311,7 @@ def train(spec: Mapping[str, Any], out_dir: Path, *, resume: bool = True, progre
         "normalisation": data.NORMALISATION,
         "augmentation": _augmentation_card(task, hyper["augment"], data.shot_noise(spec)),
         "dataset_sha256": table.info["dataset_sha256"],
+        "imaging": table.info["imaging"],  # one entry per family / distinct conditions among the shards
         "spec_sha256": hashlib.sha256(canonical_json(dict(spec)).encode()).hexdigest(),
         "split": _split_card(spec, splits, table),
         "metrics": {"val": val_metrics},
