@@ -354,13 +354,14 @@ def _images(table, size: int, key: str, bin_by: int = 1) -> dict[str, np.ndarray
 
 
 def _transfer(p: dict, size: int, fov: float) -> np.ndarray:
-    """The weak-phase transfer of one image, I(k) = 2σV(k)·H(k) with H = sin χ · E_t · E_s · MTF
-    (χ even in k: no C21 or C23 in the bench), from its stored optics (hrtemflow.optics, the bench's code)."""
+    """The weak-phase transfer of one image, I(k) = 2σV(k)·H(k) with H = sin(χ + φ) · E_t · E_s · MTF
+    (χ even in k: no C21 or C23 in the bench; φ a phase plate's shift of the unscattered beam, 0 without
+    one), from its stored optics (hrtemflow.optics, the bench's code)."""
     from hrtemflow import optics
 
     lam = optics.wavelength_A(p["energy_eV"])
     kx, ky = optics.spatial_frequencies(size, fov, np)
-    h = 2.0 * np.sin(optics.aberration_phase(kx, ky, lam, p, np))
+    h = 2.0 * np.sin(optics.aberration_phase(kx, ky, lam, p, np) + p.get("phase_plate_rad", 0.0))
     for env in (optics.temporal_envelope(kx, ky, lam, p["focal_spread_A"], np), optics.spatial_envelope(kx, ky, lam, p, np)):
         if env is not None:
             h = h * env

@@ -222,16 +222,23 @@ def test_defocus_average_keeps_every_electron_the_envelope_drops():
 def test_phase_plate_images_a_weak_object_at_focus():
     """At focus without aberrations a weak phase object has almost no contrast (sin χ = 0); a +90° plate
     on the unscattered beam turns its image into 1 + 2σV, the projected potential (cos χ = 1), atoms
-    bright, low spatial frequencies included. The plate is unitary: a heavy column's image keeps its
-    mean to float32 precision."""
+    bright, low spatial frequencies included. Out of focus the plate's φ adds to χ: the weak object
+    transfers 2 sin(χ + φ). The plate is unitary: a heavy column's image keeps its mean."""
     wave, extent, sampling = single_atom_wave("C")
     n, size = wave.shape[-1], 64
     phase = 0.1 * np.angle(wave[0]).astype(np.float64)  # a weak object: peak ~0.03 rad
     w = fft2(np.exp(1j * phase)[None].astype(np.complex64))
+    kx, ky = optics.spatial_frequencies(size, extent, np)
+    lam = optics.wavelength_A(200e3)
+    for focus in ({}, {"defocus_A": -20.0, "cs_A": -1.5e5}):
+        for phi in (math.pi / 2, 1.2):
+            p = params(phase_plate_rad=phi, **focus)
+            image = _noise_free(w, extent, sampling, p, "envelope", size)
+            transfer = 2.0 * np.sin(optics.aberration_phase(kx, ky, lam, p, np) + phi)
+            expected = np.real(np.fft.ifft2(optics.fourier_resize(np.fft.fft2(phase), size) * transfer)) * (size / n) ** 2
+            residual = (image - image.mean()) - (expected - expected.mean())
+            assert residual.std() < 0.02 * expected.std()  # 0.004 measured: the second-order terms
     plate, bare = (_noise_free(w, extent, sampling, params(phase_plate_rad=phi), "envelope", size) for phi in (math.pi / 2, 0.0))
-    expected = np.real(np.fft.ifft2(optics.fourier_resize(np.fft.fft2(2.0 * phase), size))) * (size / n) ** 2
-    residual = (plate - plate.mean()) - (expected - expected.mean())
-    assert residual.std() < 0.02 * expected.std()  # 0.004 measured: the second-order terms
     assert plate[size // 2, size // 2] > plate.mean() + 10.0 * plate.std()  # the atom is bright
     assert bare.std() < 0.01 * plate.std()
     heavy = fft2(column_wave()[0])
