@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import ROOT, emit, header
-from projection_bound import _transfer, image_optics
+from projection_bound import _transfer, bin_pixels, image_optics
 from scipy import ndimage, stats
 
 from hrtemflow.learn import baselines, data
@@ -76,12 +76,6 @@ def _structure_spectrum(targets: np.ndarray, optics: list[dict], ring: np.ndarra
     return num / np.maximum(den, 1e-12)
 
 
-def _bin(a: np.ndarray, b: int) -> np.ndarray:
-    """b x b pixels summed over the last two axes: the same dose read with b times the pixel size."""
-    n, m = a.shape[-2] // b, a.shape[-1] // b
-    return a[..., : n * b, : m * b].reshape(*a.shape[:-2], n, b, m, b).sum(axis=(-3, -1))
-
-
 def optics_wiener(noisy: np.ndarray, target: np.ndarray, p: dict, spectrum: np.ndarray, ring: np.ndarray) -> np.ndarray:
     """Wiener filter with the image's own expected power spectrum (|H|² P, scaled to the target's power)
     and the true noise power: the posterior mean were the texture Gaussian."""
@@ -105,11 +99,11 @@ def thicker_or_coarser(test: tuple, val: tuple, train: tuple, ids: np.ndarray,
     rows = []
     for b in bins:
         ring = _rings(test[0].shape[-1] // b)
-        spectrum = _structure_spectrum(_bin(train[0], b), train[1], ring)
+        spectrum = _structure_spectrum(bin_pixels(train[0], b), train[1], ring)
         for t in thicker:
             s = np.sqrt(t)
-            x, y = _bin(s * ts + tn, b), _bin(s * ts, b)
-            sigma = baselines.tune_gaussian(_bin(s * vs + vn, b), _bin(s * vs, b), score=psnr)
+            x, y = bin_pixels(s * ts + tn, b), bin_pixels(s * ts, b)
+            sigma = baselines.tune_gaussian(bin_pixels(s * vs + vn, b), bin_pixels(s * vs, b), score=psnr)
             base = np.array([psnr(baselines.gaussian(a, sigma), c) for a, c in zip(x, y)])
             gains = {
                 "ring oracle": np.array([psnr(baselines.wiener_oracle(a, c), c) for a, c in zip(x, y)]) - base,

@@ -332,6 +332,15 @@ RUNGS = {
 WIENER_EPS = 0.1
 
 
+def bin_pixels(a: np.ndarray, b: int) -> np.ndarray:
+    """b x b pixels summed over the last two axes (whose sizes b divides): the counts of a detector with
+    pixels b times larger, at the same dose."""
+    if b == 1:
+        return a
+    n, m = a.shape[-2] // b, a.shape[-1] // b
+    return a.reshape(*a.shape[:-2], n, b, m, b).sum(axis=(-3, -1))
+
+
 def _images(table, size: int, key: str, bin_by: int = 1) -> dict[str, np.ndarray]:
     """Every image of a split as the bench stores it (key: image or noise_free), with its view's orientation;
     `bin_by` > 1 sums bin_by x bin_by pixels (the counts of a detector with pixels that much larger)."""
@@ -344,8 +353,7 @@ def _images(table, size: int, key: str, bin_by: int = 1) -> dict[str, np.ndarray
             continue
         g = zarr.open_group(path, mode="r")
         rows = data.read_rows(g[f"s{size}/{key}"], table.row[m])
-        n = size // bin_by
-        x.append(rows.reshape(len(rows), n, bin_by, n, bin_by).sum(axis=(2, 4)) if bin_by > 1 else rows)
+        x.append(bin_pixels(rows, bin_by))
         euler.append(np.asarray(g["params/euler_rad"][:])[table.row[m]])
         order.append(m)
     order = np.concatenate(order)
