@@ -127,6 +127,8 @@ def test_soot_is_out_of_distribution_for_the_nanotube_classifier_and_is_denoised
     assert len(rows) == len(regions) and {"chirality_1", "chirality_p1", "chirality_3", "chirality_ood", "x0", "y1"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_micrographs"] == 1 and summary["micrographs"][0]["tasks"]["chirality"]["n_ood"] > 0
+    trained_on = summary["bundles"]["chirality"]["trained_on"]  # the conditions the card records, from the shards
+    assert [c["family"] for c in trained_on] == ["cnt"] and trained_on[0]["energy_kV"] > 0 and "defocus_nm" in trained_on[0]["optics"]
     assert (out / "summary.csv").is_file()
     for name in ("overlay_chirality.png", "denoised.png"):
         assert (out / "soot_hrtem" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1036,7 +1036,9 @@ def _task_key(b: Bundle, bundles: Sequence[Bundle]) -> str:
 def _bundle_info(b: Bundle) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(b.path), "task": b.task, "kind": b.kind, "input_size": b.size,
                             "pixel_size_nm": b.pixel_size_A / 10, "dataset_sha256": b.card.get("dataset_sha256"),
-                            "ood_stats": b.ood is not None}
+                            "ood_stats": b.ood is not None,
+                            # what its training images were taken with: the micrographs it is for (None: an older card)
+                            "trained_on": b.card.get("imaging")}
     if b.kind == "classification":
         info["temperature"], info["temperature_source"] = b.temperature, b.temperature_source
     if b.ood is not None:
