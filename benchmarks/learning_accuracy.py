@@ -130,7 +130,10 @@ def _nanoalloy_rows(name: str, where: str = "") -> list[str]:
     m = _metrics(res, "structure")
     t = m and m["targets"]
     rows.append(_row(f"Co fraction MAE{where}", t and t["co_fraction"]["mae"], "{:.3f}", "≤ 0.05", t and t["co_fraction"]["mae"] <= 0.05,
-                     t and f"predicting the mean: {t['co_fraction']['mae_predict_train_mean']:.3f}", _ci(t, "co_fraction", "mae_ci95")))
+                     t and f"predicting the mean: {t['co_fraction']['mae_predict_train_mean']:.3f}"
+                     + (f"; the {t['co_fraction']['per_structure']['images_per_group']:.0f} images of a particle averaged: "
+                        f"{t['co_fraction']['per_structure']['mae']:.3f}" if t["co_fraction"].get("per_structure") else ""),
+                     _ci(t, "co_fraction", "mae_ci95")))
     rows.append(_row(f"atom count, median relative error{where}", t and t["n_atoms"].get("median_relative_error"), "{:.3f}", "≤ 0.10",
                      t and t["n_atoms"].get("median_relative_error", 1) <= 0.10, "", _ci(t, "n_atoms", "median_relative_error_ci95")))
     return rows

@@ -183,6 +183,7 @@ def test_regression_bundle_and_evaluation(root):
         bins = v["by_condition"]["defocus"]["bins"]
         assert sum(b["n_images"] for b in bins) == m["n_images"] and all(b["ci95"][0] <= b["mae"] <= b["ci95"][1] for b in bins)
         assert sum(b["mae"] * b["n_images"] for b in bins) == pytest.approx(v["mae"] * m["n_images"])
+    assert "per_structure" not in t["defocus_nm"]  # each exposure has its own defocus: nothing to average
     assert m["figures"] == ["figures/scatter.png", "figures/conditions.png"]
     assert (report / "figures" / "conditions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -215,6 +216,15 @@ def test_combined_accuracy_sums_log_probabilities():
     y = np.array([0, 0, 0, 0, 0])
     r = ev._combined(probs, y, np.array(["a", "a", "a", "b", "b"]), "by structure")
     assert r["accuracy"] == 0.5 and r["n_groups"] == 2 and r["images_per_group"] == 2.5
+
+
+def test_averaged_regression_error_is_that_of_each_groups_mean_prediction():
+    """Errors of opposite sign in one structure cancel when its images are averaged; a truth that
+    differs within a group (a defocus) has no averaged figure."""
+    pred, true = np.array([0.4, 0.6, 0.5, 0.9]), np.array([0.5, 0.5, 0.7, 0.7])
+    r = ev._averaged(pred, true, np.array(["a", "a", "b", "b"]), "by structure")
+    assert r["mae"] == pytest.approx(0.0) and r["n_groups"] == 2 and r["images_per_group"] == 2
+    assert ev._averaged(pred, np.array([0.5, 0.6, 0.7, 0.7]), np.array(["a", "a", "b", "b"]), "x") is None
 
 
 def test_structure_ci_resamples_whole_structures():
@@ -407,7 +417,8 @@ def test_patchify_stem_trains_and_its_bundle_says_so(root):
     first = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert first.strides == (2, 2) and first.kernel_size == (2, 2)
     m = ev.evaluate(spec, out, root / "reports" / "structure-patchify", base=root)
-    assert m["targets"]["co_fraction"]["mae"] >= 0
+    co = m["targets"]["co_fraction"]
+    assert co["mae"] >= 0 and co["per_structure"]["n_groups"] == m["n_structures"] and co["per_view"]["images_per_group"] == 4
     bad = {**spec, "hyper": {**spec["hyper"], "stem": "strided"}, "shards": ["nowhere.zarr"]}
     with pytest.raises(HrtemflowError, match="stem 'strided' is not one of full, patchify; fix learning.tasks.structure.stem"):
         tr.train(bad, root / "models" / "bad-stem", base=root, progress=False)

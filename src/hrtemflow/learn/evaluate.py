@@ -174,6 +174,21 @@ def _combined(probs: np.ndarray, y: np.ndarray, group: np.ndarray, how: str) -> 
             "images_per_group": _num(np.median(np.bincount(inverse))), "how": how}
 
 
+def _averaged(pred: np.ndarray, true: np.ndarray, group: np.ndarray, how: str) -> dict | None:
+    """MAE when the predictions for each group's images are averaged: what a series of exposures of
+    one object gives for a property of the object. None where the truth differs within a group (a
+    defocus is a property of the exposure, not of the particle)."""
+    ids, inverse = np.unique(group, return_inverse=True)
+    counts = np.bincount(inverse)
+    lo, hi = np.full(len(ids), np.inf), np.full(len(ids), -np.inf)
+    np.minimum.at(lo, inverse, true)
+    np.maximum.at(hi, inverse, true)
+    if not np.allclose(lo, hi, rtol=1e-6, atol=1e-9):
+        return None
+    mean = np.bincount(inverse, weights=pred) / counts
+    return {"mae": _num(np.abs(mean - lo).mean()), "n_groups": len(ids), "images_per_group": _num(np.median(counts)), "how": how}
+
+
 def view_ids(table: data.Table) -> np.ndarray:
     """Each image's view ("<sample>-v02-o05" -> "<sample>-v02"): its optics variants share the
     structure's orientation and position, and differ in defocus, aberrations, dose and detector."""
@@ -235,6 +250,7 @@ def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> di
     single = physical(task, offset + scale * outputs[:, 0])
     train_mean = physical(task, splits["train"].y)
     sample_id = splits["test"].sample_id
+    views = view_ids(splits["test"])
     conditions = _condition_bins(splits["test"])
     out = {}
     for name, (t, unit) in true.items():
@@ -246,6 +262,11 @@ def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> di
                      "mae_single_pass": _num(np.abs(single[name][0] - t).mean()),
                      "mae_predict_train_mean": _num(np.abs(base).mean()), "mae_ci95": structure_ci(np.abs(err), sample_id),
                      "by_condition": _by_condition(np.abs(err), splits["test"], "mae", conditions)}
+        for key, group, how in (("per_structure", sample_id, "predictions of all test images of a structure averaged"),
+                                ("per_view", views, "predictions of all exposures of one view averaged")):
+            combined = _averaged(p, t, group, how)
+            if combined is not None:
+                out[name][key] = combined
         if name == "n_atoms":  # a count is judged relative to its size
             out[name]["median_relative_error"] = _num(np.median(np.abs(err) / t))
             out[name]["median_relative_error_ci95"] = structure_ci(np.abs(err) / t, sample_id, np.median)
