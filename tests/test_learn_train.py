@@ -222,9 +222,15 @@ def test_averaged_regression_error_is_that_of_each_groups_mean_prediction():
     """Errors of opposite sign in one structure cancel when its images are averaged; a truth that
     differs within a group (a defocus) has no averaged figure."""
     pred, true = np.array([0.4, 0.6, 0.5, 0.9]), np.array([0.5, 0.5, 0.7, 0.7])
-    r = ev._averaged(pred, true, np.array(["a", "a", "b", "b"]), "by structure")
+    sid = np.array(["a", "a", "b", "b"])
+    r = ev._averaged(pred, true, sid, sid, "by structure")
     assert r["mae"] == pytest.approx(0.0) and r["n_groups"] == 2 and r["images_per_group"] == 2
-    assert ev._averaged(pred, np.array([0.5, 0.6, 0.7, 0.7]), np.array(["a", "a", "b", "b"]), "x") is None
+    r = ev._averaged(np.array([0.4, 0.6, 0.9, 0.9]), true, sid, sid, "by structure")  # errors 0 and 0.2
+    assert r["mae"] == pytest.approx(0.1) and r["mae_ci95"][0] == pytest.approx(0) and r["mae_ci95"][1] == pytest.approx(0.2)
+    views = np.array(["a-v0", "a-v1", "b-v0", "b-v1"])  # per view: intervals still resample whole structures
+    r = ev._averaged(np.array([0.4, 0.6, 0.9, 0.9]), true, views, sid, "by view")
+    assert r["n_groups"] == 4 and r["mae"] == pytest.approx(0.15) and r["mae_ci95"] == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert ev._averaged(pred, np.array([0.5, 0.6, 0.7, 0.7]), sid, sid, "x") is None
 
 
 def test_structure_ci_resamples_whole_structures():

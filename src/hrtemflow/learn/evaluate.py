@@ -174,19 +174,21 @@ def _combined(probs: np.ndarray, y: np.ndarray, group: np.ndarray, how: str) -> 
             "images_per_group": _num(np.median(np.bincount(inverse))), "how": how}
 
 
-def _averaged(pred: np.ndarray, true: np.ndarray, group: np.ndarray, how: str) -> dict | None:
+def _averaged(pred: np.ndarray, true: np.ndarray, group: np.ndarray, sample_id: np.ndarray, how: str) -> dict | None:
     """MAE when the predictions for each group's images are averaged: what a series of exposures of
-    one object gives for a property of the object. None where the truth differs within a group (a
-    defocus is a property of the exposure, not of the particle)."""
-    ids, inverse = np.unique(group, return_inverse=True)
+    one object gives for a property of the object, with its interval from resampling whole structures.
+    None where the truth differs within a group (a defocus is a property of the exposure, not of the
+    particle)."""
+    ids, first, inverse = np.unique(group, return_index=True, return_inverse=True)
     counts = np.bincount(inverse)
     lo, hi = np.full(len(ids), np.inf), np.full(len(ids), -np.inf)
     np.minimum.at(lo, inverse, true)
     np.maximum.at(hi, inverse, true)
     if not np.allclose(lo, hi, rtol=1e-6, atol=1e-9):
         return None
-    mean = np.bincount(inverse, weights=pred) / counts
-    return {"mae": _num(np.abs(mean - lo).mean()), "n_groups": len(ids), "images_per_group": _num(np.median(counts)), "how": how}
+    err = np.abs(np.bincount(inverse, weights=pred) / counts - lo)
+    return {"mae": _num(err.mean()), "mae_ci95": structure_ci(err, np.asarray(sample_id)[first]), "n_groups": len(ids),
+            "images_per_group": _num(np.median(counts)), "how": how}
 
 
 def view_ids(table: data.Table) -> np.ndarray:
@@ -264,7 +266,7 @@ def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> di
                      "by_condition": _by_condition(np.abs(err), splits["test"], "mae", conditions)}
         for key, group, how in (("per_structure", sample_id, "predictions of all test images of a structure averaged"),
                                 ("per_view", views, "predictions of all exposures of one view averaged")):
-            combined = _averaged(p, t, group, how)
+            combined = _averaged(p, t, group, sample_id, how)
             if combined is not None:
                 out[name][key] = combined
         if name == "n_atoms":  # a count is judged relative to its size
