@@ -181,12 +181,10 @@ def _averaged(pred: np.ndarray, true: np.ndarray, group: np.ndarray, sample_id: 
     particle)."""
     ids, first, inverse = np.unique(group, return_index=True, return_inverse=True)
     counts = np.bincount(inverse)
-    lo, hi = np.full(len(ids), np.inf), np.full(len(ids), -np.inf)
-    np.minimum.at(lo, inverse, true)
-    np.maximum.at(hi, inverse, true)
-    if not np.allclose(lo, hi, rtol=1e-6, atol=1e-9):
+    truth = np.asarray(true)[first]
+    if not np.allclose(true, truth[inverse], rtol=1e-6, atol=1e-9):
         return None
-    err = np.abs(np.bincount(inverse, weights=pred) / counts - lo)
+    err = np.abs(np.bincount(inverse, weights=pred) / counts - truth)
     return {"mae": _num(err.mean()), "mae_ci95": structure_ci(err, np.asarray(sample_id)[first]), "n_groups": len(ids),
             "images_per_group": _num(np.median(counts)), "how": how}
 
