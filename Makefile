@@ -1,6 +1,8 @@
 # hrtemflow: the README's two commands.
 #   make demo   create .venv if needed, install, run the default campaign (config/config.yaml) end to end
-#   make test   create .venv if needed, install, run the tests
+#   make test   create .venv if needed, install, lint (make lint), run the tests
+#   make lint   ruff (check and format), the import-layers contract (each stage imports only the ones before it),
+#               the config reference is current, snakemake --lint
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,9 +16,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install --only-binary=zarrs -e ".[test,fast-read]" || { \
+	$(BIN)/python -m pip install --only-binary=zarrs -e ".[test,lint,fast-read]" || { \
 	  echo "make: install with zarrs (wheel only) failed; installing without it: the learning feed then streams with zarr-python's own reader (2-3x slower)"; \
-	  $(BIN)/python -m pip install -e ".[test]"; }
+	  $(BIN)/python -m pip install -e ".[test,lint]"; }
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,7 +27,7 @@ demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 	@echo "demo done: see results/summary/campaign.json, results/figures/ and results/reports/"
 
-test: install
+test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # the learning tests (models, feed, train, evaluate, predict) under another Keras backend:
@@ -39,6 +41,10 @@ test-backend: install
 	KERAS_BACKEND=$(KERAS_BACKEND) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(LEARN_TESTS) $(PYTEST_ARGS)
 
 lint: install
+	$(BIN)/ruff check src tests benchmarks studies
+	$(BIN)/ruff format --check --quiet src tests benchmarks studies
+	$(BIN)/lint-imports
+	$(BIN)/hrtemflow config-doc --check
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --configfile config/config.yaml
 
 bench: install

@@ -22,7 +22,7 @@ include: "workflow/rules/report.smk"
 
 onstart:
     # changed specs are rewritten only when a real run starts (never by a dry run): see common.smk
-    hplan.write_plan(PLAN, texts=all_spec_texts())
+    hspecs.write_plan(PLAN, texts=all_spec_texts())
 
 
 rule all:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +12,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def header(title: str) -> str:
-    from hrtemflow.runtime import versions
+    from hrtemflow.core.runtime import machine_line
 
-    v = versions()
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        cpu = model
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    vers = ", ".join(f"{k} {val}" for k, val in v.items() if val != "not installed")
-    return (f"### {title}\n\n{datetime.date.today().isoformat()} on {os.cpu_count()} cores ({cpu}), "
-            f"{mem:.0f} GiB; {vers}\n")
+    return f"### {title}\n\n{machine_line()}\n"
 
 
 def emit(block: str, name: str) -> None:
@@ -47,4 +34,4 @@ def run_worker(what: str, script: str, args: list[str], env: dict | None = None)
     if res.returncode or line is None:
         print(f"{what} failed (exit {res.returncode}):\n{res.stderr[-3000:]}", file=sys.stderr)
         return None
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])

@@ -53,7 +53,7 @@ def worker(steps: int, repeats: int) -> dict:
             y = x
         else:
             y = rng.normal(size=(len(x), n_out)).astype("float32")
-        model.fit(x[:2 * BATCH], y[:2 * BATCH], batch_size=BATCH, epochs=1, verbose=0)  # trace / compile
+        model.fit(x[: 2 * BATCH], y[: 2 * BATCH], batch_size=BATCH, epochs=1, verbose=0)  # trace / compile
         train = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -66,14 +66,20 @@ def worker(steps: int, repeats: int) -> dict:
             t0 = time.perf_counter()
             model.predict(xp, batch_size=256, verbose=0)
             infer.append(len(xp) / (time.perf_counter() - t0))
-        out["cases"][label] = {"train_img_s": max(train), "infer_img_s": max(infer), "params": int(model.count_params())}
+        out["cases"][label] = {
+            "train_img_s": max(train),
+            "infer_img_s": max(infer),
+            "params": int(model.count_params()),
+        }
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backends", default="tensorflow,jax,torch", help="comma-separated; those not installed are listed as such")
+    ap.add_argument(
+        "--backends", default="tensorflow,jax,torch", help="comma-separated; those not installed are listed as such"
+    )
     ap.add_argument("--steps", type=int, default=30, help="training steps of 64 images per timed call")
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per case; the best is kept")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -89,7 +95,12 @@ def main() -> int:
             missing.append(backend)
             continue
         env = {**os.environ, "KERAS_BACKEND": backend}  # the worker finds src/ through _common, as this process does
-        result = run_worker(f"backend_speed: {backend}", __file__, ["--worker", "--steps", str(args.steps), "--repeats", str(args.repeats)], env)
+        result = run_worker(
+            f"backend_speed: {backend}",
+            __file__,
+            ["--worker", "--steps", str(args.steps), "--repeats", str(args.repeats)],
+            env,
+        )
         if result is None:
             return 1
         results[backend] = result
@@ -99,18 +110,30 @@ def main() -> int:
 
     ref = "tensorflow" if "tensorflow" in results else next(iter(results))
     devices = ", ".join(f"{b}: {'GPU' if r['gpu'] else 'CPU'}" for b, r in results.items())
-    lines = [header("Keras backends: training and inference speed (benchmarks/backend_speed.py)"), "",
-             f"Images/s of 64² (batch 64; width {WIDTH}, depth {DEPTH}, the bench networks), best of {args.repeats} timed "
-             f"calls of {args.steps} steps after a warm-up; each backend in its own process, one after another. "
-             f"Devices: {devices}. Ratio: against {ref}.", "",
-             "| network | backend | train img/s | ratio | inference img/s | ratio |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        header("Keras backends: training and inference speed (benchmarks/backend_speed.py)"),
+        "",
+        f"Images/s of 64² (batch 64; width {WIDTH}, depth {DEPTH}, the bench networks), best of {args.repeats} timed "
+        f"calls of {args.steps} steps after a warm-up; each backend in its own process, one after another. "
+        f"Devices: {devices}. Ratio: against {ref}.",
+        "",
+        "| network | backend | train img/s | ratio | inference img/s | ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for label, *_ in CASES:
         base = results[ref]["cases"][label]
         for backend, r in results.items():
             c = r["cases"][label]
-            lines.append(f"| {label} | {backend} | {c['train_img_s']:.0f} | {c['train_img_s'] / base['train_img_s']:.2f} | "
-                         f"{c['infer_img_s']:.0f} | {c['infer_img_s'] / base['infer_img_s']:.2f} |")
-    lines += ["", "Peak RSS per backend process: " + ", ".join(f"{b} {r['peak_rss_gb']:.1f} GB" for b, r in results.items()) + "."]
+            lines.append(
+                f"| {label} | {backend} | {c['train_img_s']:.0f} | {c['train_img_s'] / base['train_img_s']:.2f} | "
+                f"{c['infer_img_s']:.0f} | {c['infer_img_s'] / base['infer_img_s']:.2f} |"
+            )
+    lines += [
+        "",
+        "Peak RSS per backend process: "
+        + ", ".join(f"{b} {r['peak_rss_gb']:.1f} GB" for b, r in results.items())
+        + ".",
+    ]
     if missing:
         lines.append(f"Not installed here, not measured: {', '.join(missing)}.")
     lines.append(f"\n(benchmark wall time {time.perf_counter() - t_start:.0f} s)\n")

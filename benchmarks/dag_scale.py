@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,8 +28,21 @@ def dry_run(cfg: dict, workdir: Path) -> tuple[float, float, int]:
     """(wall seconds, peak RSS in MB of the snakemake process, jobs) of one dry run."""
     cfg_path = workdir / "campaign.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    cmd = ["/usr/bin/time", "-f", "%M", SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(cfg_path), "--dry-run", "--cores", "1"]
+    cmd = [
+        "/usr/bin/time",
+        "-f",
+        "%M",
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(cfg_path),
+        "--dry-run",
+        "--cores",
+        "1",
+    ]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -49,8 +61,8 @@ def main() -> None:
     seed = yaml.safe_load((ROOT / "config" / "campaign-seed.yaml").read_text())
     seed["potentials"] = {**seed.get("potentials", {}), "directory": str(ROOT / "resources" / "potentials")}
     seed["campaign"]["results"] = "results"
-    from hrtemflow.config import load_config
-    from hrtemflow.plan import make_plan, summary_rows
+    from hrtemflow.campaign.config import load_config
+    from hrtemflow.campaign.plan import make_plan, summary_rows
 
     n_samples = sum(r["samples"] for r in summary_rows(make_plan(load_config(seed))))
 
@@ -73,19 +85,27 @@ def main() -> None:
         rows.append(("seed campaign, warm (plan unchanged)", n_samples, *dry_run(seed, work)))
         work2 = Path(tmp) / "per-sample"
         work2.mkdir()
-        rows.append((f"one job per sample, cold", n_small, *dry_run(small, work2)))
+        rows.append(("one job per sample, cold", n_small, *dry_run(small, work2)))
 
-    lines = [header("DAG scale: `snakemake --dry-run` of config/campaign-seed.yaml"), "",
-             "| case | MD samples | jobs | wall (s) | peak RSS (MB) |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        header("DAG scale: `snakemake --dry-run` of config/campaign-seed.yaml"),
+        "",
+        "| case | MD samples | jobs | wall (s) | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, n, wall, mb, jobs in rows:
         lines.append(f"| {name} | {n:,} | {jobs:,} | {wall:.1f} | {mb:.0f} |")
     seed_wall = rows[0][2]
     per_job_sharded = seed_wall / max(rows[0][4], 1)
     per_job_single = rows[2][2] / max(rows[2][4], 1)
     ok = rows[0][2] <= 30 and rows[0][3] <= 1024
-    lines += ["", f"Target: at most 30 s and 1 GB for the seed campaign: **{'met' if ok else 'NOT met'}**. "
-              f"Per job: {1000 * per_job_sharded:.2f} ms sharded vs {1000 * per_job_single:.2f} ms one-per-sample; "
-              f"the seed campaign as one job per sample would be {2 * n_samples:,} jobs.", ""]
+    lines += [
+        "",
+        f"Target: at most 30 s and 1 GB for the seed campaign: **{'met' if ok else 'NOT met'}**. "
+        f"Per job: {1000 * per_job_sharded:.2f} ms sharded vs {1000 * per_job_single:.2f} ms one-per-sample; "
+        f"the seed campaign as one job per sample would be {2 * n_samples:,} jobs.",
+        "",
+    ]
     emit("\n".join(lines), "dag_scale")
 
 

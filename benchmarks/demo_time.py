@@ -32,8 +32,17 @@ def main() -> None:
         work = Path(tmp)
         (work / "demo.yaml").write_text(yaml.safe_dump(cfg))
         bindir = Path(sys.executable).parent
-        cmd = [str(bindir / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(work),
-               "--configfile", str(work / "demo.yaml"), "--cores", str(args.cores)]
+        cmd = [
+            str(bindir / "snakemake"),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(work / "demo.yaml"),
+            "--cores",
+            str(args.cores),
+        ]
         env = {"PATH": f"{bindir}:/usr/bin:/bin"}
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -50,10 +59,15 @@ def main() -> None:
                 peak[rule] = max(peak[rule], float(row["max_rss"]))
             except ValueError:
                 pass
-    lines = [header("Demo campaign wall time (`make demo` after installation)"), "",
-             f"`snakemake --cores {args.cores}` on config/config.yaml: **{wall / 60:.1f} min** in all "
-             f"(target ≤ 15 min: {'met' if wall <= 900 else 'NOT met'}).", "",
-             "| rule | jobs | job time sum (s) | slowest job (s) | peak RSS (MB) |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        header("Demo campaign wall time (`make demo` after installation)"),
+        "",
+        f"`snakemake --cores {args.cores}` on config/config.yaml: **{wall / 60:.1f} min** in all "
+        f"(target ≤ 15 min: {'met' if wall <= 900 else 'NOT met'}).",
+        "",
+        "| rule | jobs | job time sum (s) | slowest job (s) | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for rule, times in sorted(per_rule.items()):
         lines.append(f"| {rule} | {len(times)} | {sum(times):.0f} | {max(times):.0f} | {peak[rule]:.0f} |")
     lines.append("")

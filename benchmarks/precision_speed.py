@@ -46,7 +46,11 @@ def worker(policy: str, width: int, stem: str, steps: int) -> dict:
     for label, task, kind, n_out, spectral in CASES:
         model = models.build(task, kind, SIZE, n_out, width, DEPTH, spectral * width // 16, stem)
         _compile(model, kind, _optimizer({"learning_rate": 1e-3}, steps))
-        y = rng.integers(0, n_out, size=BATCH) if kind == "classification" else rng.normal(size=(BATCH, n_out)).astype("float32")
+        y = (
+            rng.integers(0, n_out, size=BATCH)
+            if kind == "classification"
+            else rng.normal(size=(BATCH, n_out)).astype("float32")
+        )
         for _ in range(3):
             model.train_on_batch(x, y)
         times = []
@@ -59,7 +63,7 @@ def worker(policy: str, width: int, stem: str, steps: int) -> dict:
 
 
 def cpu_flags() -> str:
-    from hrtemflow.runtime import cpu_flags as flags_of_this_cpu
+    from hrtemflow.core.runtime import cpu_flags as flags_of_this_cpu
 
     flags = flags_of_this_cpu()
     if flags is None:
@@ -72,7 +76,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="timed training steps of 64 images per case")
     ap.add_argument("--widths", default="16,32", help="first-stage channels to measure, comma-separated")
-    ap.add_argument("--stems", default="full,patchify", help="trunk stems to measure, comma-separated (the first is the reference)")
+    ap.add_argument(
+        "--stems", default="full,patchify", help="trunk stems to measure, comma-separated (the first is the reference)"
+    )
     ap.add_argument("--worker", nargs=3, metavar=("POLICY", "WIDTH", "STEM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -86,25 +92,41 @@ def main() -> int:
     for width in widths:
         for stem in stems:
             for policy in POLICIES:
-                result = run_worker(f"precision_speed: {policy}, width {width}, stem {stem}", __file__,
-                                    ["--worker", policy, str(width), stem, "--steps", str(args.steps)])
+                result = run_worker(
+                    f"precision_speed: {policy}, width {width}, stem {stem}",
+                    __file__,
+                    ["--worker", policy, str(width), stem, "--steps", str(args.steps)],
+                )
                 if result is None:
                     return 1
                 results[(policy, width, stem)] = result
 
     ref = (widths[0], stems[0])
-    lines = [header("Training speed on the CPU: precision (float32, mixed bfloat16) and stem (full, patchify) (benchmarks/precision_speed.py)"), "",
-             f"Training images/s of 64² (batch 64, depth {DEPTH}, TensorFlow; spectrum trunks half the image trunk's width), median of "
-             f"{args.steps} steps timed one by one after 3 warm-up steps; each precision, width and stem in its own process. "
-             f"CPU flags: {cpu_flags()}. The last column compares float32 with the same network at width {ref[0]}, stem {ref[1]}.", "",
-             "| network | width | stem | float32 img/s | mixed_bfloat16 img/s | bfloat16 / float32 | float32 against the reference |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        header(
+            "Training speed on the CPU: precision (float32, mixed bfloat16) and stem (full, patchify) "
+            "(benchmarks/precision_speed.py)"
+        ),
+        "",
+        f"Training images/s of 64² (batch 64, depth {DEPTH}, TensorFlow; spectrum trunks half the image trunk's "
+        "width), median of "
+        f"{args.steps} steps timed one by one after 3 warm-up steps; each precision, width and stem in its own "
+        "process. "
+        f"CPU flags: {cpu_flags()}. The last column compares float32 with the same network at width {ref[0]}, stem "
+        f"{ref[1]}.",
+        "",
+        "| network | width | stem | float32 img/s | mixed_bfloat16 img/s | bfloat16 / float32 | float32 against the "
+        "reference |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for label, *_ in CASES:
         base = results[("float32", *ref)][label]
         for width in widths:
             for stem in stems:
                 f32, bf16 = results[("float32", width, stem)][label], results[("mixed_bfloat16", width, stem)][label]
-                lines.append(f"| {label} | {width} | {stem} | {f32:.0f} | {bf16:.0f} | {bf16 / f32:.2f} | {f32 / base:.2f} |")
+                lines.append(
+                    f"| {label} | {width} | {stem} | {f32:.0f} | {bf16:.0f} | {bf16 / f32:.2f} | {f32 / base:.2f} |"
+                )
     lines.append(f"\n(benchmark wall time {time.perf_counter() - t_start:.0f} s)\n")
     emit("\n".join(lines), "precision_speed")
     return 0

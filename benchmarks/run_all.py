@@ -15,8 +15,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ALL = ["dag_scale", "md_throughput", "imaging_throughput", "feed_throughput", "backend_speed", "precision_speed", "demo_time", "soak",
-       "learning_accuracy", "projection_bound", "denoise_bound"]  # the last two read the benches that learning_accuracy makes
+ALL = [
+    "dag_scale",
+    "md_throughput",
+    "imaging_throughput",
+    "feed_throughput",
+    "backend_speed",
+    "precision_speed",
+    "demo_time",
+    "soak",
+    "learning_accuracy",
+]  # the research studies on the benches it makes are in studies/
 
 
 def main() -> int:

@@ -5,7 +5,8 @@ One uninterrupted reference run (which also notes when each stage's jobs ran), t
 a random running job process (`hrtemflow md`, `hrtemflow image` or `hrtemflow train`) is SIGKILLed,
 several times per campaign (stages in turn; the moment drawn from when that stage ran in the
 reference; half the training kills wait until the job has checkpointed, to see it resume); after
-each failure snakemake is simply run again (`--rerun-incomplete`) until the campaign is complete. Then every campaign is checked against the plan and the reference:
+each failure snakemake is simply run again (`--rerun-incomplete`) until the campaign is complete.
+Then every campaign is checked against the plan and the reference:
 - every planned sample is in its shard's manifest (lost otherwise);
 - every ok sample is in the extxyz and imaged (lost otherwise); every image store is complete and
   readable; every model bundle loads (safe mode, checked against its card);
@@ -39,6 +40,10 @@ import numpy as np
 import yaml
 
 from _common import ROOT, emit, header
+from hrtemflow.campaign.paths import shard_paths as paths
+from hrtemflow.campaign.paths import train_paths
+from hrtemflow.campaign.plan import make_plan
+from hrtemflow.campaign.specs import md_spec
 
 BIN = Path(sys.executable).parent
 STAGES = ("md", "image", "train")
@@ -60,8 +65,11 @@ def demo_config(full: bool) -> tuple[dict, str]:
     img["families"]["amorphous"]["fov_nm"] = [1.2, 1.5]
     for task in cfg["learning"]["tasks"].values():
         task["epochs"] = 3
-    what = ("a reduced variant of config/config.yaml: the demo's 44 MD samples (CNT shards of 2, 4 nm tubes, "
-            "1.6 nm amorphous boxes), 2 views x 2 variants at 64 px (coarser sampling, smaller fields), all 5 tasks at 3 epochs")
+    what = (
+        "a reduced variant of config/config.yaml: the demo's 44 MD samples (CNT shards of 2, 4 nm tubes, "
+        "1.6 nm amorphous boxes), 2 views x 2 variants at 64 px (coarser sampling, smaller fields), all 5 tasks at 3 "
+        "epochs"
+    )
     return cfg, what
 
 
@@ -69,8 +77,19 @@ def demo_config(full: bool) -> tuple[dict, str]:
 
 
 def snakemake_cmd(work: Path, cores: int) -> list[str]:
-    return [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile",
-            str(work / "campaign.yaml"), "--cores", str(cores), "--rerun-incomplete", "--keep-going"]
+    return [
+        str(BIN / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "campaign.yaml"),
+        "--cores",
+        str(cores),
+        "--rerun-incomplete",
+        "--keep-going",
+    ]
 
 
 def env() -> dict:
@@ -79,7 +98,7 @@ def env() -> dict:
     return e
 
 
-def job_processes(pid: int) -> list[tuple[str, "object"]]:
+def job_processes(pid: int) -> list[tuple[str, object]]:
     """(stage, process) of the running `hrtemflow md|image|train` processes under snakemake `pid`."""
     import psutil
 
@@ -116,7 +135,9 @@ def checkpoint_epoch(work: Path, spec: str) -> int:
     return 0
 
 
-def run_campaign(work: Path, cfg: dict, cores: int, plan: list[tuple[float, str]], rng: random.Random, max_runs: int = 12) -> dict:
+def run_campaign(
+    work: Path, cfg: dict, cores: int, plan: list[tuple[float, str]], rng: random.Random, max_runs: int = 12
+) -> dict:
     """Run snakemake until the campaign completes; at each (time, stage) of `plan` (s since the start)
     SIGKILL a random running job process, of that stage if one runs (else of a stage not hit yet, else
     any); rerun snakemake after each failure. Without a plan, note when each stage's jobs ran."""
@@ -131,7 +152,9 @@ def run_campaign(work: Path, cfg: dict, cores: int, plan: list[tuple[float, str]
         while True:
             runs += 1
             if runs > max_runs:
-                raise SystemExit(f"{work}: the campaign did not complete in {max_runs} snakemake runs; see {work / 'soak.log'}")
+                raise SystemExit(
+                    f"{work}: the campaign did not complete in {max_runs} snakemake runs; see {work / 'soak.log'}"
+                )
             log.write(f"\n===== snakemake run {runs} =====\n")
             log.flush()
             proc = subprocess.Popen(snakemake_cmd(work, cores), env=env(), stdout=log, stderr=subprocess.STDOUT)
@@ -149,7 +172,7 @@ def run_campaign(work: Path, cfg: dict, cores: int, plan: list[tuple[float, str]
                     jobs = job_processes(proc.pid)
                     if jobs:
                         stages_done = {k["stage"] for k in made}
-                        pool = ([j for j in jobs if j[0] == want] or [j for j in jobs if j[0] not in stages_done] or jobs)
+                        pool = [j for j in jobs if j[0] == want] or [j for j in jobs if j[0] not in stages_done] or jobs
                         victim = rng.choice(sorted(pool, key=lambda j: (j[0], j[1].pid)))
                     else:
                         time.sleep(0.2)
@@ -166,8 +189,15 @@ def run_campaign(work: Path, cfg: dict, cores: int, plan: list[tuple[float, str]
                     if p.is_running():
                         epoch = checkpoint_epoch(work, target) if stage == "train" else None
                         p.send_signal(signal.SIGKILL)
-                        made.append({"stage": stage, "at_s": round(time.perf_counter() - t0, 1), "run": runs,
-                                     "target": target, "checkpoint_epoch": epoch})
+                        made.append(
+                            {
+                                "stage": stage,
+                                "at_s": round(time.perf_counter() - t0, 1),
+                                "run": runs,
+                                "target": target,
+                                "checkpoint_epoch": epoch,
+                            }
+                        )
                         pending.pop(0)
                         log.write(f"\n##### soak: SIGKILL {stage} {target} at {made[-1]['at_s']} s\n")
                         log.flush()
@@ -184,15 +214,21 @@ def run_campaign(work: Path, cfg: dict, cores: int, plan: list[tuple[float, str]
         if k["stage"] == "train" and k["checkpoint_epoch"]:
             log_text = (work / "results" / "logs" / "train" / f"{Path(k['target']).stem}.log").read_text()
             resumed += "resuming after epoch" in log_text
-    return {"kills": made, "runs": runs, "wall_s": time.perf_counter() - t0, "resumed": resumed, "windows": windows,
-            "train_after_checkpoint": sum(1 for k in made if k["stage"] == "train" and k["checkpoint_epoch"])}
+    return {
+        "kills": made,
+        "runs": runs,
+        "wall_s": time.perf_counter() - t0,
+        "resumed": resumed,
+        "windows": windows,
+        "train_after_checkpoint": sum(1 for k in made if k["stage"] == "train" and k["checkpoint_epoch"]),
+    }
 
 
 # ------------------------------------------------------------------------------------------ checks
 
 
 def store_contents(path: Path) -> dict:
-    from hrtemflow.store import read_all
+    from hrtemflow.store.reader import read_all
 
     return read_all(path)
 
@@ -205,7 +241,11 @@ def same_store(a: dict, b: dict) -> bool:
         if k.endswith("@attrs"):
             if x != y:
                 return False
-        elif x.dtype != y.dtype or x.shape != y.shape or not (np.array_equal(x, y, equal_nan=True) if x.dtype.kind == "f" else (x == y).all()):
+        elif (
+            x.dtype != y.dtype
+            or x.shape != y.shape
+            or not (np.array_equal(x, y, equal_nan=True) if x.dtype.kind == "f" else (x == y).all())
+        ):
             return False
     return True
 
@@ -219,20 +259,19 @@ def verify(work: Path, cfg: dict, reference: Path | None) -> dict:
     warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")  # Snakemake's stamp inside directory() outputs
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from hrtemflow import plan as hplan
-    from hrtemflow.config import load_config
-    from hrtemflow.learn.train import load_bundle
-    from hrtemflow.md import strip_timing
-    from hrtemflow.store import is_complete
+    from hrtemflow.atomistic.md_shard import strip_timing
+    from hrtemflow.campaign.config import load_config
+    from hrtemflow.learn.bundle import load_checked as load_bundle
+    from hrtemflow.store.reader import is_complete
 
     cfg = load_config(cfg, base=work)
-    plan = hplan.make_plan(cfg)
+    plan = make_plan(cfg)
     per = cfg["imaging"]["views_per_structure"] * cfg["imaging"]["variants_per_view"]
     res = Counter()
     problems: list[str] = []
     for shard in plan.shards:
-        p = {k: work / v for k, v in hplan.paths(cfg, shard).items()}
-        planned = [s["id"] for s in hplan.md_spec(cfg, shard)["samples"]]
+        p = {k: work / v for k, v in paths(cfg, shard).items()}
+        planned = [s["id"] for s in md_spec(cfg, shard)["samples"]]
         res["planned"] += len(planned)
         try:
             manifest = json.loads(p["manifest"].read_text())
@@ -268,24 +307,32 @@ def verify(work: Path, cfg: dict, reference: Path | None) -> dict:
             problems.append(f"{shard.name}: images do not match the ok samples")
             res["corrupt"] += len(ok)
         if reference is not None:
-            r = {k: reference / v for k, v in hplan.paths(cfg, shard).items()}
-            md_same = (p["structures"].read_bytes() == r["structures"].read_bytes()
-                       and strip_timing(manifest) == strip_timing(json.loads(r["manifest"].read_text())))
+            r = {k: reference / v for k, v in paths(cfg, shard).items()}
+            md_same = p["structures"].read_bytes() == r["structures"].read_bytes() and strip_timing(
+                manifest
+            ) == strip_timing(json.loads(r["manifest"].read_text()))
             img_same = same_store(contents, store_contents(r["images"]))
             if not (md_same and img_same):
                 res["corrupt"] += len(planned)
-                problems.append(f"{shard.name}: differs from the reference (md {'same' if md_same else 'DIFFERENT'}, "
-                                f"images {'same' if img_same else 'DIFFERENT'})")
+                problems.append(
+                    f"{shard.name}: differs from the reference (md {'same' if md_same else 'DIFFERENT'}, "
+                    f"images {'same' if img_same else 'DIFFERENT'})"
+                )
     for task in plan.tasks():
         res["bundles"] += 1
         try:
-            load_bundle(work / Path(hplan.train_paths(cfg, task)["model"]).parent)
+            load_bundle(work / Path(train_paths(cfg, task)["model"]).parent)
         except Exception as exc:  # noqa: BLE001
             res["bad_bundles"] += 1
             problems.append(f"model {task}: {exc}")
     tmp = [q for q in (work / cfg["campaign"]["results"]).rglob(".*") if ".tmp" in q.name]
     res["leftover_tmp"] = len(tmp)
-    res["leftover_tmp_kib"] = sum(q.stat().st_size if q.is_file() else sum(f.stat().st_size for f in q.rglob("*") if f.is_file()) for q in tmp) // 1024
+    res["leftover_tmp_kib"] = (
+        sum(
+            q.stat().st_size if q.is_file() else sum(f.stat().st_size for f in q.rglob("*") if f.is_file()) for q in tmp
+        )
+        // 1024
+    )
     return {"counts": dict(res), "problems": problems}
 
 
@@ -296,7 +343,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--campaigns", type=int, default=3)
     ap.add_argument("--kills", type=int, default=6, help="job processes SIGKILLed per campaign")
-    ap.add_argument("--full", action="store_true", help="the full demo config (about 15 min per run) instead of the reduced one")
+    ap.add_argument(
+        "--full", action="store_true", help="the full demo config (about 15 min per run) instead of the reduced one"
+    )
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", type=Path, help="keep the campaign folders here instead of a temporary folder")
@@ -326,38 +375,66 @@ def main() -> None:
             rows.append((run, check))
             c = check["counts"]
             kills = ", ".join(f"{x['stage']}@{x['at_s']}s" for x in run["kills"])
-            print(f"soak: campaign {k + 1}: {len(run['kills'])} kill(s) ({kills}), {run['runs']} snakemake run(s), "
-                  f"{run['wall_s']:.0f} s; lost {c.get('lost', 0)}, corrupt {c.get('corrupt', 0)}, bad bundles {c.get('bad_bundles', 0)}",
-                  flush=True)
+            print(
+                f"soak: campaign {k + 1}: {len(run['kills'])} kill(s) ({kills}), {run['runs']} snakemake run(s), "
+                f"{run['wall_s']:.0f} s; lost {c.get('lost', 0)}, corrupt {c.get('corrupt', 0)}, bad bundles "
+                f"{c.get('bad_bundles', 0)}",
+                flush=True,
+            )
             for line in check["problems"]:
                 print(f"  - {line}", flush=True)
     wall = time.perf_counter() - t_all
 
     rc = ref_check["counts"]
-    lines = [header("Soak: random SIGKILLs of job processes, reruns until complete"), "",
-             f"Campaign: {what}. Reference run (no kills): {ref['wall_s'] / 60:.1f} min, {rc['planned']} planned samples "
-             f"({rc.get('ok', 0)} ok, {rc.get('failed', 0)} failed), {rc.get('bundles', 0)} model bundles. "
-             f"Each campaign: snakemake `--cores {args.cores} --keep-going --rerun-incomplete`, run again after every failure; "
-             f"{args.kills} SIGKILLs per campaign, each to a random running `hrtemflow md|image|train` process at a random moment "
-             f"(stages in turn, the moment drawn from when that stage ran in the reference; half the training kills wait for a "
-             f"checkpoint); seed {args.seed}.", "",
-             "| campaign | kills (stage@s) | snakemake runs | wall (min) | samples | lost | corrupt | stores complete | bundles load | leftover temporaries |",
-             "|---|---|---:|---:|---:|---:|---:|---|---|---:|"]
+    lines = [
+        header("Soak: random SIGKILLs of job processes, reruns until complete"),
+        "",
+        f"Campaign: {what}. Reference run (no kills): {ref['wall_s'] / 60:.1f} min, {rc['planned']} planned samples "
+        f"({rc.get('ok', 0)} ok, {rc.get('failed', 0)} failed), {rc.get('bundles', 0)} model bundles. "
+        f"Each campaign: snakemake `--cores {args.cores} --keep-going --rerun-incomplete`, run again after every "
+        "failure; "
+        f"{args.kills} SIGKILLs per campaign, each to a random running `hrtemflow md|image|train` process at a random "
+        "moment "
+        "(stages in turn, the moment drawn from when that stage ran in the reference; half the training kills wait "
+        "for a "
+        f"checkpoint); seed {args.seed}.",
+        "",
+        "| campaign | kills (stage@s) | snakemake runs | wall (min) | samples | lost | corrupt | stores complete | "
+        "bundles load | leftover temporaries |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
     tot = Counter()
     for k, (run, check) in enumerate(rows, start=1):
         c = check["counts"]
         kills = ", ".join(f"{x['stage']}@{x['at_s']:.0f}" for x in run["kills"]) or "-"
         complete = "all" if not any("incomplete" in p or "unreadable" in p for p in check["problems"]) else "NO"
         loads = f"{c.get('bundles', 0) - c.get('bad_bundles', 0)}/{c.get('bundles', 0)}"
-        lines.append(f"| {k} | {kills} | {run['runs']} | {run['wall_s'] / 60:.1f} | {c['planned']} | {c.get('lost', 0)} | "
-                     f"{c.get('corrupt', 0)} | {complete} | {loads} | {c.get('leftover_tmp', 0)} ({c.get('leftover_tmp_kib', 0)} KiB) |")
-        tot.update({"kills": len(run["kills"]), "runs": run["runs"], "lost": c.get("lost", 0), "corrupt": c.get("corrupt", 0),
-                    "bad": c.get("bad_bundles", 0), "resumed": run["resumed"], "after_ckpt": run["train_after_checkpoint"]})
+        lines.append(
+            f"| {k} | {kills} | {run['runs']} | {run['wall_s'] / 60:.1f} | {c['planned']} | {c.get('lost', 0)} | "
+            f"{c.get('corrupt', 0)} | {complete} | {loads} | {c.get('leftover_tmp', 0)} "
+            f"({c.get('leftover_tmp_kib', 0)} KiB) |"
+        )
+        tot.update(
+            {
+                "kills": len(run["kills"]),
+                "runs": run["runs"],
+                "lost": c.get("lost", 0),
+                "corrupt": c.get("corrupt", 0),
+                "bad": c.get("bad_bundles", 0),
+                "resumed": run["resumed"],
+                "after_ckpt": run["train_after_checkpoint"],
+            }
+        )
         tot.update(Counter(x["stage"] for x in run["kills"]))
-    lines += ["", f"Total: {tot['kills']} kills (md {tot['md']}, image {tot['image']}, train {tot['train']}; "
-              f"{tot['after_ckpt']} training kills after a checkpoint, of which {tot['resumed']} resumed from it), {tot['runs']} snakemake runs, "
-              f"**{tot['lost']} lost, {tot['corrupt']} corrupt samples, {tot['bad']} bundles that do not load**; "
-              f"wall time {wall / 60:.1f} min in all.", ""]
+    lines += [
+        "",
+        f"Total: {tot['kills']} kills (md {tot['md']}, image {tot['image']}, train {tot['train']}; "
+        f"{tot['after_ckpt']} training kills after a checkpoint, of which {tot['resumed']} resumed from it), "
+        f"{tot['runs']} snakemake runs, "
+        f"**{tot['lost']} lost, {tot['corrupt']} corrupt samples, {tot['bad']} bundles that do not load**; "
+        f"wall time {wall / 60:.1f} min in all.",
+        "",
+    ]
     problems = [p for _, check in rows for p in check["problems"]]
     if problems:
         lines += ["Problems:", *[f"- {p}" for p in problems], ""]

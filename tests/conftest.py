@@ -62,7 +62,14 @@ def tiny_campaign() -> dict:
                 "samples": 2,
                 "shard_size": 2,
                 "structure": {"box_nm": [1.2, 1.2, 0.6], "density_g_cm3": [2.0, 2.2]},
-                "md": {"melt_K": 5000, "melt_ps": 0.02, "melt_timestep_fs": 0.2, "quench_ps": 0.02, "hold_ps": 0.02, "hold_timestep_fs": 0.5},
+                "md": {
+                    "melt_K": 5000,
+                    "melt_ps": 0.02,
+                    "melt_timestep_fs": 0.2,
+                    "quench_ps": 0.02,
+                    "hold_ps": 0.02,
+                    "hold_timestep_fs": 0.5,
+                },
             },
         },
         "imaging": {
@@ -95,7 +102,18 @@ def run_snakemake(workdir: Path, cfg: dict, *extra: str, timeout: int = 900):
 
     path = workdir / "campaign.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [snakemake_exe(), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(path), "--cores", "2", *extra]
+    cmd = [
+        snakemake_exe(),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(path),
+        "--cores",
+        "2",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

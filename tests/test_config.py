@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from hrtemflow.config import config_hash, load_config, load_schema
-from hrtemflow.errors import ConfigError
+from hrtemflow.campaign.config import config_hash, load_config, load_schema
+from hrtemflow.core.errors import ConfigError
 
 
 def test_shipped_configs_are_valid(repo_root):
@@ -47,7 +47,7 @@ def test_every_schema_key_has_a_description():
 
 
 def test_seed_campaign_is_at_least_300000_samples(repo_root):
-    from hrtemflow.plan import make_plan, summary_rows
+    from hrtemflow.campaign.plan import make_plan, summary_rows
 
     cfg = load_config(repo_root / "config" / "campaign-seed.yaml", base=repo_root)
     rows = summary_rows(make_plan(cfg))
@@ -77,12 +77,19 @@ def test_yaml_errors_are_clear(tmp_path):
 
 
 def test_validate_command(repo_root, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "hrtemflow.cli", "validate", "config/config.yaml"], cwd=repo_root, capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "hrtemflow.cli", "validate", "config/config.yaml"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "valid" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("campaign: {seed: -1}\nfamilies: {cnt: {chiralities: [[4, 8]]}}\n")
-    res = subprocess.run([sys.executable, "-m", "hrtemflow.cli", "validate", str(bad)], cwd=repo_root, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "hrtemflow.cli", "validate", str(bad)], cwd=repo_root, capture_output=True, text=True
+    )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert "campaign.seed" in res.stderr

@@ -17,15 +17,23 @@ pytest.importorskip("abtem")
 import ase.io  # noqa: E402
 from ase import Atoms  # noqa: E402
 
-from hrtemflow import imaging, optics  # noqa: E402
-from hrtemflow.errors import HrtemflowError  # noqa: E402
-from hrtemflow.store import is_complete, open_dataset  # noqa: E402
+from hrtemflow.core.errors import HrtemflowError  # noqa: E402
+from hrtemflow.imaging import optics  # noqa: E402
+from hrtemflow.imaging.multislice import abtem_settings, exit_waves, view_images
+from hrtemflow.imaging.shard import check_spec as check_image_spec
+from hrtemflow.imaging.shard import read_films, read_md
+from hrtemflow.imaging.shard import run_shard as run_image_shard
+from hrtemflow.imaging.views import make_view, view_rng
+from hrtemflow.store.dataset import open_dataset  # noqa: E402
+from hrtemflow.store.reader import is_complete  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # real structures and MD shards in the contract format (docs/data-products.md)
 
 
-def amorphous_carbon(box: float = 40.0, thickness: float = 10.0, density: float = 2.0, seed: int = 0, d_min: float = 1.35) -> Atoms:
+def amorphous_carbon(
+    box: float = 40.0, thickness: float = 10.0, density: float = 2.0, seed: int = 0, d_min: float = 1.35
+) -> Atoms:
     """A random periodic carbon film at `density` g/cm³ (random sequential addition, min distance d_min)."""
     rng = np.random.default_rng(seed)
     cell = np.array([box, box, thickness])
@@ -72,21 +80,48 @@ def core_shell_particle(shells: int = 4) -> Atoms:
 def labels_of(family: str, atoms: Atoms) -> dict:
     if family == "cnt":
         n, m = atoms.info["nm"]
-        return {"n_atoms": len(atoms), "energy_per_atom_eV": -7.3, "n": n, "m": m, "chirality": f"{n}-{m}",
-                "diameter_A": 0.783 * math.sqrt(n * n + n * m + m * m), "chiral_angle_deg": 0.0,
-                "length_A": float(atoms.cell[2][2]), "vacancies": 0, "stone_wales": 0}
+        return {
+            "n_atoms": len(atoms),
+            "energy_per_atom_eV": -7.3,
+            "n": n,
+            "m": m,
+            "chirality": f"{n}-{m}",
+            "diameter_A": 0.783 * math.sqrt(n * n + n * m + m * m),
+            "chiral_angle_deg": 0.0,
+            "length_A": float(atoms.cell[2][2]),
+            "vacancies": 0,
+            "stone_wales": 0,
+        }
     if family == "nanoalloy":
         sym = np.array(atoms.get_chemical_symbols())
-        return {"n_atoms": len(atoms), "energy_per_atom_eV": -3.1,
-                "composition": {"Ag": int((sym == "Ag").sum()), "Co": int((sym == "Co").sum())},
-                "co_fraction": float((sym == "Co").mean()), "motif": "icosahedron", "ordering_intent": "core-shell",
-                "ordering": "core-shell", "com_offset_A": 0.0, "surface_ag_fraction": 1.0, "core_co_fraction": 1.0,
-                "order_measure": 0.9, "radius_A": 7.0}
-    return {"n_atoms": len(atoms), "energy_per_atom_eV": -7.0, "density_g_cm3": 2.0, "sp_fraction": 0.1,
-            "sp2_fraction": 0.6, "sp3_fraction": 0.3, "thickness_A": float(atoms.cell[2][2])}
+        return {
+            "n_atoms": len(atoms),
+            "energy_per_atom_eV": -3.1,
+            "composition": {"Ag": int((sym == "Ag").sum()), "Co": int((sym == "Co").sum())},
+            "co_fraction": float((sym == "Co").mean()),
+            "motif": "icosahedron",
+            "ordering_intent": "core-shell",
+            "ordering": "core-shell",
+            "com_offset_A": 0.0,
+            "surface_ag_fraction": 1.0,
+            "core_co_fraction": 1.0,
+            "order_measure": 0.9,
+            "radius_A": 7.0,
+        }
+    return {
+        "n_atoms": len(atoms),
+        "energy_per_atom_eV": -7.0,
+        "density_g_cm3": 2.0,
+        "sp_fraction": 0.1,
+        "sp2_fraction": 0.6,
+        "sp3_fraction": 0.3,
+        "thickness_A": float(atoms.cell[2][2]),
+    }
 
 
-def write_md_shard(folder: Path, family: str, group: str, structures: list[Atoms], failed: tuple[int, ...] = ()) -> dict:
+def write_md_shard(
+    folder: Path, family: str, group: str, structures: list[Atoms], failed: tuple[int, ...] = ()
+) -> dict:
     """Write <group>-s00000.extxyz (ok frames only) and its manifest; returns the spec's md section."""
     folder.mkdir(parents=True, exist_ok=True)
     shard = f"{group}-s00000"
@@ -94,9 +129,18 @@ def write_md_shard(folder: Path, family: str, group: str, structures: list[Atoms
     for i, atoms in enumerate(structures):
         sid = f"{group}-{i:07d}"
         ok = i not in failed
-        records.append({"id": sid, "index": i, "seed": 1000 + 7 * i, "status": "ok" if ok else "failed",
-                        "reason": None if ok else "nan energy", "wall_s": 0.1, "steps": 100,
-                        "labels": labels_of(family, atoms) if ok else {}})
+        records.append(
+            {
+                "id": sid,
+                "index": i,
+                "seed": 1000 + 7 * i,
+                "status": "ok" if ok else "failed",
+                "reason": None if ok else "nan energy",
+                "wall_s": 0.1,
+                "steps": 100,
+                "labels": labels_of(family, atoms) if ok else {},
+            }
+        )
         if ok:
             a = atoms.copy()
             a.info = {"sample_id": sid, "energy_per_atom_eV": -1.0}
@@ -106,28 +150,76 @@ def write_md_shard(folder: Path, family: str, group: str, structures: list[Atoms
         ase.io.write(structures_path, frames, format="extxyz")
     else:
         structures_path.write_text("")
-    manifest = {"kind": "md-manifest", "shard": shard, "family": family, "group": group,
-                "versions": {"lammps": "test", "hrtemflow": "test"}, "samples": records}
+    manifest = {
+        "kind": "md-manifest",
+        "shard": shard,
+        "family": family,
+        "group": group,
+        "versions": {"lammps": "test", "hrtemflow": "test"},
+        "samples": records,
+    }
     (folder / f"{shard}.manifest.json").write_text(json.dumps(manifest))
     return {"structures": str(structures_path), "manifest": str(folder / f"{shard}.manifest.json")}
 
 
-PHYSICS = {"energy_kV": 80, "sampling_A": 0.1, "slice_thickness_A": 2.0, "parametrization": "lobato", "fov_nm": [3.0, 4.0],
-           "shift_fraction": 0.1, "tilt_deg": 10, "frozen_phonons": 0, "phonon_sigma_A": 0.08, "support_film": False}
-OPTICS = {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 0], "c23_nm": [0, 0],
-          "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3], "objective_aperture_mrad": 0}
+PHYSICS = {
+    "energy_kV": 80,
+    "sampling_A": 0.1,
+    "slice_thickness_A": 2.0,
+    "parametrization": "lobato",
+    "fov_nm": [3.0, 4.0],
+    "shift_fraction": 0.1,
+    "tilt_deg": 10,
+    "frozen_phonons": 0,
+    "phonon_sigma_A": 0.08,
+    "support_film": False,
+}
+OPTICS = {
+    "defocus_nm": [-50, 50],
+    "cs_um": [-20, 20],
+    "c12_nm": [0, 5],
+    "c21_nm": [0, 0],
+    "c23_nm": [0, 0],
+    "focal_spread_nm": [2, 4],
+    "convergence_mrad": [0.1, 0.3],
+    "objective_aperture_mrad": 0,
+}
 NOISE = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
 
 
-def make_spec(family: str, group: str, md: dict, views: int = 2, variants: int = 3, sizes=(64, 128), physics=None,
-              optics_cfg=None, noise=None, mtf=(0.3, 0.6), support=None) -> dict:
-    """An imaging spec exactly as `hrtemflow.plan.image_spec` writes it."""
+def make_spec(
+    family: str,
+    group: str,
+    md: dict,
+    views: int = 2,
+    variants: int = 3,
+    sizes=(64, 128),
+    physics=None,
+    optics_cfg=None,
+    noise=None,
+    mtf=(0.3, 0.6),
+    support=None,
+) -> dict:
+    """An imaging spec exactly as `hrtemflow.campaign.specs.image_spec` writes it."""
     return {
-        "kind": "images", "spec_version": 1, "campaign_seed": 2026, "family": family, "group": group, "shard": f"{group}-s00000",
-        "md": md, "support": {"structures": support} if support else None,
-        "imaging": {"device": "cpu", "views_per_structure": views, "variants_per_view": variants, "sizes": sorted(sizes),
-                    "physics": {**PHYSICS, **(physics or {})}, "optics": {**OPTICS, **(optics_cfg or {})},
-                    "detector": {"mtf_c50": list(mtf)}, "noise": {**NOISE, **(noise or {})}},
+        "kind": "images",
+        "spec_version": 1,
+        "campaign_seed": 2026,
+        "family": family,
+        "group": group,
+        "shard": f"{group}-s00000",
+        "md": md,
+        "support": {"structures": support} if support else None,
+        "imaging": {
+            "device": "cpu",
+            "views_per_structure": views,
+            "variants_per_view": variants,
+            "sizes": sorted(sizes),
+            "physics": {**PHYSICS, **(physics or {})},
+            "optics": {**OPTICS, **(optics_cfg or {})},
+            "detector": {"mtf_c50": list(mtf)},
+            "noise": {**NOISE, **(noise or {})},
+        },
     }
 
 
@@ -147,7 +239,7 @@ def cnt_shard(tmp_path_factory) -> tuple[Path, dict]:
     md = write_md_shard(root / "md", "cnt", "cnt-8-4", tubes((8, 4), (8, 4), (8, 4)), failed=(1,))
     spec = make_spec("cnt", "cnt-8-4", md, noise={"brightness": [1, 1], "contrast": [1, 1], "background": [0, 0]})
     out = root / "cnt-8-4-s00000.zarr"
-    result = imaging.run_shard(spec, out, progress=False)
+    result = run_image_shard(spec, out, progress=False)
     return out, {"spec": spec, "result": result}
 
 
@@ -160,11 +252,24 @@ def test_first_ctf_zero_of_amorphous_carbon(tmp_path):
     the analytic CTF puts it for the stored defocus: k1 = 1/sqrt(lambda * defocus) (Cs = 0)."""
     films = [amorphous_carbon(seed=s) for s in range(2)]
     md = write_md_shard(tmp_path / "md", "amorphous", "amorphous", films)
-    spec = make_spec("amorphous", "amorphous", md, views=2, variants=4, sizes=[256],
-                     physics={"fov_nm": [4.0, 4.0], "shift_fraction": 0.5},
-                     optics_cfg={"defocus_nm": [50, 100], "cs_um": [0, 0], "c12_nm": [0, 0], "focal_spread_nm": [0, 0], "convergence_mrad": [0, 0]},
-                     mtf=(10, 10))
-    imaging.run_shard(spec, tmp_path / "a.zarr", progress=False)
+    spec = make_spec(
+        "amorphous",
+        "amorphous",
+        md,
+        views=2,
+        variants=4,
+        sizes=[256],
+        physics={"fov_nm": [4.0, 4.0], "shift_fraction": 0.5},
+        optics_cfg={
+            "defocus_nm": [50, 100],
+            "cs_um": [0, 0],
+            "c12_nm": [0, 0],
+            "focal_spread_nm": [0, 0],
+            "convergence_mrad": [0, 0],
+        },
+        mtf=(10, 10),
+    )
+    run_image_shard(spec, tmp_path / "a.zarr", progress=False)
     ds = open_dataset([tmp_path / "a.zarr"], 256)
     lam = optics.wavelength_A(80e3)
     images = ds.read(slice(None), "noise_free").astype(np.float64)
@@ -179,7 +284,9 @@ def test_first_ctf_zero_of_amorphous_carbon(tmp_path):
         stack_u.append(k / k1)
         stack_p.append(ps / ps[(k > 0.5 * k1) & (k < 1.5 * k1)].mean())
     stacked = _minimum(np.concatenate(stack_u), np.concatenate(stack_p), 0.6, 1.4, 0.02) - 1.0
-    print(f"first CTF zero: stacked deviation {stacked:+.4f}, per image median |dev| {np.median(np.abs(deviations)):.4f}")
+    print(
+        f"first CTF zero: stacked deviation {stacked:+.4f}, per image median |dev| {np.median(np.abs(deviations)):.4f}"
+    )
     assert abs(stacked) < 0.02
     assert np.median(np.abs(deviations)) < 0.02
 
@@ -216,12 +323,14 @@ def _wall_profile(img: np.ndarray, fov: float, direction: float, centre: np.ndar
 
 def _wall_separation(cc: np.ndarray, prof: np.ndarray, sign: float, d: float) -> float:
     """Distance between the extrema (sign=+1: minima, -1: maxima) on either side of the axis."""
+
     def extremum(sel):
         j = np.flatnonzero(sel)[np.nanargmin(sign * prof[sel])]
         w = slice(j - 4, j + 5)
         ok = ~np.isnan(prof[w])
         a, b, _ = np.polyfit(cc[w][ok], prof[w][ok], 2)
         return -b / (2 * a)
+
     return extremum(cc > 0.2 * d) - extremum(cc < -0.2 * d)
 
 
@@ -265,7 +374,7 @@ def test_cnt_wall_separation(n, m):
     d = 0.783 * math.sqrt(n * n + n * m + m * m)
     tube = tubes((n, m))[0]
     physics = {**PHYSICS, "sampling_A": 0.05, "fov_nm": [3.0, 4.0], "shift_fraction": 0.05, "tilt_deg": 0}
-    view = imaging.make_view(tube, "cnt", physics, imaging.view_rng(11, 0))
+    view = make_view(tube, "cnt", physics, view_rng(11, 0))
     direction, centre = view.euler_rad[0], view.fov_A / 2 + np.array(view.shift_A)
     assert abs(view.euler_rad[1] - math.pi / 2) < 1e-12  # axis in the image plane
 
@@ -273,8 +382,8 @@ def test_cnt_wall_separation(n, m):
     across = -math.sin(direction) * (pos[:, 0] - centre[0]) + math.cos(direction) * (pos[:, 1] - centre[1])
     assert abs((across.max() - across.min()) / d - 1) < 0.01
 
-    with imaging.abtem_settings():
-        wave = imaging.exit_waves(view, physics)
+    with abtem_settings():
+        wave = exit_waves(view, physics)
         projected = abtem.Potential(view.atoms, gpts=view.gpts, slice_thickness=100.0).build().project().array
     from abtem.core.fft import fft2
 
@@ -285,12 +394,24 @@ def test_cnt_wall_separation(n, m):
     size = 2 * round(view.fov_A / 0.07 / 2)
     for cs in (5e4, -1e5):  # Cs = +5 µm at Scherzer underfocus (dark walls), -10 µm at overfocus (bright walls)
         defocus = math.copysign(float(abtem.transfer.scherzer_defocus(abs(cs), 80e3)), cs)
-        p = {**optics.draw_variant(np.random.default_rng(0), {**OPTICS, "c12_nm": [0, 0]}, {"mtf_c50": [10, 10]}, NOISE),
-             "defocus_A": defocus, "cs_A": cs, "focal_spread_A": 0.0, "convergence_mrad": 0.0, "brightness": 1.0,
-             "contrast": 1.0, "background": 0.0}
-        image = optics.variant_images(fft2(wave), view.fov_A, 80e3, view.sampling_A, [size], p, np.random.default_rng(0))[size][1]
+        p = {
+            **optics.draw_variant(np.random.default_rng(0), {**OPTICS, "c12_nm": [0, 0]}, {"mtf_c50": [10, 10]}, NOISE),
+            "defocus_A": defocus,
+            "cs_A": cs,
+            "focal_spread_A": 0.0,
+            "convergence_mrad": 0.0,
+            "brightness": 1.0,
+            "contrast": 1.0,
+            "background": 0.0,
+        }
+        image = optics.variant_images(
+            fft2(wave), view.fov_A, 80e3, view.sampling_A, [size], p, np.random.default_rng(0)
+        )[size][1]
         s_img = _shell_diameter(*_wall_profile(image, view.fov_A, direction, centre, 0.8 * d), d)
-        print(f"  Cs {cs / 1e4:+.0f} µm, defocus {defocus:.0f} Å: image wall separation {s_img:.3f} Å ({s_img / d - 1:+.2%})")
+        print(
+            f"  Cs {cs / 1e4:+.0f} µm, defocus {defocus:.0f} Å: image wall separation {s_img:.3f} Å "
+            f"({s_img / d - 1:+.2%})"
+        )
         assert abs(s_img / d - 1) < 0.03
 
 
@@ -324,7 +445,7 @@ def test_noise_is_poisson_at_the_stored_dose(cnt_shard):
 def test_cnt_view_covers_the_field_without_seam_overlaps():
     tube = tubes((8, 4))[0]
     for v in range(4):
-        view = imaging.make_view(tube, "cnt", PHYSICS, imaging.view_rng(3, v))
+        view = make_view(tube, "cnt", PHYSICS, view_rng(3, v))
         pos, fov = view.atoms.positions, view.fov_A
         assert np.all((pos[:, :2] >= 0) & (pos[:, :2] < fov))
         e0, e1, _ = view.euler_rad
@@ -343,13 +464,13 @@ def test_cnt_view_covers_the_field_without_seam_overlaps():
 
 def test_film_view_is_flat_and_nanoalloy_view_keeps_the_particle():
     film = amorphous_carbon(box=20.0, thickness=6.0, seed=3)
-    view = imaging.make_view(film, "amorphous", PHYSICS, imaging.view_rng(1, 0))
+    view = make_view(film, "amorphous", PHYSICS, view_rng(1, 0))
     assert view.euler_rad[1:] == (0.0, 0.0)
     assert view.atoms.positions[:, 2].max() - view.atoms.positions[:, 2].min() < 6.0
     area_density = len(view.atoms) / view.fov_A**2
     assert abs(area_density / (len(film) / 400.0) - 1) < 0.1  # tiled film, no gaps, no doubled seams
     for v in range(4):  # the largest shifts still leave no empty corner
-        far = imaging.make_view(film, "amorphous", {**PHYSICS, "shift_fraction": 0.5}, imaging.view_rng(2, v))
+        far = make_view(film, "amorphous", {**PHYSICS, "shift_fraction": 0.5}, view_rng(2, v))
         q = far.fov_A / 4
         for cx in (0.0, 3 * q):
             for cy in (0.0, 3 * q):
@@ -357,7 +478,7 @@ def test_film_view_is_flat_and_nanoalloy_view_keeps_the_particle():
                 inside = np.sum((xy[:, 0] >= cx) & (xy[:, 0] < cx + q) & (xy[:, 1] >= cy) & (xy[:, 1] < cy + q))
                 assert inside > 0.5 * q * q * len(film) / 400.0  # a gap would leave ~0
     particle = core_shell_particle()
-    pview = imaging.make_view(particle, "nanoalloy", PHYSICS, imaging.view_rng(1, 0))
+    pview = make_view(particle, "nanoalloy", PHYSICS, view_rng(1, 0))
     assert len(pview.atoms) == len(particle)
     assert sorted(pview.atoms.get_chemical_symbols()) == sorted(particle.get_chemical_symbols())
     a = pview.atoms.positions - pview.atoms.positions.mean(axis=0)
@@ -367,19 +488,29 @@ def test_film_view_is_flat_and_nanoalloy_view_keeps_the_particle():
 
 def test_nanoalloy_on_support_film_with_frozen_phonons(tmp_path):
     md = write_md_shard(tmp_path / "md", "nanoalloy", "nanoalloy-core-shell", [core_shell_particle(3)])
-    film_md = write_md_shard(tmp_path / "mda", "amorphous", "amorphous", [amorphous_carbon(box=40.0, thickness=6.0, seed=5)])
-    spec = make_spec("nanoalloy", "nanoalloy-core-shell", md, views=1, variants=2, sizes=[64],
-                     physics={"energy_kV": 200, "support_film": True, "frozen_phonons": 2}, support=[film_md["structures"]])
-    films = imaging.read_films(spec)
-    view = imaging.make_view(imaging.read_md(spec)[1][0], "nanoalloy", spec["imaging"]["physics"], imaging.view_rng(1000, 0), films)
+    film_md = write_md_shard(
+        tmp_path / "mda", "amorphous", "amorphous", [amorphous_carbon(box=40.0, thickness=6.0, seed=5)]
+    )
+    spec = make_spec(
+        "nanoalloy",
+        "nanoalloy-core-shell",
+        md,
+        views=1,
+        variants=2,
+        sizes=[64],
+        physics={"energy_kV": 200, "support_film": True, "frozen_phonons": 2},
+        support=[film_md["structures"]],
+    )
+    films = read_films(spec)
+    view = make_view(read_md(spec)[1][0], "nanoalloy", spec["imaging"]["physics"], view_rng(1000, 0), films)
     symbols = set(view.atoms.get_chemical_symbols())
     assert {"Ag", "Co", "C"} <= symbols
     z = view.atoms.positions[:, 2]
     is_c = np.array(view.atoms.get_chemical_symbols()) == "C"
     assert z[is_c].min() > z[~is_c].max()  # the film lies under the particle (after it along the beam)
-    with imaging.abtem_settings():
-        assert imaging.exit_waves(view, spec["imaging"]["physics"]).shape == (2, view.gpts, view.gpts)
-    imaging.run_shard(spec, tmp_path / "na.zarr", progress=False)
+    with abtem_settings():
+        assert exit_waves(view, spec["imaging"]["physics"]).shape == (2, view.gpts, view.gpts)
+    run_image_shard(spec, tmp_path / "na.zarr", progress=False)
     ds = open_dataset([tmp_path / "na.zarr"], 64)
     assert len(ds) == 2 and ds.labels["composition_Co"][0] > 0 and ds.labels["ordering"][0] == "core-shell"
 
@@ -403,7 +534,7 @@ def test_failed_md_samples_are_skipped_and_counted(cnt_shard):
 
 def test_shard_with_no_ok_sample_is_a_valid_empty_store(tmp_path):
     md = write_md_shard(tmp_path / "md", "cnt", "cnt-10-0", tubes((10, 0), (10, 0)), failed=(0, 1))
-    result = imaging.run_shard(make_spec("cnt", "cnt-10-0", md), tmp_path / "e.zarr", progress=False)
+    result = run_image_shard(make_spec("cnt", "cnt-10-0", md), tmp_path / "e.zarr", progress=False)
     assert result["n_images"] == 0 and result["n_failed_skipped"] == 2
     assert is_complete(tmp_path / "e.zarr")
     ds = open_dataset([tmp_path / "e.zarr"], 128)
@@ -414,7 +545,7 @@ def test_same_spec_gives_the_same_bytes(cnt_shard, tmp_path):
     import zarr
 
     out, info = cnt_shard
-    imaging.run_shard(copy.deepcopy(info["spec"]), tmp_path / "again.zarr", progress=False)
+    run_image_shard(copy.deepcopy(info["spec"]), tmp_path / "again.zarr", progress=False)
     a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(tmp_path / "again.zarr"), mode="r")
     arrays = [name for name, node in a.members(max_depth=None) if isinstance(node, zarr.Array)]
     assert len(arrays) > 20
@@ -444,7 +575,7 @@ def test_cli_image_validates_before_work(tmp_path, capsys):
     wrong = copy.deepcopy(spec)
     wrong["kind"] = "md"
     with pytest.raises(HrtemflowError, match="expected 'images'"):
-        imaging.check_spec(wrong)
+        check_image_spec(wrong)
 
 
 def test_gpu_without_cuda_fails_before_any_work(tmp_path):
@@ -459,7 +590,7 @@ def test_gpu_without_cuda_fails_before_any_work(tmp_path):
     spec = make_spec("cnt", "cnt-8-4", md, views=1, variants=1, sizes=[64])
     spec["imaging"]["device"] = "gpu"
     with pytest.raises(HrtemflowError, match="CuPy/CUDA"):
-        imaging.run_shard(spec, tmp_path / "g.zarr", progress=False)
+        run_image_shard(spec, tmp_path / "g.zarr", progress=False)
     assert not (tmp_path / "g.zarr").exists()
 
 
@@ -469,7 +600,10 @@ def test_image_figure(cnt_shard, tmp_path):
     out = tmp_path / "images_cnt.png"
     assert main(["image-figure", "--family", "cnt", "--shards", str(cnt_shard[0]), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["image-figure", "--family", "amorphous", "--shards", str(cnt_shard[0]), "--out", str(tmp_path / "x.png")]) == 2
+    assert (
+        main(["image-figure", "--family", "amorphous", "--shards", str(cnt_shard[0]), "--out", str(tmp_path / "x.png")])
+        == 2
+    )
 
 
 @pytest.mark.gpu
@@ -485,10 +619,10 @@ def test_gpu_matches_cpu():
     spec_imaging = make_spec("cnt", "cnt-8-4", {}, views=1, variants=2, sizes=[64, 128])["imaging"]
     results = {}
     for device in ("cpu", "gpu"):
-        view = imaging.make_view(tube, "cnt", spec_imaging["physics"], imaging.view_rng(5, 0))
-        with imaging.abtem_settings():
-            wave = imaging.exit_waves(view, spec_imaging["physics"], device)
-            results[device] = imaging.view_images(wave, view, spec_imaging, 5, 0)
+        view = make_view(tube, "cnt", spec_imaging["physics"], view_rng(5, 0))
+        with abtem_settings():
+            wave = exit_waves(view, spec_imaging["physics"], device)
+            results[device] = view_images(wave, view, spec_imaging, 5, 0)
     for cpu, gpu in zip(results["cpu"], results["gpu"], strict=True):
         assert cpu["params"] == gpu["params"]
         for s in (64, 128):

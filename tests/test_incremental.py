@@ -11,7 +11,6 @@ import copy
 import json
 
 import pytest
-
 from tests.conftest import planned_jobs, run_snakemake, tiny_campaign
 
 pytestmark = pytest.mark.slow
@@ -29,8 +28,13 @@ def complete_run(tmp_path_factory):
     rng = np.random.default_rng(0)
     y, x = np.mgrid[:96, :96]
     fringes = 100 + 20 * np.cos(2 * np.pi * x / 4.3) + rng.normal(0, 5, (96, 96))
-    tifffile.imwrite(work / "micrographs" / "fringes.tif", fringes.astype(np.float32), imagej=True,
-                     resolution=(1 / 0.08, 1 / 0.08), metadata={"unit": "nm"})
+    tifffile.imwrite(
+        work / "micrographs" / "fringes.tif",
+        fringes.astype(np.float32),
+        imagej=True,
+        resolution=(1 / 0.08, 1 / 0.08),
+        metadata={"unit": "nm"},
+    )
     cfg["apply"] = {"enabled": True, "input_dir": "micrographs", "tasks": ["chirality", "denoise"]}
     res = run_snakemake(work, cfg)
     assert res.returncode == 0, f"the tiny campaign failed:\n{res.stderr[-6000:]}"
@@ -63,7 +67,14 @@ def test_report_html_holds_the_network_figures(complete_run):
     res = run_snakemake(work, cfg, "--report", str(work / "report.html"))
     assert res.returncode == 0, res.stderr[-3000:]
     html = (work / "report.html").read_text(errors="replace")
-    for name in ("md_cnt.png", "images_cnt.png", "confusion.png", "calibration.png", "conditions.png", "denoise_examples.png"):
+    for name in (
+        "md_cnt.png",
+        "images_cnt.png",
+        "confusion.png",
+        "calibration.png",
+        "conditions.png",
+        "denoise_examples.png",
+    ):
         assert name in html, f"{name} is not in the report"
     assert "3. Networks" in html and "chirality" in html
 
@@ -82,6 +93,11 @@ def test_train_jobs_feed_with_their_threads(complete_run):
         assert "; 2 feed thread(s)" in log, log[:2000]
 
 
+def _trainings(jobs: dict[str, int]) -> int:
+    """Training jobs: classifiers and regressors (rule train, which also fits ood.npz) and the denoiser."""
+    return jobs.get("train", 0) + jobs.get("train_denoiser", 0)
+
+
 def test_a_imaging_change_schedules_no_md(complete_run):
     work, cfg = complete_run
     changed = copy.deepcopy(cfg)
@@ -89,7 +105,7 @@ def test_a_imaging_change_schedules_no_md(complete_run):
     jobs = planned_jobs(work, changed)
     assert "md" not in jobs and "md_figure" not in jobs
     assert jobs["image"] == 2 + 4 + 1  # every image shard
-    assert jobs["train"] == 2
+    assert _trainings(jobs) == 2
     # the dry run left the plan alone: the original config still has nothing to do
     assert planned_jobs(work, cfg) == {}
 
@@ -100,7 +116,7 @@ def test_b_one_more_chirality_schedules_only_its_shards(complete_run):
     changed["families"]["cnt"]["chiralities"].append([5, 3])
     jobs = planned_jobs(work, changed)
     assert jobs["md"] == 2 and jobs["image"] == 2  # the new chirality's two shards, nothing else
-    assert jobs["train"] == 2 and jobs["evaluate"] == 2  # chirality gains a class, denoise gains data
+    assert _trainings(jobs) == 2 and jobs["evaluate"] == 2  # chirality gains a class, denoise gains data
     assert jobs.get("md_figure") == 1 and jobs.get("image_figure") == 1  # the cnt figures only
 
 
@@ -112,7 +128,7 @@ def test_c_more_samples_add_shards_and_leave_old_ones(complete_run):
     before = manifest.read_bytes(), manifest.stat().st_mtime_ns
     jobs = planned_jobs(work, changed)
     assert jobs["md"] == 1 and jobs["image"] == 1
-    assert "train" in jobs  # the denoiser learns from amorphous images
+    assert jobs.get("train_denoiser") == 1  # the denoiser learns from amorphous images
     # now for real: the new shard runs, the old one is untouched
     res = run_snakemake(work, changed)
     assert res.returncode == 0, res.stderr[-4000:]

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 # TensorFlow tensors lack the numpy-2 `copy` keyword; Keras converts them many times a step
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 SIZE = 16
 
@@ -32,7 +34,11 @@ SCRIPT = textwrap.dedent(
         (models.regressor(16, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32")),
         (models.regressor(16, 3, 4, 2, spectral_width=4), "mse", rng.normal(size=(4, 3)).astype("float32")),
         (models.structure_regressor(16, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32")),
-        (models.classifier(16, 3, 4, 2, spectral_width=2, stem="patchify"), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1])),
+        (
+            models.classifier(16, 3, 4, 2, spectral_width=2, stem="patchify"),
+            "sparse_categorical_crossentropy",
+            np.array([0, 1, 2, 1]),
+        ),
         (models.structure_regressor(16, 4, 2, stem="patchify"), "mse", rng.normal(size=(4, 4)).astype("float32")),
         (models.denoiser(16, 4, 2), "mse", x),
     ]
@@ -51,14 +57,42 @@ def _cases(models):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, SIZE, SIZE, 1)).astype("float32")
     return x, [
-        ("classifier", models.classifier(SIZE, 3, 4, 2), "sparse_categorical_crossentropy", np.array([0, 1, 2, 1]), (3,)),
+        (
+            "classifier",
+            models.classifier(SIZE, 3, 4, 2),
+            "sparse_categorical_crossentropy",
+            np.array([0, 1, 2, 1]),
+            (3,),
+        ),
         ("regressor", models.regressor(SIZE, 3, 4, 2), "mse", rng.normal(size=(4, 3)).astype("float32"), (3,)),
-        ("spectral_regressor", models.regressor(SIZE, 3, 4, 2, name="spectral_regressor", spectral_width=4), "mse",
-         rng.normal(size=(4, 3)).astype("float32"), (3,)),
-        ("structure_regressor", models.structure_regressor(SIZE, 4, 2), "mse", rng.normal(size=(4, 4)).astype("float32"), (4,)),
-        ("classifier", models.classifier(SIZE, 3, 4, 2, spectral_width=2, stem="patchify"), "sparse_categorical_crossentropy",
-         np.array([0, 1, 2, 1]), (3,)),
-        ("structure_regressor", models.structure_regressor(SIZE, 4, 2, stem="patchify"), "mse", rng.normal(size=(4, 4)).astype("float32"), (4,)),
+        (
+            "spectral_regressor",
+            models.regressor(SIZE, 3, 4, 2, name="spectral_regressor", spectral_width=4),
+            "mse",
+            rng.normal(size=(4, 3)).astype("float32"),
+            (3,),
+        ),
+        (
+            "structure_regressor",
+            models.structure_regressor(SIZE, 4, 2),
+            "mse",
+            rng.normal(size=(4, 4)).astype("float32"),
+            (4,),
+        ),
+        (
+            "classifier",
+            models.classifier(SIZE, 3, 4, 2, spectral_width=2, stem="patchify"),
+            "sparse_categorical_crossentropy",
+            np.array([0, 1, 2, 1]),
+            (3,),
+        ),
+        (
+            "structure_regressor",
+            models.structure_regressor(SIZE, 4, 2, stem="patchify"),
+            "mse",
+            rng.normal(size=(4, 4)).astype("float32"),
+            (4,),
+        ),
         ("denoiser", models.denoiser(SIZE, 4, 2), "mse", x, (SIZE, SIZE, 1)),
     ]
 
@@ -102,7 +136,11 @@ def test_spectrum_trunk_width_by_task_and_config():
     from hrtemflow.learn import models
 
     def spectrum_width(model):  # channels of the spectrum trunk's pooled features; 0 without one
-        return model.get_layer("spectrum_pool").output.shape[-1] if any(isinstance(layer, models.LogPowerSpectrum) for layer in model.layers) else 0
+        return (
+            model.get_layer("spectrum_pool").output.shape[-1]
+            if any(isinstance(layer, models.LogPowerSpectrum) for layer in model.layers)
+            else 0
+        )
 
     # left out of the config: aberrations as wide as the image trunk (4 * 2**1 pooled channels), the rest none
     assert spectrum_width(models.build("aberrations", "regression", SIZE, 3, 4, 2)) == 8
@@ -129,10 +167,15 @@ def test_patchify_stem_halves_every_stage_and_ends_on_the_same_grid():
     stem = next(layer for layer in patch.layers if isinstance(layer, keras.layers.Conv2D))
     assert stem.kernel_size == (2, 2) and stem.strides == (2, 2) and stem.filters == 4
     for model in (full, patch):  # global pooling over the same 4x4 grid, the same features
-        assert [layer.input.shape[1] for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)] == [4, 4]
+        assert [
+            layer.input.shape[1] for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)
+        ] == [4, 4]
     assert patch.output_shape == full.output_shape == (None, 3)
     # the denoiser keeps its full-resolution U-Net
-    assert models.build("denoise", "denoising", 32, 1, 4, 2, stem="patchify").count_params() == models.denoiser(32, 4, 2).count_params()
+    assert (
+        models.build("denoise", "denoising", 32, 1, 4, 2, stem="patchify").count_params()
+        == models.denoiser(32, 4, 2).count_params()
+    )
     with pytest.raises(ValueError, match="stem 'strided' is not one of full, patchify"):
         models.build("ordering", "classification", 32, 3, 4, 3, stem="strided")
 
@@ -143,7 +186,9 @@ def test_cosine_schedule_decays_over_the_planned_epochs():
     hyper = {"learning_rate": 0.01, "epochs": 10, "lr_schedule": "cosine"}
     lr = _optimizer(hyper, steps_per_epoch=5).learning_rate  # the optimizer resolves the schedule at its step
     sched = _optimizer(hyper, 5)._learning_rate
-    assert float(sched(0)) == pytest.approx(0.01) and float(sched(25)) == pytest.approx(0.01 * (0.02 + 0.98 * 0.5), rel=1e-4)
+    assert float(sched(0)) == pytest.approx(0.01) and float(sched(25)) == pytest.approx(
+        0.01 * (0.02 + 0.98 * 0.5), rel=1e-4
+    )
     assert float(sched(50)) == pytest.approx(0.0002, rel=1e-3) and float(sched(500)) == pytest.approx(0.0002, rel=1e-3)
     assert float(lr) == pytest.approx(0.01)
     assert float(_optimizer({**hyper, "lr_schedule": "constant"}, 5).learning_rate) == pytest.approx(0.01)
@@ -179,7 +224,10 @@ def test_models_build_under_mixed_precision_with_float32_outputs():
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_models_train_on_other_backends(backend):
     if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed in this environment (the models use keras.ops only; install {backend} to run this)")
+        pytest.skip(
+            f"{backend} is not installed in this environment (the models use keras.ops only; install {backend} to run "
+            "this)"
+        )
     env = {**os.environ, "KERAS_BACKEND": backend}
     res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -12,18 +12,23 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_learn_data import FRINGE_IMAGING, make_spec
-
-from hrtemflow.cli import main
-from hrtemflow.errors import HrtemflowError
 import zarr
 
-from hrtemflow.learn import data
+from hrtemflow.cli import main
+from hrtemflow.core.errors import HrtemflowError
 from hrtemflow.learn import evaluate as ev
 from hrtemflow.learn import train as tr
+from hrtemflow.learn.bundle import load_checked as load_bundle
+from hrtemflow.learn.feed import ShardFeed
+from hrtemflow.learn.inference import softmax
+from hrtemflow.learn.preprocess import normalise
+from hrtemflow.learn.table import Table, prepare
+from test_learn_data import FRINGE_IMAGING, make_spec
 
 # TensorFlow tensors lack the numpy-2 `copy` keyword; Keras converts them many times a step
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +50,30 @@ def chirality(root) -> tuple[dict, Path]:
 
 def test_training_writes_a_bundle_that_loads_in_safe_mode(chirality, root):
     spec, out = chirality
-    model, card = tr.load_bundle(out)
-    assert card["task"] == "chirality" and card["kind"] == "classification" and card["classes"] == spec["classes"]
-    assert card["input_size"] == 32 and model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 4)
-    assert card["epochs_run"] == 6 and 1 <= card["best_epoch"] <= 6 and len(card["history"]["loss"]) == 6
+    model, card = load_bundle(out)
+    assert card.task == "chirality" and card.kind == "classification" and card.classes == spec["classes"]
+    assert card.input_size == 32 and model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 4)
+    assert card.epochs_run == 6 and 1 <= card.best_epoch <= 6 and len(card.history["loss"]) == 6
     backend = keras.backend.backend()  # tensorflow unless KERAS_BACKEND says otherwise
-    assert card["backend"] == backend and card["versions"]["keras_backend"] == backend and card["versions"]["keras"]
-    assert card["normalisation"]["function"] == "hrtemflow.learn.data.normalise"
-    assert card["split"]["structures"] == {"train": 16, "val": 4, "test": 4}
-    assert 30 / 32 * 0.9 < card["pixel_size_A"] < 40 / 32 * 1.1  # median of s32/pixel_size_A (fov 30-40 Å)
-    assert len(card["dataset_sha256"]) == 64 and card["mixed_precision"] is False
-    assert card["hyper"]["spectral_width"] == 0  # resolved from the task's default: the card says what was built
+    assert card.backend == backend and card.versions["keras_backend"] == backend and card.versions["keras"]
+    assert card.normalisation["function"] == "hrtemflow.learn.data.normalise"
+    assert card.split["structures"] == {"train": 16, "val": 4, "test": 4}
+    assert 30 / 32 * 0.9 < card.pixel_size_A < 40 / 32 * 1.1  # median of s32/pixel_size_A (fov 30-40 Å)
+    assert len(card.dataset_sha256) == 64 and card.mixed_precision is False
+    assert card.hyper["spectral_width"] == 0  # resolved from the task's default: the card says what was built
     # what the training images were taken with, so a user knows which micrographs the bundle is for
-    assert card["imaging"] == [{"family": "cnt", "energy_kV": 80, "optics": FRINGE_IMAGING["optics"], "detector": None,
-                                "noise": FRINGE_IMAGING["noise"]}]
+    assert card.imaging == [
+        {
+            "family": "cnt",
+            "energy_kV": 80,
+            "optics": FRINGE_IMAGING["optics"],
+            "detector": None,
+            "noise": FRINGE_IMAGING["noise"],
+        }
+    ]
     # fringes are learnable: chance is 0.25, and 16 of 32 right by chance has p < 0.001 (under JAX the
     # same 6 epochs, from other initial weights, land on exactly 0.5)
-    assert card["metrics"]["val"]["accuracy"] >= 0.5
+    assert card.metrics["val"]["accuracy"] >= 0.5
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1, rtol=1e-5)
     state = json.loads((out / "checkpoint" / "state.json").read_text())
@@ -71,8 +83,21 @@ def test_training_writes_a_bundle_that_loads_in_safe_mode(chirality, root):
 def test_evaluation_of_a_classifier(chirality, root):
     spec, out = chirality
     report = root / "reports" / "chirality"
-    assert main(["evaluate", str(root / "plan" / "chirality.json"), "--model-dir", str(out), "--out-dir", str(report),
-                 "--base", str(root)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(root / "plan" / "chirality.json"),
+                "--model-dir",
+                str(out),
+                "--out-dir",
+                str(report),
+                "--base",
+                str(root),
+            ]
+        )
+        == 0
+    )
     m = json.loads((report / "metrics.json").read_text())
     assert m["n_images"] == 32 and m["n_structures"] == 4 and m["accuracy"] > 0.4
     assert set(m["per_class_recall"]) == set(spec["classes"]) and m["top3_accuracy"] >= m["accuracy"]
@@ -103,12 +128,14 @@ def test_evaluation_of_a_classifier(chirality, root):
 def test_accuracy_by_condition_bins_and_a_fixed_condition(monkeypatch):
     """Quartile bins with their own counts; a condition every image shares (a fixed dose) is one bin."""
     sample_id = np.repeat([f"s{k}" for k in range(10)], 4)
-    table = data.Table("ordering", ("x.zarr",), np.zeros(40, int), np.arange(40), sample_id, np.zeros(40, int), np.ones(40))
+    table = Table("ordering", ("x.zarr",), np.zeros(40, int), np.arange(40), sample_id, np.zeros(40, int), np.ones(40))
     values = {"dose_e_per_A2": np.full(40, 500.0), "defocus_A": np.linspace(-400, 400, 40), "c12_A": np.arange(40.0)}
     monkeypatch.setattr(ev, "shard_param", lambda t, name: values[name])
     correct = np.arange(40) >= 20  # right on the second half of the C12 range only
-    got = ev._by_condition(correct, table)
-    assert ev._by_condition(np.arange(40.0), table, "mae")["dose"]["bins"][0]["mae"] == pytest.approx(19.5)  # a regressor's error
+    got = ev.by_condition(correct, table)
+    assert ev.by_condition(np.arange(40.0), table, "mae")["dose"]["bins"][0]["mae"] == pytest.approx(
+        19.5
+    )  # a regressor's error
     assert [(b["n_images"], b["accuracy"]) for b in got["dose"]["bins"]] == [(40, 0.5)]
     assert [b["accuracy"] for b in got["c12"]["bins"]] == [0.0, 0.0, 1.0, 1.0]
     assert got["c12"]["bins"][0]["range"] == [0.0, pytest.approx(0.975)] and got["c12"]["label"] == "C12 (nm)"
@@ -136,20 +163,26 @@ def test_resume_continues_from_the_checkpoint(root, monkeypatch, capsys):
 
     card = tr.train(spec, out, base=root, progress=False)
     assert "resuming after epoch 2" in capsys.readouterr().out
-    assert card["epochs_run"] == 3 and len(card["history"]["loss"]) == 3
-    assert card["history"]["loss"][:2] == first["history"]["loss"]  # the first two epochs were not rerun
+    assert card.epochs_run == 3 and len(card.history["loss"]) == 3
+    assert card.history["loss"][:2] == first["history"]["loss"]  # the first two epochs were not rerun
 
-    more = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 4}}, out, base=root, progress=False)  # raising epochs continues
-    assert more["epochs_run"] == 4 and more["history"]["loss"][:3] == card["history"]["loss"]
+    more = tr.train(
+        {**spec, "hyper": {**spec["hyper"], "epochs": 4}}, out, base=root, progress=False
+    )  # raising epochs continues
+    assert more.epochs_run == 4 and more.history["loss"][:3] == card.history["loss"]
 
-    fewer = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 2}}, out, base=root, progress=False)  # cannot be continued
-    assert "starting over" in capsys.readouterr().out and fewer["epochs_run"] == 2
+    fewer = tr.train(
+        {**spec, "hyper": {**spec["hyper"], "epochs": 2}}, out, base=root, progress=False
+    )  # cannot be continued
+    assert "starting over" in capsys.readouterr().out and fewer.epochs_run == 2
 
     fresh = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 1}}, out, base=root, progress=False, resume=False)
-    assert fresh["epochs_run"] == 1 and len(fresh["history"]["loss"]) == 1
+    assert fresh.epochs_run == 1 and len(fresh.history["loss"]) == 1
 
-    other = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 1, "learning_rate": 1e-3}}, out, base=root, progress=False)
-    assert "starting over" in capsys.readouterr().out and other["epochs_run"] == 1
+    other = tr.train(
+        {**spec, "hyper": {**spec["hyper"], "epochs": 1, "learning_rate": 1e-3}}, out, base=root, progress=False
+    )
+    assert "starting over" in capsys.readouterr().out and other.epochs_run == 1
 
     # under a cosine schedule the rate curve spans the planned epochs: a shorter run's checkpoint has
     # decayed already, so raising epochs starts over instead of continuing at a near-zero rate
@@ -158,30 +191,37 @@ def test_resume_continues_from_the_checkpoint(root, monkeypatch, capsys):
     capsys.readouterr()
     longer = tr.train({**cosine, "hyper": {**cosine["hyper"], "epochs": 2}}, out, base=root, progress=False)
     printed = capsys.readouterr().out
-    assert "starting over" in printed and "resuming" not in printed and longer["epochs_run"] == 2
+    assert "starting over" in printed and "resuming" not in printed and longer.epochs_run == 2
 
 
 def test_regression_bundle_and_evaluation(root):
     spec = make_spec(root, "aberrations", epochs=2)
     out, report = root / "models" / "aberrations", root / "reports" / "aberrations"
     card = tr.train(spec, out, base=root, progress=False, cache_bytes=0)  # streamed from the shards, not cached
-    assert [t["name"] for t in card["targets"]] == ["defocus_A", "c12_cos2phi_A", "c12_sin2phi_A", "c12_magnitude_A"]
-    assert card["targets"][1]["offset"] == 0 and card["targets"][2]["offset"] == 0  # sign flips stay exact
-    assert all(0 < t["scale"] < 1e3 for t in card["targets"]) and "targets" in card["augmentation"]
+    assert [t["name"] for t in card.targets] == ["defocus_A", "c12_cos2phi_A", "c12_sin2phi_A", "c12_magnitude_A"]
+    assert card.targets[1]["offset"] == 0 and card.targets[2]["offset"] == 0  # sign flips stay exact
+    assert all(0 < t["scale"] < 1e3 for t in card.targets) and "targets" in card.augmentation
     m = ev.evaluate(spec, out, report, base=root)
     t = m["targets"]
     assert set(t) >= {"defocus_nm", "c12_magnitude_nm"} and t["defocus_nm"]["unit"] == "nm"
     assert t["c12_magnitude_nm"]["mae"] >= 0 and t["defocus_nm"]["rmse"] >= t["defocus_nm"]["mae"]
     assert t["c12_magnitude_nm"]["mae_modulus_of_components"] >= 0  # the old estimate, side by side
     assert all(v["mae_ci95"][0] <= v["mae"] <= v["mae_ci95"][1] for k, v in t.items() if "mae_ci95" in v)
-    assert all(v["mae_single_pass"] >= 0 for k, v in t.items() if "mae_single_pass" in v) and "mae_single_pass" in t["defocus_nm"]
-    assert (report / "figures" / "scatter.png").is_file() and json.loads((report / "metrics.json").read_text())["kind"] == "regression"
+    assert (
+        all(v["mae_single_pass"] >= 0 for k, v in t.items() if "mae_single_pass" in v)
+        and "mae_single_pass" in t["defocus_nm"]
+    )
+    assert (report / "figures" / "scatter.png").is_file() and json.loads((report / "metrics.json").read_text())[
+        "kind"
+    ] == "regression"
     # error by imaging condition, per target: the bins cover the test split and average back to the MAE
-    for name, v in t.items():
+    for v in t.values():
         if "by_condition" not in v:
             continue
         bins = v["by_condition"]["defocus"]["bins"]
-        assert sum(b["n_images"] for b in bins) == m["n_images"] and all(b["ci95"][0] <= b["mae"] <= b["ci95"][1] for b in bins)
+        assert sum(b["n_images"] for b in bins) == m["n_images"] and all(
+            b["ci95"][0] <= b["mae"] <= b["ci95"][1] for b in bins
+        )
         assert sum(b["mae"] * b["n_images"] for b in bins) == pytest.approx(v["mae"] * m["n_images"])
     assert "per_structure" not in t["defocus_nm"]  # each exposure has its own defocus: nothing to average
     assert m["figures"] == ["figures/scatter.png", "figures/conditions.png"]
@@ -196,9 +236,11 @@ def test_denoiser_against_classical_baselines(root):
     assert m["target"] == "clean" and "favours the network" in m["protocol"]
     families = m["comparison"]["families"]
     assert families, "no family compared"
-    for fam, r in families.items():
+    for r in families.values():
         methods = r["methods"]
-        assert set(methods) == {"noisy", "gaussian", "nl-means", "bm3d", "network", "wiener_oracle"} and r["n_images"] == 4
+        assert (
+            set(methods) == {"noisy", "gaussian", "nl-means", "bm3d", "network", "wiener_oracle"} and r["n_images"] == 4
+        )
         assert r["best_baseline"] != "wiener_oracle" and r["wiener_oracle_minus_best_baseline_dB"] is not None
         for name in ("gaussian", "nl-means", "bm3d"):  # every classical filter beats doing nothing on noisy fringes
             assert methods[name]["psnr_dB"] > methods["noisy"]["psnr_dB"]
@@ -226,10 +268,18 @@ def test_averaged_regression_error_is_that_of_each_groups_mean_prediction():
     r = ev._averaged(pred, true, sid, sid, "by structure")
     assert r["mae"] == pytest.approx(0.0) and r["n_groups"] == 2 and r["images_per_group"] == 2
     r = ev._averaged(np.array([0.4, 0.6, 0.9, 0.9]), true, sid, sid, "by structure")  # errors 0 and 0.2
-    assert r["mae"] == pytest.approx(0.1) and r["mae_ci95"][0] == pytest.approx(0) and r["mae_ci95"][1] == pytest.approx(0.2)
+    assert (
+        r["mae"] == pytest.approx(0.1)
+        and r["mae_ci95"][0] == pytest.approx(0)
+        and r["mae_ci95"][1] == pytest.approx(0.2)
+    )
     views = np.array(["a-v0", "a-v1", "b-v0", "b-v1"])  # per view: intervals still resample whole structures
     r = ev._averaged(np.array([0.4, 0.6, 0.9, 0.9]), true, views, sid, "by view")
-    assert r["n_groups"] == 4 and r["mae"] == pytest.approx(0.15) and r["mae_ci95"] == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert (
+        r["n_groups"] == 4
+        and r["mae"] == pytest.approx(0.15)
+        and r["mae_ci95"] == [pytest.approx(0.1), pytest.approx(0.2)]
+    )
     assert ev._averaged(pred, np.array([0.5, 0.6, 0.7, 0.7]), sid, sid, "x") is None
 
 
@@ -272,18 +322,18 @@ def test_denoiser_noise_free_target(root):
     """target noise_free: the feed serves the noise-free image (same optics), and the card says so."""
     spec = make_spec(root, "denoise", epochs=1, batch_size=8)
     spec["hyper"]["target"] = "noise_free"
-    table, splits = tr.prepare(spec, root)
+    table, splits = prepare(spec, root)
     assert table.info["target"] == "noise_free"
-    feed = data.ShardFeed(splits["train"], spec["image_size"], batch_size=4, cache_bytes=0)
+    feed = ShardFeed(splits["train"], spec["image_size"], batch_size=4, cache_bytes=0)
     _, y = feed[0]
     g = zarr.open_group(table.paths[int(splits["train"].shard[0])], mode="r")
-    want = data.normalise(g[f"s{spec['image_size']}/noise_free"][int(splits["train"].row[0])])
+    want = normalise(g[f"s{spec['image_size']}/noise_free"][int(splits["train"].row[0])])
     np.testing.assert_allclose(y[0, ..., 0], want, rtol=1e-5, atol=1e-5)
     clean_spec = make_spec(root, "denoise", epochs=1, batch_size=8)
-    assert tr.prepare(clean_spec, root)[0].info["dataset_sha256"] != table.info["dataset_sha256"]
+    assert prepare(clean_spec, root)[0].info["dataset_sha256"] != table.info["dataset_sha256"]
     out = root / "models" / "denoise-nf"
     card = tr.train(spec, out, base=root, progress=False)
-    assert "noise-free" in card["output"]
+    assert "noise-free" in card.output
 
 
 def test_card_mismatch_and_missing_files_are_refused(chirality, root):
@@ -293,18 +343,18 @@ def test_card_mismatch_and_missing_files_are_refused(chirality, root):
     card = json.loads((bad / "card.json").read_text())
     (bad / "card.json").write_text(json.dumps({**card, "classes": card["classes"][:3]}))
     with pytest.raises(HrtemflowError, match="output"):
-        tr.load_bundle(bad)
+        load_bundle(bad)
     (bad / "card.json").write_text(json.dumps({**card, "input_size": 64}))
     with pytest.raises(HrtemflowError, match="input"):
-        tr.load_bundle(bad)
+        load_bundle(bad)
     (bad / "model.keras").unlink()
     with pytest.raises(HrtemflowError, match="model.keras is missing"):
-        tr.load_bundle(bad)
+        load_bundle(bad)
 
 
 def test_evaluate_refuses_a_bundle_of_another_dataset(chirality, root):
     spec, out = chirality
-    fewer = {**spec, "shards": [s for s in spec["shards"] if not s.endswith("s00001.zarr")] }
+    fewer = {**spec, "shards": [s for s in spec["shards"] if not s.endswith("s00001.zarr")]}
     with pytest.raises(HrtemflowError, match="different dataset"):
         ev.evaluate(fewer, out, root / "reports" / "x", base=root)
 
@@ -324,7 +374,7 @@ def test_cli_refuses_bad_input_before_training(root, capsys):
 def test_feed_threads_default_to_the_jobs_threads(monkeypatch):
     """Snakemake sets OMP_NUM_THREADS to a rule's threads (SLURM: SLURM_CPUS_PER_TASK): the feed takes them
     unless --workers says otherwise, so the workflow's rule text need not change."""
-    from hrtemflow.commands.learn import feed_workers
+    from hrtemflow.cli.commands.learn import feed_workers
 
     for var in ("HRTEMFLOW_THREADS", "SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
@@ -360,13 +410,13 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
     rng = np.random.default_rng(0)
     n, k = 4000, 5
     true_logits = rng.normal(scale=1.5, size=(n, k))
-    p = ev.softmax(true_logits)
+    p = softmax(true_logits)
     labels = np.array([rng.choice(k, p=row) for row in p])
     overconfident = 4.0 * true_logits  # right ranking, far too sure
     val, test = slice(0, n // 2), slice(n // 2, n)
     t = ev.fit_temperature(overconfident[val], labels[val])
-    before, _ = ev.expected_calibration_error(ev.softmax(overconfident[test]), labels[test])
-    after, _ = ev.expected_calibration_error(ev.softmax(overconfident[test] / t), labels[test])
+    before, _ = ev.expected_calibration_error(softmax(overconfident[test]), labels[test])
+    after, _ = ev.expected_calibration_error(softmax(overconfident[test] / t), labels[test])
     assert 3.0 < t < 5.0
     assert after <= before and after < 0.05 < before
     # a calibrated model keeps its ECE (T close to 1)
@@ -382,9 +432,9 @@ def test_mixed_precision_path_writes_a_float32_bundle(root, monkeypatch):
     spec = make_spec(root, "chirality", epochs=1)
     out = root / "models" / "mixed"
     card = tr.train(spec, out, base=root, progress=False)
-    assert card["mixed_precision"] is True and card["dtype_policy"] == "mixed_float16"
+    assert card.mixed_precision is True and card.dtype_policy == "mixed_float16"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
-    model, _ = tr.load_bundle(out)
+    model, _ = load_bundle(out)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
 
 
@@ -394,18 +444,18 @@ def test_bfloat16_training_writes_a_float32_bundle(root, monkeypatch, capsys):
     and a refused value names the setting."""
     import keras
 
-    from hrtemflow import runtime
+    from hrtemflow.core import runtime
 
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # an AMD EPYC's
     spec = make_spec(root, "chirality", epochs=1)
     spec["hyper"]["precision"] = "mixed_bfloat16"
     out = root / "models" / "bfloat16"
     card = tr.train(spec, out, base=root, progress=False)
-    assert card["dtype_policy"] == "mixed_bfloat16" and card["mixed_precision"] is True
+    assert card.dtype_policy == "mixed_bfloat16" and card.mixed_precision is True
     assert "without AMX" in capsys.readouterr().out
-    assert np.isfinite(card["history"]["loss"]).all()
+    assert np.isfinite(card.history["loss"]).all()
     assert keras.config.dtype_policy().name == "float32"
-    model, _ = tr.load_bundle(out)
+    model, _ = load_bundle(out)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     with pytest.raises(HrtemflowError, match="learning.tasks.<task>.precision"):
         tr.dtype_policy("float16")
@@ -418,15 +468,21 @@ def test_patchify_stem_trains_and_its_bundle_says_so(root):
     spec["hyper"]["stem"] = "patchify"
     out = root / "models" / "structure-patchify"
     card = tr.train(spec, out, base=root, progress=False)
-    assert card["hyper"]["stem"] == "patchify" and np.isfinite(card["history"]["loss"]).all()
-    model, _ = tr.load_bundle(out)
+    assert card.hyper["stem"] == "patchify" and np.isfinite(card.history["loss"]).all()
+    model, _ = load_bundle(out)
     first = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert first.strides == (2, 2) and first.kernel_size == (2, 2)
     m = ev.evaluate(spec, out, root / "reports" / "structure-patchify", base=root)
     co = m["targets"]["co_fraction"]
-    assert co["mae"] >= 0 and co["per_structure"]["n_groups"] == m["n_structures"] and co["per_view"]["images_per_group"] == 4
+    assert (
+        co["mae"] >= 0
+        and co["per_structure"]["n_groups"] == m["n_structures"]
+        and co["per_view"]["images_per_group"] == 4
+    )
     bad = {**spec, "hyper": {**spec["hyper"], "stem": "strided"}, "shards": ["nowhere.zarr"]}
-    with pytest.raises(HrtemflowError, match="stem 'strided' is not one of full, patchify; fix learning.tasks.structure.stem"):
+    with pytest.raises(
+        HrtemflowError, match="stem 'strided' is not one of full, patchify; fix learning.tasks.structure.stem"
+    ):
         tr.train(bad, root / "models" / "bad-stem", base=root, progress=False)
     assert not (root / "models" / "bad-stem").exists()
 
@@ -437,16 +493,18 @@ def test_fresh_shot_noise_trains_and_the_card_says_so(root):
     spec = make_spec(root, "denoise", epochs=2, shot_noise="fresh")
     out = root / "models" / "denoise-fresh"
     card = tr.train(spec, out, base=root, progress=False)
-    assert "new Poisson noise" in card["augmentation"]["shot_noise"] and card["hyper"]["shot_noise"] == "fresh"
-    assert len(card["history"]["val_loss"]) == 2 and np.isfinite(card["history"]["val_loss"]).all()
+    assert "new Poisson noise" in card.augmentation["shot_noise"] and card.hyper["shot_noise"] == "fresh"
+    assert len(card.history["val_loss"]) == 2 and np.isfinite(card.history["val_loss"]).all()
     assert tr._augmentation_card("denoise", False, "stored") is None  # nothing augmented: the card says none
 
 
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
-    from hrtemflow.runtime import cpu_flags
+    from hrtemflow.core.runtime import cpu_flags
 
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n"
+    )
     assert cpu_flags(str(info)) == {"fpu", "avx512f", "amx_bf16", "amx_tile"}
     assert cpu_flags(str(tmp_path / "missing")) is None
 
@@ -460,7 +518,9 @@ def test_streamed_training_with_reading_threads_after_zarrs_reads(root):
     import subprocess
     import sys
 
-    pytest.importorskip("zarrs", reason="zarrs (the fast reader) is not installed: pip install --only-binary=:all: zarrs")
+    pytest.importorskip(
+        "zarrs", reason="zarrs (the fast reader) is not installed: pip install --only-binary=:all: zarrs"
+    )
     spec = make_spec(root, "chirality", epochs=2, batch_size=8)
     path = root / "plan" / "chirality-threads.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -469,17 +529,25 @@ def test_streamed_training_with_reading_threads_after_zarrs_reads(root):
     code = f"""
 import json, sys, keras
 from hrtemflow.cli import main
-from hrtemflow.learn import data
+from hrtemflow.learn.feed import ShardFeed
+from hrtemflow.learn.table import load_table, split_table
 spec = json.load(open({str(path)!r}))
-val = data.split_table(data.load_table(spec, {str(root)!r}), spec["split"])["val"]
-feed = data.ShardFeed(val, spec["image_size"], batch_size=8, cache_bytes=0, workers=2)
+val = split_table(load_table(spec, {str(root)!r}), spec["split"])["val"]
+feed = ShardFeed(val, spec["image_size"], batch_size=8, cache_bytes=0, workers=2)
 assert feed.reader == "zarrs", feed.reader
 keras.Sequential([keras.Input((spec["image_size"],) * 2 + (1,)), keras.layers.Flatten()]).predict(feed, verbose=0)
-sys.exit(main(["train", {str(path)!r}, "--out-dir", {str(out)!r}, "--base", {str(root)!r}, "--quiet", "--workers", "2"]))
+args = ["train", {str(path)!r}, "--out-dir", {str(out)!r}, "--base", {str(root)!r}, "--quiet", "--workers", "2"]
+sys.exit(main(args))
 """
     env = {**os.environ, "HRTEMFLOW_FEED_CACHE_MB": "0", "HRTEMFLOW_FEED_READER": "zarrs"}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own process group: a hang leaves no orphans
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # its own process group: a hang leaves no orphans
     try:
         stdout, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -491,8 +559,16 @@ sys.exit(main(["train", {str(path)!r}, "--out-dir", {str(out)!r}, "--base", {str
     assert json.loads((out / "card.json").read_text())["epochs_run"] == 2
 
 
-@pytest.mark.parametrize(("backend", "task"), [("jax", "aberrations"), ("jax", "denoise"),
-                                             ("torch", "chirality"), ("torch", "aberrations"), ("torch", "denoise")])
+@pytest.mark.parametrize(
+    ("backend", "task"),
+    [
+        ("jax", "aberrations"),
+        ("jax", "denoise"),
+        ("torch", "chirality"),
+        ("torch", "aberrations"),
+        ("torch", "denoise"),
+    ],
+)
 def test_train_and_evaluate_under_other_backends(root, backend, task):
     """The whole training path (feed, checkpoints, bundle, OOD fit, evaluation) under KERAS_BACKEND=jax
     or torch; the bundle then loads and predicts the same under TensorFlow, as a CPU-only apply host
@@ -510,9 +586,12 @@ def test_train_and_evaluate_under_other_backends(root, backend, task):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec))
     out, report = root / "models" / f"{task}-{backend}", root / "reports" / f"{task}-{backend}"
-    code = ("import sys; from hrtemflow.cli import main; "
-            f"sys.exit(main(['train', {str(path)!r}, '--out-dir', {str(out)!r}, '--base', {str(root)!r}, '--quiet']) or "
-            f"main(['evaluate', {str(path)!r}, '--model-dir', {str(out)!r}, '--out-dir', {str(report)!r}, '--base', {str(root)!r}]))")
+    code = (
+        "import sys; from hrtemflow.cli import main; "
+        f"sys.exit(main(['train', {str(path)!r}, '--out-dir', {str(out)!r}, '--base', {str(root)!r}, '--quiet']) or "
+        f"main(['evaluate', {str(path)!r}, '--model-dir', {str(out)!r}, '--out-dir', {str(report)!r}, '--base', "
+        f"{str(root)!r}]))"
+    )
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
@@ -520,7 +599,7 @@ def test_train_and_evaluate_under_other_backends(root, backend, task):
     assert metrics["backend"] == backend and metrics["n_images"] > 0
     card = json.loads((out / "card.json").read_text())
     assert card["versions"]["keras_backend"] == backend
-    model, card = tr.load_bundle(out)  # TensorFlow here, and torch's optimizer classes must not be needed
+    model, card = load_bundle(out)  # TensorFlow here, and torch's optimizer classes must not be needed
     assert getattr(model, "optimizer", None) is None  # the bundle is for inference: no backend-specific optimizer saved
     x = np.random.default_rng(0).normal(size=(2, spec["image_size"], spec["image_size"], 1)).astype("float32")
     assert np.isfinite(np.asarray(model.predict(x, verbose=0))).all()

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from hrtemflow import md
+from hrtemflow.atomistic import lammps_run
+from hrtemflow.atomistic import md_shard as md
+from hrtemflow.campaign.config import load_config
+from hrtemflow.campaign.plan import make_plan
+from hrtemflow.campaign.specs import md_spec
 from hrtemflow.cli import main
-from hrtemflow.config import load_config
-from hrtemflow.errors import HrtemflowError
-from hrtemflow.plan import make_plan, md_spec
+from hrtemflow.core.errors import HrtemflowError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,19 +25,31 @@ CFG = {
     "campaign": {"seed": 11},
     "families": {
         "nanoalloy": {
-            "orderings": ["core-shell", "janus", "disordered"], "samples_per_ordering": 2, "shard_size": 2,
+            "orderings": ["core-shell", "janus", "disordered"],
+            "samples_per_ordering": 2,
+            "shard_size": 2,
             "structure": {"n_atoms": [80, 120], "co_fraction": [0.25, 0.4]},
             "md": {"timestep_fs": 5.0, "anneal_K": [500, 600], "anneal_ps": 0.5, "quench_ps": 0.5, "hold_ps": 0.25},
         },
         "cnt": {
-            "chiralities": [[8, 4], [5, 5]], "samples_per_chirality": 2, "shard_size": 2,
+            "chiralities": [[8, 4], [5, 5]],
+            "samples_per_chirality": 2,
+            "shard_size": 2,
             "structure": {"length_nm": 1.5, "vacancy_rate": 0.01, "stone_wales_rate": 0.01},
             "md": {"timestep_fs": 1.0, "duration_ps": 0.2},
         },
         "amorphous": {
-            "samples": 2, "shard_size": 2,
+            "samples": 2,
+            "shard_size": 2,
             "structure": {"density_g_cm3": [2.0, 2.4], "box_nm": [1.0, 1.0, 0.8]},
-            "md": {"melt_K": 6000, "melt_ps": 0.1, "melt_timestep_fs": 0.2, "quench_ps": 0.05, "hold_ps": 0.05, "hold_timestep_fs": 0.5},
+            "md": {
+                "melt_K": 6000,
+                "melt_ps": 0.1,
+                "melt_timestep_fs": 0.2,
+                "quench_ps": 0.05,
+                "hold_ps": 0.05,
+                "hold_timestep_fs": 0.5,
+            },
         },
     },
     "imaging": {"enabled": False},
@@ -43,8 +57,18 @@ CFG = {
 }
 
 LABELS = {
-    "nanoalloy": {"composition", "co_fraction", "motif", "ordering_intent", "ordering", "com_offset_A", "surface_ag_fraction",
-                  "core_co_fraction", "order_measure", "radius_A"},
+    "nanoalloy": {
+        "composition",
+        "co_fraction",
+        "motif",
+        "ordering_intent",
+        "ordering",
+        "com_offset_A",
+        "surface_ag_fraction",
+        "core_co_fraction",
+        "order_measure",
+        "radius_A",
+    },
     "cnt": {"n", "m", "chirality", "diameter_A", "chiral_angle_deg", "length_A", "vacancies", "stone_wales"},
     "amorphous": {"density_g_cm3", "sp_fraction", "sp2_fraction", "sp3_fraction", "thickness_A"},
 }
@@ -136,7 +160,9 @@ def test_injected_faults_are_detected(specs, shard, mode, tmp_path):
     assert s["status"] == "failed" and s["fault"] == mode and s["labels"] == {}
     assert s["reason"].startswith(f"injected fault: {mode}")
     detected = s["reason"].split("detected: ", 1)[1]
-    assert detected.startswith({"nan": ("NaN", "exploding energy", "LAMMPS error"), "lost_atoms": ("lost atoms",)}[mode]), s["reason"]
+    assert detected.startswith(
+        {"nan": ("NaN", "exploding energy", "LAMMPS error"), "lost_atoms": ("lost atoms",)}[mode]
+    ), s["reason"]
 
 
 def test_fault_fraction_from_env_and_cli_exit_0(specs, tmp_path, monkeypatch, capsys):
@@ -167,23 +193,37 @@ def _no_lammps(*_a, **_k):
     raise AssertionError("LAMMPS must not start for a bad spec")
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda s: s["potential"].update(file="resources/potentials/missing.eam.fs"), "potential file"),
-    (lambda s: s.update(samples=[]), "samples"),
-    (lambda s: s.update(kind="images"), "kind"),
-    (lambda s: s.update(family="graphene"), "family"),
-    (lambda s: s["md"].pop("anneal_K"), "anneal_K"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda s: s["potential"].update(file="resources/potentials/missing.eam.fs"), "potential file"),
+        (lambda s: s.update(samples=[]), "samples"),
+        (lambda s: s.update(kind="images"), "kind"),
+        (lambda s: s.update(family="graphene"), "family"),
+        (lambda s: s["md"].pop("anneal_K"), "anneal_K"),
+    ],
+)
 def test_bad_spec_fails_before_lammps(specs, tmp_path, monkeypatch, capsys, breakage, message):
     monkeypatch.setattr(md, "new_lammps", _no_lammps)
-    monkeypatch.setattr(md, "load_lammps", _no_lammps)
+    monkeypatch.setattr(lammps_run, "load_lammps", _no_lammps)
     spec = copy.deepcopy(specs["nanoalloy-core-shell-s00000"])
     breakage(spec)
     with pytest.raises(HrtemflowError, match=message):
         md.run_shard(spec, tmp_path / "x.extxyz", tmp_path / "x.json", progress=False, base=REPO)
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    rc = main(["md", str(path), "--structures", str(tmp_path / "x.extxyz"), "--manifest", str(tmp_path / "x.json"), "--base", str(REPO)])
+    rc = main(
+        [
+            "md",
+            str(path),
+            "--structures",
+            str(tmp_path / "x.extxyz"),
+            "--manifest",
+            str(tmp_path / "x.json"),
+            "--base",
+            str(REPO),
+        ]
+    )
     assert rc == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x.extxyz").exists() and not (tmp_path / "x.json").exists()
 
@@ -225,6 +265,17 @@ def test_md_figure(specs, tmp_path):
     failing["fault_injection"] = {"fraction": 1.0, "modes": ["lost_atoms"]}
     run(failing, tmp_path)
     png = tmp_path / "md_cnt.png"
-    rc = main(["md-figure", "--family", "cnt", "--structures", *map(str, sorted(tmp_path.glob("*.extxyz"))),
-               "--manifests", *map(str, sorted(tmp_path.glob("*.manifest.json"))), "--out", str(png)])
+    rc = main(
+        [
+            "md-figure",
+            "--family",
+            "cnt",
+            "--structures",
+            *map(str, sorted(tmp_path.glob("*.extxyz"))),
+            "--manifests",
+            *map(str, sorted(tmp_path.glob("*.manifest.json"))),
+            "--out",
+            str(png),
+        ]
+    )
     assert rc == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

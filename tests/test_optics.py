@@ -1,4 +1,4 @@
-"""Optics conventions and detector physics (hrtemflow.optics): CTF vs abTEM, defocus sign,
+"""Optics conventions and detector physics (hrtemflow.imaging.optics): CTF vs abTEM, defocus sign,
 astigmatism period, resampling exactness, intensity units, Poisson noise on vacuum."""
 
 from __future__ import annotations
@@ -12,14 +12,27 @@ abtem = pytest.importorskip("abtem")
 
 from abtem.core.fft import fft2  # noqa: E402
 
-from hrtemflow import imaging, optics  # noqa: E402
+from hrtemflow.imaging import optics  # noqa: E402
+from hrtemflow.imaging.multislice import abtem_settings
 
 NEUTRAL = {"brightness": 1.0, "contrast": 1.0, "background": 0.0, "mtf_c50": 10.0}
 
 
 def params(**kw) -> dict:
-    p = dict(defocus_A=0.0, cs_A=0.0, c12_A=0.0, phi12_rad=0.0, c21_A=0.0, phi21_rad=0.0, c23_A=0.0, phi23_rad=0.0,
-             focal_spread_A=0.0, convergence_mrad=0.0, dose_e_per_A2=1000.0, **NEUTRAL)
+    p = dict(
+        defocus_A=0.0,
+        cs_A=0.0,
+        c12_A=0.0,
+        phi12_rad=0.0,
+        c21_A=0.0,
+        phi21_rad=0.0,
+        c23_A=0.0,
+        phi23_rad=0.0,
+        focal_spread_A=0.0,
+        convergence_mrad=0.0,
+        dose_e_per_A2=1000.0,
+        **NEUTRAL,
+    )
     p.update(kw)
     return p
 
@@ -29,7 +42,7 @@ def single_atom_wave(symbol: str = "Ag", extent: float = 16.0, gpts: int = 320, 
     from ase import Atoms
 
     atoms = Atoms(symbol, positions=[[extent / 2, extent / 2, 1.0]], cell=[extent, extent, 2.0], pbc=True)
-    with imaging.abtem_settings():
+    with abtem_settings():
         pot = abtem.Potential(atoms, gpts=gpts, slice_thickness=2.0, projection="infinite")
         wave = abtem.PlaneWave(energy=energy).multislice(pot).compute().array
     return wave[None].astype(np.complex64), extent, extent / gpts
@@ -40,11 +53,31 @@ def test_transfer_function_matches_abtem_ctf():
     rng = np.random.default_rng(0)
     n, extent, energy = 128, 25.0, 200e3
     psi = np.exp(1j * 0.3 * rng.standard_normal((n, n))).astype(np.complex64)
-    p = params(defocus_A=120.0, cs_A=3e4, c12_A=30.0, phi12_rad=0.7, c21_A=500.0, phi21_rad=1.1, c23_A=300.0,
-               phi23_rad=0.4, focal_spread_A=30.0, convergence_mrad=0.3)
-    ctf = abtem.CTF(defocus=p["defocus_A"], Cs=p["cs_A"], C12=p["c12_A"], phi12=p["phi12_rad"], C21=p["c21_A"],
-                    phi21=p["phi21_rad"], C23=p["c23_A"], phi23=p["phi23_rad"], focal_spread=p["focal_spread_A"],
-                    angular_spread=p["convergence_mrad"], energy=energy)
+    p = params(
+        defocus_A=120.0,
+        cs_A=3e4,
+        c12_A=30.0,
+        phi12_rad=0.7,
+        c21_A=500.0,
+        phi21_rad=1.1,
+        c23_A=300.0,
+        phi23_rad=0.4,
+        focal_spread_A=30.0,
+        convergence_mrad=0.3,
+    )
+    ctf = abtem.CTF(
+        defocus=p["defocus_A"],
+        Cs=p["cs_A"],
+        C12=p["c12_A"],
+        phi12=p["phi12_rad"],
+        C21=p["c21_A"],
+        phi21=p["phi21_rad"],
+        C23=p["c23_A"],
+        phi23=p["phi23_rad"],
+        focal_spread=p["focal_spread_A"],
+        angular_spread=p["convergence_mrad"],
+        energy=energy,
+    )
     ref = abtem.Waves(psi, energy=energy, extent=extent).apply_ctf(ctf).array
     kx, ky = optics.spatial_frequencies(n, extent, np)
     t = optics.transfer_function(kx, ky, optics.wavelength_A(energy), p, 0.0, np)
@@ -93,7 +126,10 @@ def test_intensity_resampling_is_exact():
     kx, ky = optics.spatial_frequencies(n, extent, np)
     w = np.fft.fft2(np.exp(1j * 0.5 * rng.standard_normal((n, n)))) * ((kx**2 + ky**2) <= kc**2)
     p = params(defocus_A=80.0, cs_A=1e4, c12_A=20.0, phi12_rad=1.0, focal_spread_A=40.0, convergence_mrad=0.2)
-    for k_band, transfer in ((kc, None), (optics.band_limit(kc, lam, 40.0), lambda a, b: optics.transfer_function(a, b, lam, p, 0.0, np))):
+    for k_band, transfer in (
+        (kc, None),
+        (optics.band_limit(kc, lam, 40.0), lambda a, b: optics.transfer_function(a, b, lam, p, 0.0, np)),
+    ):
         fast = optics.intensity_at_sizes(w[None].astype(np.complex64), extent, [48, 96], k_band, transfer)
         full = w * ((kx**2 + ky**2) <= k_band**2) * (transfer(kx, ky) if transfer else 1.0)
         spectrum = np.fft.fft2(np.abs(np.fft.ifft2(full)) ** 2)
@@ -108,9 +144,20 @@ def test_vacuum_counts_are_poisson_at_the_dose():
     n, extent, sampling = 256, 32.0, 0.125
     wave = fft2(np.ones((1, n, n), np.complex64))
     rng = np.random.default_rng(7)
-    p = optics.draw_variant(rng, {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 0],
-                                  "c23_nm": [0, 0], "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3]},
-                            {"mtf_c50": [0.3, 0.6]}, {"dose_e_per_A2": [20, 200], "brightness": [1, 1], "contrast": [1, 1], "background": [0, 0]})
+    p = optics.draw_variant(
+        rng,
+        {
+            "defocus_nm": [-50, 50],
+            "cs_um": [-20, 20],
+            "c12_nm": [0, 5],
+            "c21_nm": [0, 0],
+            "c23_nm": [0, 0],
+            "focal_spread_nm": [2, 4],
+            "convergence_mrad": [0.1, 0.3],
+        },
+        {"mtf_c50": [0.3, 0.6]},
+        {"dose_e_per_A2": [20, 200], "brightness": [1, 1], "contrast": [1, 1], "background": [0, 0]},
+    )
     size = 128
     noisy, noise_free = optics.variant_images(wave, extent, 80e3, sampling, [size], p, rng)[size]
     expected = p["dose_e_per_A2"] * (extent / size) ** 2
@@ -157,8 +204,10 @@ def column_wave(symbol: str = "Au", atoms_in_column: int = 6, extent: float = 12
     from ase import Atoms
 
     positions = [[extent / 2, extent / 2, 1.0 + 2.5 * i] for i in range(atoms_in_column)]
-    atoms = Atoms(symbol * atoms_in_column, positions=positions, cell=[extent, extent, 2.5 * atoms_in_column + 1.0], pbc=True)
-    with imaging.abtem_settings():
+    atoms = Atoms(
+        symbol * atoms_in_column, positions=positions, cell=[extent, extent, 2.5 * atoms_in_column + 1.0], pbc=True
+    )
+    with abtem_settings():
         pot = abtem.Potential(atoms, gpts=gpts, slice_thickness=1.25, projection="infinite")
         wave = abtem.PlaneWave(energy=200e3).multislice(pot).compute().array
     return wave[None].astype(np.complex64), extent, extent / gpts
@@ -166,7 +215,9 @@ def column_wave(symbol: str = "Au", atoms_in_column: int = 6, extent: float = 12
 
 def _noise_free(w, extent, sampling, p, coherence, size=64, aperture_mrad=0.0):
     """A noise-free image in normalised intensity (1 on vacuum)."""
-    img = optics.variant_images(w, extent, 200e3, sampling, [size], p, np.random.default_rng(0), aperture_mrad, coherence)[size][1]
+    img = optics.variant_images(
+        w, extent, 200e3, sampling, [size], p, np.random.default_rng(0), aperture_mrad, coherence
+    )[size][1]
     return img.astype(np.float64) / (p["dose_e_per_A2"] * (extent / size) ** 2)
 
 
@@ -180,8 +231,13 @@ def _brute_focal_average(w, extent, sampling, p, size=64, n=801):
     sigma = p["focal_spread_A"] / math.sqrt(2.0)
     x = np.linspace(-6.0, 6.0, n)
     weights = np.exp(-0.5 * x * x) / np.exp(-0.5 * x * x).sum()
-    return sum(wt * _noise_free(w, extent, sampling, dict(p, focal_spread_A=0.0, defocus_A=p["defocus_A"] + sigma * xi), "envelope", size)
-               for xi, wt in zip(x, weights, strict=True))
+    return sum(
+        wt
+        * _noise_free(
+            w, extent, sampling, dict(p, focal_spread_A=0.0, defocus_A=p["defocus_A"] + sigma * xi), "envelope", size
+        )
+        for xi, wt in zip(x, weights, strict=True)
+    )
 
 
 def test_defocus_average_differs_from_the_envelope_only_in_its_nonlinear_terms():
@@ -200,7 +256,9 @@ def test_defocus_average_differs_from_the_envelope_only_in_its_nonlinear_terms()
     assert rel[1] < 0.2 * rel[0]
     flat = dict(p, focal_spread_A=0.0)
     w = fft2(wave)
-    assert np.array_equal(_noise_free(w, extent, sampling, flat, "envelope"), _noise_free(w, extent, sampling, flat, "defocus_average"))
+    assert np.array_equal(
+        _noise_free(w, extent, sampling, flat, "envelope"), _noise_free(w, extent, sampling, flat, "defocus_average")
+    )
 
 
 def test_defocus_average_keeps_every_electron_the_envelope_drops():
@@ -235,10 +293,14 @@ def test_phase_plate_images_a_weak_object_at_focus():
             p = params(phase_plate_rad=phi, **focus)
             image = _noise_free(w, extent, sampling, p, "envelope", size)
             transfer = 2.0 * np.sin(optics.aberration_phase(kx, ky, lam, p, np) + phi)
-            expected = np.real(np.fft.ifft2(optics.fourier_resize(np.fft.fft2(phase), size) * transfer)) * (size / n) ** 2
+            expected = (
+                np.real(np.fft.ifft2(optics.fourier_resize(np.fft.fft2(phase), size) * transfer)) * (size / n) ** 2
+            )
             residual = (image - image.mean()) - (expected - expected.mean())
             assert residual.std() < 0.02 * expected.std()  # 0.004 measured: the second-order terms
-    plate, bare = (_noise_free(w, extent, sampling, params(phase_plate_rad=phi), "envelope", size) for phi in (math.pi / 2, 0.0))
+    plate, bare = (
+        _noise_free(w, extent, sampling, params(phase_plate_rad=phi), "envelope", size) for phi in (math.pi / 2, 0.0)
+    )
     assert plate[size // 2, size // 2] > plate.mean() + 10.0 * plate.std()  # the atom is bright
     assert bare.std() < 0.01 * plate.std()
     heavy = fft2(column_wave()[0])
@@ -248,8 +310,15 @@ def test_phase_plate_images_a_weak_object_at_focus():
 
 
 def test_phase_plate_is_drawn_last_and_only_when_there_is_one():
-    cfg_o = {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 0], "c23_nm": [0, 0],
-             "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3]}
+    cfg_o = {
+        "defocus_nm": [-50, 50],
+        "cs_um": [-20, 20],
+        "c12_nm": [0, 5],
+        "c21_nm": [0, 0],
+        "c23_nm": [0, 0],
+        "focal_spread_nm": [2, 4],
+        "convergence_mrad": [0.1, 0.3],
+    }
     cfg_n = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
     det = {"mtf_c50": [0.3, 0.6]}
     for seed in range(20):
@@ -279,8 +348,16 @@ def test_expected_counts_undo_the_gain_of_a_stored_image():
     counts the noise was drawn from: the stored noisy image, ungained with them, is whole electrons."""
     wave, extent, sampling = single_atom_wave("C")
     w = fft2(wave)
-    p = params(defocus_A=50.0, focal_spread_A=30.0, convergence_mrad=0.2, dose_e_per_A2=500.0, mtf_c50=0.4,
-               brightness=1.7, contrast=0.8, background=0.04)
+    p = params(
+        defocus_A=50.0,
+        focal_spread_A=30.0,
+        convergence_mrad=0.2,
+        dose_e_per_A2=500.0,
+        mtf_c50=0.4,
+        brightness=1.7,
+        contrast=0.8,
+        background=0.04,
+    )
     noisy, noise_free = optics.variant_images(w, extent, 200e3, sampling, [64], p, np.random.default_rng(3))[64]
     gain = ([p["brightness"]] * 2, [p["contrast"]] * 2, [p["background"]] * 2)
     counts = optics.expected_counts(np.stack([noise_free, noise_free]), *gain)[0]
@@ -305,8 +382,15 @@ def test_redrawn_shot_noise_has_poisson_mean_and_variance(lam):
 
 
 def test_draw_variant_is_deterministic_and_in_range():
-    cfg_o = {"defocus_nm": [-50, 50], "cs_um": [-20, 20], "c12_nm": [0, 5], "c21_nm": [0, 100], "c23_nm": [0, 50],
-             "focal_spread_nm": [2, 4], "convergence_mrad": [0.1, 0.3]}
+    cfg_o = {
+        "defocus_nm": [-50, 50],
+        "cs_um": [-20, 20],
+        "c12_nm": [0, 5],
+        "c21_nm": [0, 100],
+        "c23_nm": [0, 50],
+        "focal_spread_nm": [2, 4],
+        "convergence_mrad": [0.1, 0.3],
+    }
     cfg_n = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
     draws = [optics.draw_variant(np.random.default_rng(i), cfg_o, {"mtf_c50": [0.3, 0.6]}, cfg_n) for i in range(200)]
     again = optics.draw_variant(np.random.default_rng(5), cfg_o, {"mtf_c50": [0.3, 0.6]}, cfg_n)

@@ -7,9 +7,12 @@ import os
 
 import pytest
 
-from hrtemflow.config import load_config
-from hrtemflow.io import write_if_changed
-from hrtemflow.plan import format_summary, make_plan, paths, sample_seed, write_plan
+from hrtemflow.campaign.config import load_config
+from hrtemflow.campaign.paths import shard_paths as paths
+from hrtemflow.campaign.plan import format_summary, make_plan
+from hrtemflow.campaign.specs import sample_seed, write_plan
+from hrtemflow.core.atomic import write_if_changed
+from hrtemflow.learn.table import check_spec as check_train_spec
 
 
 def _plan(cfg, root):
@@ -62,7 +65,9 @@ def test_adding_a_chirality_touches_only_its_shards(demo_cfg, repo_root, tmp_pat
         os.utime(spec, (1, 1))
     demo_cfg["families"]["cnt"]["chiralities"].append([12, 3])
     counts = write_plan(_plan(demo_cfg, repo_root), tmp_path)
-    changed = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "res" / "plan").rglob("*.json") if p.stat().st_mtime > 1)
+    changed = sorted(
+        str(p.relative_to(tmp_path)) for p in (tmp_path / "res" / "plan").rglob("*.json") if p.stat().st_mtime > 1
+    )
     new_shards = [c for c in changed if "cnt-12-3" in c]
     assert len(new_shards) == 2  # its MD and imaging spec
     others = sorted(set(changed) - set(new_shards))
@@ -85,7 +90,7 @@ def test_raising_a_count_adds_shards(demo_cfg, repo_root, tmp_path):
     write_plan(_plan(demo_cfg, repo_root), tmp_path)
     texts = {p: p.read_text() for p in (tmp_path / "res" / "plan" / "md").rglob("*.json")}
     demo_cfg["families"]["amorphous"]["samples"] += 2  # one more shard of 2
-    counts = write_plan(_plan(demo_cfg, repo_root), tmp_path)
+    write_plan(_plan(demo_cfg, repo_root), tmp_path)
     assert all(p.read_text() == t for p, t in texts.items())
     assert (tmp_path / "res" / "plan" / "md" / "amorphous" / "amorphous-s00002.json").exists()
     spec = json.loads((tmp_path / "res" / "plan" / "md" / "amorphous" / "amorphous-s00002.json").read_text())
@@ -109,7 +114,7 @@ def test_summary_text(demo_cfg, repo_root):
 
 def test_spec_holds_what_determines_the_output(demo_cfg, repo_root):
     plan = _plan(demo_cfg, repo_root)
-    from hrtemflow.plan import image_spec, md_spec
+    from hrtemflow.campaign.specs import image_spec, md_spec
 
     shard = plan.of_family("nanoalloy")[0]
     spec = md_spec(plan.cfg, shard)
@@ -124,27 +129,30 @@ def test_spec_holds_what_determines_the_output(demo_cfg, repo_root):
 def test_regressor_specs_name_their_targets(demo_cfg, repo_root, tmp_path, monkeypatch):
     """What a regressor learns is in its spec (a new target list retrains it); a spec from another
     target list is refused before any shard is opened."""
+    import dataclasses
+
     import pytest
 
-    from hrtemflow.errors import HrtemflowError
-    from hrtemflow.learn import data, targets
-    from hrtemflow.plan import train_spec
+    from hrtemflow.campaign.specs import train_spec
+    from hrtemflow.core.errors import HrtemflowError
+    from hrtemflow.core.tasks import TASKS
 
     plan = _plan(demo_cfg, repo_root)
     for task in ("aberrations", "structure"):
         spec = train_spec(plan, task)
-        assert spec["targets"] == [t.name for t in targets.REGRESSION_TARGETS[task]]
+        assert spec["targets"] == TASKS[task].target_names
     assert "targets" not in train_spec(plan, "chirality")
     old = train_spec(plan, "aberrations")
-    monkeypatch.setitem(targets.REGRESSION_TARGETS, "aberrations", targets.REGRESSION_TARGETS["aberrations"][:3])
+    fewer = dataclasses.replace(TASKS["aberrations"], targets=TASKS["aberrations"].targets[:3])
+    monkeypatch.setitem(TASKS, "aberrations", fewer)
     assert train_spec(plan, "aberrations")["targets"] != old["targets"]
     with pytest.raises(HrtemflowError, match="rerun `hrtemflow plan`"):
-        data.check_spec(old)
+        check_train_spec(old)
 
 
 def test_spectral_width_enters_only_its_own_spec_and_only_when_not_the_default(demo_cfg, repo_root):
     """Setting a task's spectrum trunk retrains that task alone; spelling out a default retrains nothing."""
-    from hrtemflow.plan import train_spec
+    from hrtemflow.campaign.specs import train_spec
 
     plan = _plan(demo_cfg, repo_root)
     before = {task: train_spec(plan, task) for task in plan.tasks()}
@@ -163,15 +171,20 @@ def test_spectral_width_enters_only_its_own_spec_and_only_when_not_the_default(d
     assert [task for task in before if after[task] != before[task]] == ["chirality"]
 
 
-@pytest.mark.parametrize("option, default, value, task, ignored_by", [
-    ("precision", "auto", "mixed_bfloat16", "ordering", ()),
-    ("stem", "full", "patchify", "structure", ("denoise",)),
-    ("shot_noise", "stored", "fresh", "denoise", ()),
-])
-def test_option_enters_only_its_own_spec_and_only_when_not_default(demo_cfg, repo_root, option, default, value, task, ignored_by):
-    """Training in bfloat16, on a patchify stem or with fresh shot noise retrains that task alone; a config that spells out
-    the default retrains nothing, nor does a value for a task that does not use the option."""
-    from hrtemflow.plan import train_spec
+@pytest.mark.parametrize(
+    "option, default, value, task, ignored_by",
+    [
+        ("precision", "auto", "mixed_bfloat16", "ordering", ()),
+        ("stem", "full", "patchify", "structure", ("denoise",)),
+        ("shot_noise", "stored", "fresh", "denoise", ()),
+    ],
+)
+def test_option_enters_only_its_own_spec_and_only_when_not_default(
+    demo_cfg, repo_root, option, default, value, task, ignored_by
+):
+    """Training in bfloat16, on a patchify stem or with fresh shot noise retrains that task alone; a config that
+    spells out the default retrains nothing, nor does a value for a task that does not use the option."""
+    from hrtemflow.campaign.specs import train_spec
 
     plan = _plan(demo_cfg, repo_root)
     before = {t: train_spec(plan, t) for t in plan.tasks()}
@@ -188,14 +201,17 @@ def test_option_enters_only_its_own_spec_and_only_when_not_default(demo_cfg, rep
     assert [t for t in before if after[t] != before[t]] == [task]
 
 
-@pytest.mark.parametrize(("option", "default", "value"), [
-    ("temporal_coherence", "envelope", "defocus_average"),
-    ("phase_plate_deg", [0.0, 0.0], [60.0, 90.0]),
-])
+@pytest.mark.parametrize(
+    ("option", "default", "value"),
+    [
+        ("temporal_coherence", "envelope", "defocus_average"),
+        ("phase_plate_deg", [0.0, 0.0], [60.0, 90.0]),
+    ],
+)
 def test_physics_options_enter_image_specs_only_when_set(demo_cfg, repo_root, option, default, value):
     """Spelling out the default (the envelope, no phase plate) images nothing again; setting the option
     changes every image spec and no MD spec (so `snakemake` re-images and re-trains, and keeps the MD)."""
-    from hrtemflow.plan import image_spec, md_spec
+    from hrtemflow.campaign.specs import image_spec, md_spec
 
     plan = _plan(demo_cfg, repo_root)
     before = {s.name: (md_spec(plan.cfg, s), image_spec(plan, s)) for s in plan.shards}

@@ -14,11 +14,11 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 
-from hrtemflow import potentials as P
-from hrtemflow import tbsma
-from hrtemflow.commands import potentials as potentials_cmd
-from hrtemflow.errors import HrtemflowError
-from hrtemflow.runtime import load_lammps
+from hrtemflow.atomistic import potentials as P
+from hrtemflow.atomistic import tbsma
+from hrtemflow.cli.commands import potentials as potentials_cmd
+from hrtemflow.core.errors import HrtemflowError
+from hrtemflow.core.runtime import load_lammps
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = ROOT / "resources" / "potentials"
@@ -66,8 +66,11 @@ def test_tail_is_smooth_at_both_ends():
         below = derivs(fn._exponential, pair.rc1)
         x = pair.rc1 - pair.rc2
         a3, a4, a5 = fn.coefficients
-        poly = (a3 * x**3 + a4 * x**4 + a5 * x**5, 3 * a3 * x**2 + 4 * a4 * x**3 + 5 * a5 * x**4,
-                6 * a3 * x + 12 * a4 * x**2 + 20 * a5 * x**3)
+        poly = (
+            a3 * x**3 + a4 * x**4 + a5 * x**5,
+            3 * a3 * x**2 + 4 * a4 * x**3 + 5 * a5 * x**4,
+            6 * a3 * x + 12 * a4 * x**2 + 20 * a5 * x**3,
+        )
         assert poly == pytest.approx(below, rel=1e-5)
         assert fn(pair.rc2) == 0.0 and fn(pair.rc2 + 1.0) == 0.0
         # triple zero at rc2 (value, slope, curvature vanish): f(rc2 - eps) ~ eps^3
@@ -249,12 +252,29 @@ def test_eam_fs_density_sections_list_emitted_densities(tmp_path):
     fmt = lambda v: "\n".join(f"{x:.16e}" for x in v)  # noqa: E731
     emb = fmt(-np.sqrt(np.arange(nrho) * drho))
     zero = fmt(np.zeros(nr))
-    text = "\n".join(
-        ["x", "x", "x", "2 Ag Co", f"{nrho} {drho} {nr} {dr} {cut}",
-         "47 107.8682 4.09 fcc", emb, fmt(0.5 * g), fmt(1.0 * g),  # Ag -> Ag, Ag -> Co
-         "27 58.933194 2.51 hcp", emb, fmt(4.0 * g), fmt(0.5 * g),  # Co -> Ag, Co -> Co
-         zero, zero, zero]
-    ) + "\n"
+    text = (
+        "\n".join(
+            [
+                "x",
+                "x",
+                "x",
+                "2 Ag Co",
+                f"{nrho} {drho} {nr} {dr} {cut}",
+                "47 107.8682 4.09 fcc",
+                emb,
+                fmt(0.5 * g),
+                fmt(1.0 * g),  # Ag -> Ag, Ag -> Co
+                "27 58.933194 2.51 hcp",
+                emb,
+                fmt(4.0 * g),
+                fmt(0.5 * g),  # Co -> Ag, Co -> Co
+                zero,
+                zero,
+                zero,
+            ]
+        )
+        + "\n"
+    )
     path = tmp_path / "asym.eam.fs"
     path.write_text(text)
     lmp = new_lammps()
@@ -281,8 +301,16 @@ def test_eam_fs_density_sections_list_emitted_densities(tmp_path):
 # bulk references (REFERENCE.md, computed with the default set / Tersoff 1989)
 
 
-def relax_crystal(lattice: str, a: float, reps: tuple[int, int, int], file: Path, kind: str, el: str,
-                  relax: str = "iso 0.0", create: str | None = None) -> tuple[float, tuple[float, float, float]]:
+def relax_crystal(
+    lattice: str,
+    a: float,
+    reps: tuple[int, int, int],
+    file: Path,
+    kind: str,
+    el: str,
+    relax: str = "iso 0.0",
+    create: str | None = None,
+) -> tuple[float, tuple[float, float, float]]:
     """Energy per atom and box lengths after a box/relax minimisation at zero pressure."""
     lmp = new_lammps()
     try:
@@ -336,11 +364,14 @@ def test_tersoff_graphene():
     basis = [(0, 0), (b, 0), (1.5 * b, math.sqrt(3) / 2 * b), (2.5 * b, math.sqrt(3) / 2 * b)]
     atoms = "\n".join(
         f"create_atoms 1 single {x + 3 * b * i} {y + math.sqrt(3) * b * j} 0"
-        for i in range(nx) for j in range(ny) for x, y in basis
+        for i in range(nx)
+        for j in range(ny)
+        for x, y in basis
     )
     create = f"region box block 0 {3 * b * nx} 0 {math.sqrt(3) * b * ny} -10 10\ncreate_box 1 box\n{atoms}"
-    e, (lx, ly, _) = relax_crystal("", 0, (0, 0, 0), RESOURCES / "C.tersoff", "tersoff", "C",
-                                   relax="x 0.0 y 0.0 couple xy", create=create)
+    e, (lx, ly, _) = relax_crystal(
+        "", 0, (0, 0, 0), RESOURCES / "C.tersoff", "tersoff", "C", relax="x 0.0 y 0.0 couple xy", create=create
+    )
     assert e == pytest.approx(-7.3955, rel=1e-3)
     assert lx / (3 * nx) == pytest.approx(1.4605, rel=1e-3)
     assert ly / (math.sqrt(3) * ny) == pytest.approx(1.4605, rel=1e-3)

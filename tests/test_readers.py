@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrtemflow.errors import HrtemflowError
-from hrtemflow.readers import (
+from hrtemflow.apply.readers import (
     SUPPORTED_EXTENSIONS,
     Micrograph,
     SizeLimits,
     list_micrographs,
     read_micrograph,
 )
+from hrtemflow.core.errors import HrtemflowError
 
 REAL_MICROGRAPH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "soot_hrtem.tif"
 REAL_PIXEL_NM = 0.055496
@@ -122,31 +122,43 @@ def write_dm(
         payload = data.astype(data.dtype.newbyteorder("<")).tobytes()
     dims = (declared_shape or data.shape)[::-1]  # DM lists X first
     calib_dims = [
-        group("", [
-            f32("Origin", 0.0),
-            f32("Scale", scale if i < 2 else 1.0),
-            text("Units", unit if i < 2 else ""),
-        ])
+        group(
+            "",
+            [
+                f32("Origin", 0.0),
+                f32("Scale", scale if i < 2 else 1.0),
+                text("Units", unit if i < 2 else ""),
+            ],
+        )
         for i in range(len(dims))
     ]
     image_tags = []
     if voltage_V is not None:
         info = [f64("Voltage", voltage_V), text("Microscope", "Test TEM")]
         image_tags.append(group("Microscope Info", info))
-    image = group("", [
-        group("ImageData", [
-            group("Calibrations", [
-                group("Brightness", [f32("Origin", 0.0), f32("Scale", 1.0), text("Units", "Counts")]),
-                group("Dimension", calib_dims),
-            ]),
-            data_tag("Data", [20, el_type, n_el], payload),
-            i32("DataType", dm_type),
-            group("Dimensions", [u32("", d) for d in dims]),
-            i32("PixelDepth", data.dtype.itemsize),
-        ]),
-        group("ImageTags", image_tags),
-        text("Name", "test image"),
-    ])
+    image = group(
+        "",
+        [
+            group(
+                "ImageData",
+                [
+                    group(
+                        "Calibrations",
+                        [
+                            group("Brightness", [f32("Origin", 0.0), f32("Scale", 1.0), text("Units", "Counts")]),
+                            group("Dimension", calib_dims),
+                        ],
+                    ),
+                    data_tag("Data", [20, el_type, n_el], payload),
+                    i32("DataType", dm_type),
+                    group("Dimensions", [u32("", d) for d in dims]),
+                    i32("PixelDepth", data.dtype.itemsize),
+                ],
+            ),
+            group("ImageTags", image_tags),
+            text("Name", "test image"),
+        ],
+    )
     root_children = [group("ImageList", [image])]
     root = bytes([0, 1]) + struct.pack(be_len, len(root_children)) + b"".join(root_children)
     body = root + b"\x00" * 8
@@ -208,7 +220,8 @@ def write_velox(path: Path, frames: np.ndarray, pixel_m: float) -> None:
     meta = {
         "BinaryResult": {
             "PixelSize": {"width": repr(pixel_m), "height": repr(pixel_m)},
-            "PixelUnitX": "m", "PixelUnitY": "m",
+            "PixelUnitX": "m",
+            "PixelUnitY": "m",
             "Offset": {"x": "0", "y": "0"},
             "DetectorIndex": "0",
         },
@@ -231,14 +244,22 @@ def write_ncem_emd(path: Path, data: np.ndarray, scale_nm: float) -> None:
     """A Berkeley (NCEM) EMD written by rosettasciio's own writer."""
     from rsciio.emd import file_writer
 
-    names = ["frame", "y", "x"][-data.ndim:]
+    names = ["frame", "y", "x"][-data.ndim :]
     axes = [
-        {"name": n, "size": s, "scale": scale_nm if n in "xy" else 1.0, "offset": 0.0,
-         "units": "nm" if n in "xy" else None, "navigate": n == "frame"}
+        {
+            "name": n,
+            "size": s,
+            "scale": scale_nm if n in "xy" else 1.0,
+            "offset": 0.0,
+            "units": "nm" if n in "xy" else None,
+            "navigate": n == "frame",
+        }
         for n, s in zip(names, data.shape)
     ]
     signal = {
-        "data": data, "axes": axes, "original_metadata": {},
+        "data": data,
+        "axes": axes,
+        "original_metadata": {},
         "metadata": {"General": {"title": "hrtem"}, "Signal": {"signal_type": ""}},
     }
     file_writer(str(path), signal)
@@ -247,8 +268,15 @@ def write_ncem_emd(path: Path, data: np.ndarray, scale_nm: float) -> None:
 def write_tiff_header_only(path: Path, ny: int, nx: int) -> None:
     """A baseline TIFF whose IFD declares ny x nx 8-bit pixels but holds no pixel data."""
     entries = [
-        (256, 4, 1, nx), (257, 4, 1, ny), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-        (273, 4, 1, 128), (277, 3, 1, 1), (278, 4, 1, ny), (279, 4, 1, ny * nx),
+        (256, 4, 1, nx),
+        (257, 4, 1, ny),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 128),
+        (277, 3, 1, 1),
+        (278, 4, 1, ny),
+        (279, 4, 1, ny * nx),
     ]
     ifd = struct.pack("<H", len(entries))
     for tag, typ, count, value in entries:
@@ -296,8 +324,10 @@ def test_tiff_ome(tmp_path: Path, img: np.ndarray) -> None:
 
     p = tmp_path / "ome.tif"
     md = {
-        "PhysicalSizeX": 0.05, "PhysicalSizeXUnit": "nm",
-        "PhysicalSizeY": 0.05, "PhysicalSizeYUnit": "nm",
+        "PhysicalSizeX": 0.05,
+        "PhysicalSizeXUnit": "nm",
+        "PhysicalSizeY": 0.05,
+        "PhysicalSizeYUnit": "nm",
     }
     tifffile.imwrite(p, img, ome=True, metadata=md)
     m = _one(p)
@@ -611,9 +641,7 @@ def test_truncated_files(tmp_path: Path, img: np.ndarray) -> None:
     import tifffile
 
     files = {}
-    files["t.tif"] = lambda p: tifffile.imwrite(
-        p, img, imagej=True, resolution=(20, 20), metadata={"unit": "nm"}
-    )
+    files["t.tif"] = lambda p: tifffile.imwrite(p, img, imagej=True, resolution=(20, 20), metadata={"unit": "nm"})
     files["t.npy"] = lambda p: np.save(p, img)
     files["t.dm3"] = lambda p: write_dm(p, img.astype(np.float32), 0.05, "nm")
     files["t_1.ser"] = lambda p: write_ser(p, img.astype(np.float32), 5e-11)
@@ -671,9 +699,7 @@ def test_tiny_images(tmp_path: Path) -> None:
 
 def _huge_npy(p: Path) -> None:
     with open(p, "wb") as fh:
-        np.lib.format.write_array_header_2_0(
-            fh, {"descr": "<f4", "fortran_order": False, "shape": (40000, 40000)}
-        )
+        np.lib.format.write_array_header_2_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (40000, 40000)})
 
 
 def _huge_mrc(p: Path) -> None:
@@ -696,8 +722,8 @@ def _huge_ser(p: Path) -> None:
     write_ser(p, np.zeros((16, 16), np.float32), 5e-11)
     blob = bytearray(p.read_bytes())
     offsets_at = struct.unpack("<I", blob[22:26])[0]
-    first = struct.unpack("<I", blob[offsets_at:offsets_at + 4])[0]
-    blob[first + 42:first + 50] = struct.pack("<II", 40000, 40000)
+    first = struct.unpack("<I", blob[offsets_at : offsets_at + 4])[0]
+    blob[first + 42 : first + 50] = struct.pack("<II", 40000, 40000)
     p.write_bytes(bytes(blob[: first + 50]))
 
 

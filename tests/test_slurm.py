@@ -37,7 +37,17 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 # the profile's real requests (train: 8 threads, 32 GB, 1 GPU) can be scheduled as they are
 CLUSTER_ENV = {"FAKE_GPUS": "1", "CPUS": "16", "MEM_MB": "65536"}
 SACCT_FIELDS = ["JobID", "JobName", "Partition", "State", "ExitCode", "Timelimit", "ReqMem", "AllocTRES", "Comment"]
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 TIMINGS: dict[str, float] = {}
 LOCK = os.path.join("/run/lock" if os.path.isdir("/run/lock") else "/tmp", "hrtemflow-slurm-test.lock")
 
@@ -50,13 +60,16 @@ def _script(cmd: str, limit: int, **env: str) -> subprocess.CompletedProcess:
     """Run slurm_local.sh under `timeout -k 10` (it kills the whole process group, apt-get included)."""
     return subprocess.run(
         ["timeout", "-k", "10", str(limit), "bash", str(SCRIPT), cmd],
-        capture_output=True, text=True, env={**os.environ, **env}, timeout=limit + 30,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=limit + 30,
     )
 
 
 @dataclass
 class Cluster:
-    run_ids: list = field(default_factory=list)   # SLURM job names (snakemake run ids) to cancel at the end
+    run_ids: list = field(default_factory=list)  # SLURM job names (snakemake run ids) to cancel at the end
 
 
 @pytest.fixture(scope="module")
@@ -87,23 +100,31 @@ def slurm_cluster():
         res = _script("install", 900)
         TIMINGS["install"] = time.monotonic() - t0
         if res.returncode != 0:
-            pytest.skip(f"could not install SLURM (slurm_local.sh install exited {res.returncode}):\n{_tail(res.stderr, 20)}")
+            pytest.skip(
+                f"could not install SLURM (slurm_local.sh install exited {res.returncode}):\n{_tail(res.stderr, 20)}"
+            )
         t0 = time.monotonic()
         res = _script("up", 180, **CLUSTER_ENV)
         TIMINGS["up"] = time.monotonic() - t0
         if res.returncode != 0:
             logs = _script("logs", 30).stdout if res.returncode == 5 else ""
-            pytest.skip(f"the SLURM daemons did not come up (slurm_local.sh up exited {res.returncode}):\n"
-                        f"{_tail(res.stderr, 20)}\n{_tail(logs, 40)}".rstrip())
+            pytest.skip(
+                f"the SLURM daemons did not come up (slurm_local.sh up exited {res.returncode}):\n"
+                f"{_tail(res.stderr, 20)}\n{_tail(logs, 40)}".rstrip()
+            )
         yield cluster
     finally:
         t0 = time.monotonic()
-        for name in cluster.run_ids:   # jobs left by a failed or timed-out run: their processes outlive slurmd
+        for name in cluster.run_ids:  # jobs left by a failed or timed-out run: their processes outlive slurmd
             subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30)
         if cluster.run_ids:
             for _ in range(30):
-                q = subprocess.run(["squeue", "-h", "-o", "%i", f"--name={','.join(cluster.run_ids)}"],
-                                   capture_output=True, text=True, timeout=30)
+                q = subprocess.run(
+                    ["squeue", "-h", "-o", "%i", f"--name={','.join(cluster.run_ids)}"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
                 if q.returncode != 0 or not q.stdout.strip():
                     break
                 time.sleep(0.5)
@@ -113,7 +134,8 @@ def slurm_cluster():
         status = _script("status", 30)
         lock.close()
         assert down.returncode == 0 and "running " not in status.stdout, (
-            f"the test cluster is not down:\n{down.stderr}\n{status.stdout}")
+            f"the test cluster is not down:\n{down.stderr}\n{status.stdout}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +143,9 @@ def operator_env(tmp_path_factory) -> dict:
     """`hrtemflow install-profile` into a fresh user config folder; the environment that finds it."""
     xdg = tmp_path_factory.mktemp("xdg-config")
     env = {**os.environ, "XDG_CONFIG_HOME": str(xdg), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    res = subprocess.run([str(BIN / "hrtemflow"), "install-profile"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [str(BIN / "hrtemflow"), "install-profile"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     installed = xdg / "snakemake" / "slurm" / "config.v9+.yaml"
     assert installed.is_file(), f"install-profile did not write {installed}:\n{res.stdout}"
@@ -145,7 +168,7 @@ class Run:
     rc: int
     output: str
     run_id: str
-    jobs: list   # (slurm job id, rule) in submission order
+    jobs: list  # (slurm job id, rule) in submission order
     seconds: float
 
 
@@ -153,12 +176,24 @@ def _snakemake(cluster: Cluster, env: dict, workdir: Path, *args: str, limit: in
     """`snakemake --profile slurm ...` from `workdir`, as an operator types it, under `timeout -k 10`."""
     exe = shutil.which("snakemake", path=env["PATH"])
     assert exe, "snakemake is not installed in the test environment"
-    cmd = ["timeout", "-k", "10", str(limit), exe, "--profile", "slurm",
-           "--slurm-init-seconds-before-status-checks", "2", *args]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        str(limit),
+        exe,
+        "--profile",
+        "slurm",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        *args,
+    ]
     t0 = time.monotonic()
     # the run id is known only once snakemake prints it: read it as it comes, so that teardown can
     # cancel this run's jobs even when snakemake is killed
-    with subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(
+        cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
         lines = []
         for line in proc.stdout:
             lines.append(line)
@@ -181,15 +216,21 @@ def _sacct(job_ids: list[str], wait: float = 60) -> dict[str, dict]:
     """
     deadline = time.monotonic() + wait
     while True:
-        res = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ",".join(job_ids), "-o", ",".join(SACCT_FIELDS)],
-                             capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            ["sacct", "-X", "-P", "-n", "-j", ",".join(job_ids), "-o", ",".join(SACCT_FIELDS)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         rows = {}
         for line in res.stdout.splitlines():
             values = line.split("|", len(SACCT_FIELDS) - 1)
             if len(values) == len(SACCT_FIELDS):
                 rows[values[0]] = dict(zip(SACCT_FIELDS, values))
         complete = all(
-            j in rows and rows[j]["Partition"] and rows[j]["JobName"] != "allocation"
+            j in rows
+            and rows[j]["Partition"]
+            and rows[j]["JobName"] != "allocation"
             and rows[j]["State"].split()[0] in FINAL_STATES
             for j in job_ids
         )
@@ -209,7 +250,7 @@ def _explain(run: Run, workdir: Path) -> str:
 # ---------------------------------------------------------------------------------------------------
 # the profile's mechanics: partitions, memory, threads, GPUs, retries -- with rules that only echo
 
-MINI_SNAKEFILE = r'''
+MINI_SNAKEFILE = r"""
 # rules named like the workflow's, so the installed profile's set-resources/set-threads apply to them
 rule all:
     input: "out/md.txt", "out/train.txt", "out/flaky.txt"
@@ -226,8 +267,10 @@ rule train:
 rule flaky:
     output: "out/flaky.txt"
     resources: runtime=lambda wc, attempt: 10 * attempt
-    shell: "if [ {resources.runtime} -lt 20 ]; then echo 'fails on purpose at {resources.runtime} min' >&2; exit 1; fi; echo ok {resources.runtime} > {output}"
-'''
+    shell:
+        "if [ {resources.runtime} -lt 20 ]; then echo 'fails on purpose at {resources.runtime} min' >&2; exit 1; fi; "
+        "echo ok {resources.runtime} > {output}"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -277,13 +320,17 @@ def test_failed_job_is_retried_with_more_runtime(mini_run):
     assert _profile()["retries"] >= 1
     assert run.rc == 0, _explain(run, work)
     flaky = _rows_of(run, rows, "flaky")
-    assert [(r.get("State"), r.get("Timelimit")) for r in flaky] == [("FAILED", "00:10:00"), ("COMPLETED", "00:20:00")], flaky
-    assert all(r["Partition"] == "cpu" for r in flaky), flaky   # the profile's default partition
+    assert [(r.get("State"), r.get("Timelimit")) for r in flaky] == [
+        ("FAILED", "00:10:00"),
+        ("COMPLETED", "00:20:00"),
+    ], flaky
+    assert all(r["Partition"] == "cpu" for r in flaky), flaky  # the profile's default partition
     assert (work / "out" / "flaky.txt").read_text().split() == ["ok", "20"]
 
 
 # ---------------------------------------------------------------------------------------------------
 # the real workflow: a tiny MD campaign (2 amorphous shards, then the figure and the summary)
+
 
 def _small_config(work: Path) -> Path:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -307,8 +354,18 @@ def test_md_campaign_runs_through_sbatch(slurm_cluster, operator_env, tmp_path):
     work = tmp_path
     config = _small_config(work)
     # the repository's Snakefile, run from a work folder: nothing is written into the repository
-    run = _snakemake(slurm_cluster, operator_env, work, "--configfile", str(config),
-                     "-s", str(ROOT / "Snakefile"), "--directory", str(work), limit=420)
+    run = _snakemake(
+        slurm_cluster,
+        operator_env,
+        work,
+        "--configfile",
+        str(config),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        limit=420,
+    )
     TIMINGS["md campaign"] = run.seconds
     assert "Using profile slurm for setting default command line arguments" in run.output, _explain(run, work)
     assert run.rc == 0, _explain(run, work)

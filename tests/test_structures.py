@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from hrtemflow import analysis, structures
-from hrtemflow.errors import HrtemflowError
+from hrtemflow.atomistic import analysis, structures
+from hrtemflow.core.errors import HrtemflowError
 
 MOTIFS = ["icosahedron", "decahedron", "truncated_octahedron"]
 
@@ -30,6 +30,7 @@ def cnt_structure(n: int, m: int, **kw) -> dict:
 # nanoalloys
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ordering", ["core-shell", "janus", "disordered"])
 def test_built_orderings_are_measured_right(ordering):
     for seed in range(40):
@@ -43,7 +44,9 @@ def test_built_orderings_are_measured_right(ordering):
 @pytest.mark.parametrize("motif", MOTIFS)
 def test_nanoalloy_size_composition_and_cell(motif):
     rng = np.random.default_rng(3)
-    atoms = structures.build_nanoalloy(rng, nanoalloy_structure("core-shell", motifs=[motif], n_atoms=[150, 150], co_fraction=[0.3, 0.3]))
+    atoms = structures.build_nanoalloy(
+        rng, nanoalloy_structure("core-shell", motifs=[motif], n_atoms=[150, 150], co_fraction=[0.3, 0.3])
+    )
     intent = atoms.info["intent"]
     assert intent["motif"] == motif
     n_nearest, _ = structures.nearest_motif(motif, 150)
@@ -70,9 +73,11 @@ def test_motif_counts_match_ase():
 
 
 def test_builders_are_deterministic():
-    for family, st in [("nanoalloy", nanoalloy_structure("janus")),
-                       ("cnt", cnt_structure(8, 4, vacancy_rate=0.02, stone_wales_rate=0.02)),
-                       ("amorphous", {"density_g_cm3": [1.8, 2.6], "box_nm": [1.0, 1.0, 0.8], "min_separation_A": 1.2})]:
+    for family, st in [
+        ("nanoalloy", nanoalloy_structure("janus")),
+        ("cnt", cnt_structure(8, 4, vacancy_rate=0.02, stone_wales_rate=0.02)),
+        ("amorphous", {"density_g_cm3": [1.8, 2.6], "box_nm": [1.0, 1.0, 0.8], "min_separation_A": 1.2}),
+    ]:
         a = structures.build(family, np.random.default_rng(42), st)
         b = structures.build(family, np.random.default_rng(42), st)
         assert a.get_chemical_symbols() == b.get_chemical_symbols()
@@ -83,13 +88,18 @@ def test_particle_pieces_sees_an_evaporated_atom():
     atoms = structures.build_nanoalloy(np.random.default_rng(0), nanoalloy_structure("core-shell"))
     assert analysis.particle_pieces(atoms).tolist() == [len(atoms)]
     far = atoms.copy()
-    far.positions[0] += 20.0 * (far.positions[0] - far.positions.mean(axis=0)) / np.linalg.norm(far.positions[0] - far.positions.mean(axis=0))
+    far.positions[0] += (
+        20.0
+        * (far.positions[0] - far.positions.mean(axis=0))
+        / np.linalg.norm(far.positions[0] - far.positions.mean(axis=0))
+    )
     assert analysis.particle_pieces(far).tolist() == [len(atoms) - 1, 1]
 
 
 # ---------------------------------------------------------------------------------------------
 # nanotubes
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n,m", [(5, 5), (10, 0), (8, 4), (7, 5), (9, 3), (6, 1), (13, 7), (17, 0)])
 def test_cnt_chirality_and_diameter_measured(n, m):
@@ -115,7 +125,9 @@ def test_cnt_geometry_with_a_different_bond():
 
 @pytest.mark.parametrize("n,m,seed", [(8, 4, 0), (10, 0, 1), (7, 5, 2), (10, 10, 3)])
 def test_cnt_defects_measured_match_intended(n, m, seed):
-    atoms = structures.build_cnt(np.random.default_rng(seed), cnt_structure(n, m, length_nm=4.0, vacancy_rate=0.02, stone_wales_rate=0.01))
+    atoms = structures.build_cnt(
+        np.random.default_rng(seed), cnt_structure(n, m, length_nm=4.0, vacancy_rate=0.02, stone_wales_rate=0.01)
+    )
     intent = atoms.info["intent"]
     labels = analysis.cnt_labels(atoms)
     assert intent["vacancies"] > 0 and intent["stone_wales"] > 0
@@ -133,7 +145,9 @@ def _rings(atoms: Atoms) -> dict[int, int]:
 def test_single_stone_wales_is_5_7_7_5():
     perfect = structures.build_cnt(np.random.default_rng(0), cnt_structure(10, 10, length_nm=2.0))
     for seed in range(20):
-        atoms = structures.build_cnt(np.random.default_rng(seed), cnt_structure(10, 10, length_nm=2.0, stone_wales_rate=0.004))
+        atoms = structures.build_cnt(
+            np.random.default_rng(seed), cnt_structure(10, 10, length_nm=2.0, stone_wales_rate=0.004)
+        )
         if atoms.info["intent"]["stone_wales"] == 1:
             break
     else:
@@ -160,6 +174,7 @@ def test_tube_intact_sees_a_cut_tube():
 # amorphous carbon
 # ---------------------------------------------------------------------------------------------
 
+
 def test_amorphous_density_and_separation():
     st = {"density_g_cm3": [2.0, 2.0], "box_nm": [1.5, 1.5, 1.0], "min_separation_A": 1.3}
     atoms = structures.build_amorphous(np.random.default_rng(1), st)
@@ -173,7 +188,9 @@ def test_amorphous_density_and_separation():
 
 def test_amorphous_impossible_packing_is_a_clear_error():
     with pytest.raises(HrtemflowError, match="min_separation_A"):
-        structures.build_amorphous(np.random.default_rng(0), {"density_g_cm3": [3.6, 3.6], "box_nm": [0.8, 0.8, 0.8], "min_separation_A": 2.0})
+        structures.build_amorphous(
+            np.random.default_rng(0), {"density_g_cm3": [3.6, 3.6], "box_nm": [0.8, 0.8, 0.8], "min_separation_A": 2.0}
+        )
 
 
 def test_sp3_of_diamond():

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from hrtemflow.config import load_config
-from hrtemflow.errors import ConfigError
+from hrtemflow.campaign.config import load_config
+from hrtemflow.core.errors import ConfigError
 
 
 def _set(cfg: dict, dotted: str, value) -> dict:
@@ -38,8 +38,18 @@ BAD = [
     ("empty ordering list", "families.nanoalloy.orderings", [], "families.nanoalloy.orderings"),
     ("unknown ordering", "families.nanoalloy.orderings", ["onion"], "families.nanoalloy.orderings[0]"),
     ("unknown motif", "families.nanoalloy.structure.motifs", ["cube"], "families.nanoalloy.structure.motifs[0]"),
-    ("reversed range", "families.nanoalloy.structure.co_fraction", [0.6, 0.2], "families.nanoalloy.structure.co_fraction"),
-    ("reversed density range", "families.amorphous.structure.density_g_cm3", [2.5, 1.5], "families.amorphous.structure.density_g_cm3"),
+    (
+        "reversed range",
+        "families.nanoalloy.structure.co_fraction",
+        [0.6, 0.2],
+        "families.nanoalloy.structure.co_fraction",
+    ),
+    (
+        "reversed density range",
+        "families.amorphous.structure.density_g_cm3",
+        [2.5, 1.5],
+        "families.amorphous.structure.density_g_cm3",
+    ),
     ("range of one value", "imaging.optics.defocus_nm", [10], "imaging.optics.defocus_nm"),
     ("pixel size <= 0 (sampling)", "imaging.families.cnt.sampling_A", 0.0, "imaging.families.cnt.sampling_A"),
     ("pixel size <= 0 (apply)", "apply.pixel_size_nm", -0.05, "apply.pixel_size_nm"),
@@ -60,7 +70,12 @@ BAD = [
     ("fault fraction above 1", "campaign.fault_injection.fraction", 1.5, "campaign.fault_injection.fraction"),
     ("sizes empty", "imaging.sizes", [], "imaging.sizes"),
     ("apply without folder", "apply.enabled", True, "apply.input_dir"),
-    ("every family disabled", "families", {"nanoalloy": {"enabled": False}, "cnt": {"enabled": False}, "amorphous": {"enabled": False}}, "families"),
+    (
+        "every family disabled",
+        "families",
+        {"nanoalloy": {"enabled": False}, "cnt": {"enabled": False}, "amorphous": {"enabled": False}},
+        "families",
+    ),
     ("classifier of one chirality", "families.cnt.chiralities", [[8, 4]], "learning.tasks.chirality"),
     ("support film without amorphous", "imaging.families.nanoalloy.support_film", True, None),
 ]
@@ -84,15 +99,26 @@ def test_table_is_large_enough():
 
 def test_snakemake_refuses_a_bad_config_before_any_job(repo_root, demo_cfg, tmp_path):
     import yaml
-
     from tests.conftest import snakemake_exe
 
     cfg = _set(demo_cfg, "families.cnt.chiralities", [[4, 8]])
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = subprocess.run(
-        [snakemake_exe(), "-s", str(repo_root / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(path), "--cores", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            snakemake_exe(),
+            "-s",
+            str(repo_root / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(path),
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode != 0
     assert "families.cnt.chiralities[0]" in res.stderr + res.stdout

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tests.conftest import BIN, ROOT, tiny_campaign
 
 HRTEMFLOW = str(BIN / "hrtemflow")
@@ -103,7 +102,9 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([HRTEMFLOW, *args], env=ENV, capture_output=True, text=True, cwd=cwd)
 
 
-def assert_clear_error(res: subprocess.CompletedProcess, command: str, path: Path, reason: str, one_line: bool = True) -> None:
+def assert_clear_error(
+    res: subprocess.CompletedProcess, command: str, path: Path, reason: str, one_line: bool = True
+) -> None:
     err = res.stderr.strip()
     assert res.returncode == 2, (res.returncode, err[-3000:])
     assert "Traceback" not in err, err[-3000:]
@@ -125,8 +126,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, can_mount) -> dict:
     """A tiny MD spec, its reference outputs, an imaging spec on them and its reference store, a config."""
-    from hrtemflow.config import load_config
-    from hrtemflow.plan import image_spec, make_plan, md_spec
+    from hrtemflow.campaign.config import load_config
+    from hrtemflow.campaign.plan import make_plan
+    from hrtemflow.campaign.specs import image_spec, md_spec
 
     root = tmp_path_factory.mktemp("disk")
     raw = tiny_campaign()
@@ -136,18 +138,44 @@ def inputs(tmp_path_factory, can_mount) -> dict:
     shard = next(s for s in plan.shards if s.family == "cnt")
     ref = root / "ref"
     (root / "md.json").write_text(json.dumps(md_spec(cfg, shard)))
-    res = run("md", str(root / "md.json"), "--structures", str(ref / "x.extxyz"), "--manifest", str(ref / "x.manifest.json"), "--no-progress")
+    res = run(
+        "md",
+        str(root / "md.json"),
+        "--structures",
+        str(ref / "x.extxyz"),
+        "--manifest",
+        str(ref / "x.manifest.json"),
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stderr
-    img = {**image_spec(plan, shard), "md": {"structures": str(ref / "x.extxyz"), "manifest": str(ref / "x.manifest.json")}}
+    img = {
+        **image_spec(plan, shard),
+        "md": {"structures": str(ref / "x.extxyz"), "manifest": str(ref / "x.manifest.json")},
+    }
     (root / "image.json").write_text(json.dumps(img))
     res = run("image", str(root / "image.json"), "--out", str(ref / "x.zarr"), "--no-progress")
     assert res.returncode == 0, res.stderr
     (root / "campaign.yaml").write_text(yaml.safe_dump(raw))
-    return {"root": root, "md": root / "md.json", "image": root / "image.json", "config": root / "campaign.yaml", "ref": ref, "cfg": cfg}
+    return {
+        "root": root,
+        "md": root / "md.json",
+        "image": root / "image.json",
+        "config": root / "campaign.yaml",
+        "ref": ref,
+        "cfg": cfg,
+    }
 
 
 def md_args(spec: Path, out: Path) -> list[str]:
-    return ["md", str(spec), "--structures", str(out / "x.extxyz"), "--manifest", str(out / "x.manifest.json"), "--no-progress"]
+    return [
+        "md",
+        str(spec),
+        "--structures",
+        str(out / "x.extxyz"),
+        "--manifest",
+        str(out / "x.manifest.json"),
+        "--no-progress",
+    ]
 
 
 # ------------------------------------------------------------------------------------------ disk full
@@ -164,7 +192,9 @@ def test_md_on_a_full_disk(inputs, tmp_path):
         assert not (fs / "new" / "x.extxyz").exists() and not (fs / "new" / "x.manifest.json").exists()
         res = run(*md_args(inputs["md"], fs))  # the same names: the old pair must survive
         assert_clear_error(res, "md", fs / "x.extxyz", "No space left on device")
-        assert (fs / "x.extxyz").read_bytes() == ref["x.extxyz"] and (fs / "x.manifest.json").read_bytes() == ref["x.manifest.json"]
+        assert (fs / "x.extxyz").read_bytes() == ref["x.extxyz"] and (fs / "x.manifest.json").read_bytes() == ref[
+            "x.manifest.json"
+        ]
         assert temporaries(fs) == []
         filler.unlink()  # space again: the same command goes through
         res = run(*md_args(inputs["md"], fs / "new"))
@@ -173,7 +203,7 @@ def test_md_on_a_full_disk(inputs, tmp_path):
 
 
 def test_image_on_a_full_disk(inputs, tmp_path):
-    from hrtemflow.store import is_complete
+    from hrtemflow.store.reader import is_complete
 
     ref = snapshot(inputs["ref"] / "x.zarr")
     with tmpfs(tmp_path / "fs", "4m") as fs:
@@ -193,7 +223,8 @@ def test_image_on_a_full_disk(inputs, tmp_path):
 
 
 def test_plan_on_a_full_disk(inputs, tmp_path):
-    from hrtemflow.plan import make_plan, spec_texts
+    from hrtemflow.campaign.plan import make_plan
+    from hrtemflow.campaign.specs import spec_texts
 
     texts = spec_texts(make_plan(inputs["cfg"]))
     with tmpfs(tmp_path / "fs", "256k") as fs:
@@ -218,7 +249,15 @@ def test_train_on_a_full_disk(inputs, tmp_path):
     (tmp_path / "chirality.json").write_text(json.dumps(spec))
     with tmpfs(tmp_path / "fs", "256k") as fs:
         fill(fs, leave=4096)
-        res = run("train", str(tmp_path / "chirality.json"), "--out-dir", str(fs / "model"), "--base", str(tmp_path), "--quiet")
+        res = run(
+            "train",
+            str(tmp_path / "chirality.json"),
+            "--out-dir",
+            str(fs / "model"),
+            "--base",
+            str(tmp_path),
+            "--quiet",
+        )
         assert_clear_error(res, "train", fs / "model", "No space left on device", one_line=False)
         assert not (fs / "model" / "model.keras").exists() and not (fs / "model" / "card.json").exists()
         assert temporaries(fs) == []
@@ -246,8 +285,15 @@ def test_read_only_results_folder(inputs, read_only, tmp_path):
     assert_clear_error(res, "image", read_only / "x.zarr", "Read-only file system")
     res = run("plan", str(inputs["config"]), "--base", str(read_only))
     assert_clear_error(res, "plan", read_only / "results", "Read-only file system")
-    res = run("summary", "--manifests", str(read_only / "x.manifest.json"), "--images", str(read_only / "x.zarr"),
-              "--out", str(read_only / "summary.json"))
+    res = run(
+        "summary",
+        "--manifests",
+        str(read_only / "x.manifest.json"),
+        "--images",
+        str(read_only / "x.zarr"),
+        "--out",
+        str(read_only / "summary.json"),
+    )
     assert_clear_error(res, "summary", read_only / "summary.json", "Read-only file system", one_line=False)
     assert snapshot(read_only) == before  # nothing new, nothing changed
 
@@ -258,7 +304,15 @@ def test_train_into_a_read_only_folder(read_only, tmp_path):
     spec = make_spec(tmp_path, "chirality", samples_per_group=3, shard_size=3, views=1, variants=4, epochs=1, width=4)
     (tmp_path / "chirality.json").write_text(json.dumps(spec))
     before = snapshot(read_only)
-    res = run("train", str(tmp_path / "chirality.json"), "--out-dir", str(read_only / "model"), "--base", str(tmp_path), "--quiet")
+    res = run(
+        "train",
+        str(tmp_path / "chirality.json"),
+        "--out-dir",
+        str(read_only / "model"),
+        "--base",
+        str(tmp_path),
+        "--quiet",
+    )
     assert_clear_error(res, "train", read_only / "model", "Read-only file system", one_line=False)
     assert snapshot(read_only) == before
 
@@ -266,8 +320,8 @@ def test_train_into_a_read_only_folder(read_only, tmp_path):
 def test_permission_denied_is_one_clear_line_and_other_os_errors_are_not_hidden(tmp_path, monkeypatch, capsys):
     """EACCES (a folder of another user; root cannot be refused here, so it is raised by hand) reads like
     ENOSPC and EROFS; an OSError the user cannot fix is a bug and keeps its traceback."""
-    from hrtemflow import io
     from hrtemflow.cli import main
+    from hrtemflow.core import atomic as io
 
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"family": "cnt", "samples": []}))

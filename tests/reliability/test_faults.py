@@ -20,7 +20,6 @@ import os
 import subprocess
 
 import pytest
-
 from tests.conftest import BIN, ROOT, run_snakemake, tiny_campaign
 
 pytestmark = pytest.mark.slow
@@ -38,7 +37,10 @@ def campaign(tmp_path_factory):
     res = run_snakemake(work, cfg)
     assert res.returncode == 0, f"a campaign with injected faults must still complete:\n{res.stderr[-6000:]}"
     r = work / "results"
-    manifests = {p.name.removesuffix(".manifest.json"): json.loads(p.read_text()) for p in sorted((r / "md").rglob("*.manifest.json"))}
+    manifests = {
+        p.name.removesuffix(".manifest.json"): json.loads(p.read_text())
+        for p in sorted((r / "md").rglob("*.manifest.json"))
+    }
     return work, cfg, manifests
 
 
@@ -72,7 +74,7 @@ def test_structures_hold_exactly_the_ok_samples(campaign):
 
 
 def test_image_shards_count_what_they_skipped(campaign):
-    from hrtemflow.store import is_complete, open_shard
+    from hrtemflow.store.reader import is_complete, open_shard
 
     work, cfg, manifests = campaign
     per = cfg["imaging"]["views_per_structure"] * cfg["imaging"]["variants_per_view"]
@@ -97,7 +99,11 @@ def test_summary_reports_failures_per_family_and_is_consistent(campaign):
         failed = sum(m["n_failed"] for m in mine)
         total_failed += failed
         md = entry["md"]
-        assert md["samples"] == sum(m["n_samples"] for m in mine) and md["failed"] == failed and md["ok"] == md["samples"] - failed
+        assert (
+            md["samples"] == sum(m["n_samples"] for m in mine)
+            and md["failed"] == failed
+            and md["ok"] == md["samples"] - failed
+        )
         assert md["failure_rate"] == pytest.approx(failed / md["samples"], abs=1e-6)
         assert md["failure_reasons"] == ({"injected fault": failed} if failed else {}), md
         img = entry["images"]
@@ -109,15 +115,24 @@ def test_summary_reports_failures_per_family_and_is_consistent(campaign):
 
 def test_environment_variable_overrides_the_spec(tmp_path):
     """HRTEMFLOW_FAULT_FRACTION=1 fails every sample of a spec that asks for none; a bad value is refused."""
-    from hrtemflow.config import load_config
-    from hrtemflow.plan import make_plan, md_spec
+    from hrtemflow.campaign.config import load_config
+    from hrtemflow.campaign.plan import make_plan
+    from hrtemflow.campaign.specs import md_spec
 
     cfg = load_config(tiny_campaign(), base=ROOT)
     shard = next(s for s in make_plan(cfg).shards if s.family == "cnt")
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(md_spec(cfg, shard)))
-    cmd = [str(BIN / "hrtemflow"), "md", str(spec), "--structures", str(tmp_path / "x.extxyz"),
-           "--manifest", str(tmp_path / "x.manifest.json"), "--no-progress"]
+    cmd = [
+        str(BIN / "hrtemflow"),
+        "md",
+        str(spec),
+        "--structures",
+        str(tmp_path / "x.extxyz"),
+        "--manifest",
+        str(tmp_path / "x.manifest.json"),
+        "--no-progress",
+    ]
     env = {**os.environ, "HRTEMFLOW_FAULT_FRACTION": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tests.conftest import BIN, ROOT, planned_jobs, run_snakemake, snakemake_exe, tiny_campaign
 
 HRTEMFLOW = str(BIN / "hrtemflow")
@@ -50,7 +49,7 @@ def kill(proc: subprocess.Popen) -> bool:
 
 def is_hidden_tmp(entry: str, finals: list[str]) -> bool:
     """`.NAME.<random>.tmp`, `.NAME.<random>.tmp.<suffix>` or `.NAME.<random>.old.tmp` of a final NAME."""
-    return any(entry.startswith(f".{name}.") and ".tmp" in entry[len(name) + 2:] for name in finals)
+    return any(entry.startswith(f".{name}.") and ".tmp" in entry[len(name) + 2 :] for name in finals)
 
 
 def check_leftovers(folder: Path, finals: list[str]) -> list[str]:
@@ -64,13 +63,13 @@ def check_leftovers(folder: Path, finals: list[str]) -> list[str]:
 
 
 def strip_timing(manifest: dict) -> dict:
-    from hrtemflow.md import strip_timing as strip
+    from hrtemflow.atomistic.md_shard import strip_timing as strip
 
     return strip(manifest)
 
 
 def zarr_contents(path: Path) -> dict:
-    from hrtemflow.store import read_all
+    from hrtemflow.store.reader import read_all
 
     return read_all(path)
 
@@ -101,8 +100,9 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def specs(root) -> dict:
     """One CNT MD shard of 4 samples (about a second of LAMMPS, some injected failures) and its imaging spec."""
-    from hrtemflow.config import load_config
-    from hrtemflow.plan import image_spec, make_plan, md_spec
+    from hrtemflow.campaign.config import load_config
+    from hrtemflow.campaign.plan import make_plan
+    from hrtemflow.campaign.specs import image_spec, md_spec
 
     raw = tiny_campaign()
     raw["campaign"]["fault_injection"] = {"fraction": 0.3}
@@ -122,8 +122,18 @@ def specs(root) -> dict:
 
 
 def md_cmd(spec: Path, out: Path) -> list[str]:
-    return [HRTEMFLOW, "md", str(spec), "--structures", str(out / "md.extxyz"), "--manifest", str(out / "md.manifest.json"),
-            "--threads", "1", "--no-progress"]
+    return [
+        HRTEMFLOW,
+        "md",
+        str(spec),
+        "--structures",
+        str(out / "md.extxyz"),
+        "--manifest",
+        str(out / "md.manifest.json"),
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +155,9 @@ def check_md_state(out: Path, ref: Path) -> None:
     xyz, man = out / "md.extxyz", out / "md.manifest.json"
     if man.exists():
         assert xyz.exists(), "a manifest without its structures file"
-        assert strip_timing(json.loads(man.read_text())) == strip_timing(json.loads((ref / "md.manifest.json").read_text()))
+        assert strip_timing(json.loads(man.read_text())) == strip_timing(
+            json.loads((ref / "md.manifest.json").read_text())
+        )
     if xyz.exists():
         assert xyz.read_bytes() == (ref / "md.extxyz").read_bytes(), "a structures file that is not the complete one"
     check_leftovers(out, ["md.extxyz", "md.manifest.json"])
@@ -165,7 +177,9 @@ def test_md_killed_at_random_points_then_rerun_gives_the_same_bytes(specs, md_re
     seen = set(os.listdir(out)) if out.exists() else set()
     deadline = time.monotonic() + 10 * md_reference
     while proc.poll() is None and time.monotonic() < deadline:
-        if out.exists() and any(is_hidden_tmp(e, ["md.extxyz", "md.manifest.json"]) for e in set(os.listdir(out)) - seen):
+        if out.exists() and any(
+            is_hidden_tmp(e, ["md.extxyz", "md.manifest.json"]) for e in set(os.listdir(out)) - seen
+        ):
             break
     interrupted += kill(proc)
     check_md_state(out, specs["ref"])
@@ -185,7 +199,7 @@ def image_cmd(spec: Path, out: Path) -> list[str]:
 
 
 def test_image_killed_while_writing_then_rerun_gives_the_same_arrays(specs, md_reference, root):
-    from hrtemflow.store import is_complete
+    from hrtemflow.store.reader import is_complete
 
     rng = random.Random(SEED + 1)
     ref = root / "img-ref" / "shard.zarr"
@@ -202,8 +216,13 @@ def test_image_killed_while_writing_then_rerun_gives_the_same_arrays(specs, md_r
             time.sleep(rng.uniform(0.1, 0.9) * wall)
         else:  # at a random moment after the store being built has appeared (the Zarr write runs throughout)
             deadline = time.monotonic() + 5 * wall
-            while proc.poll() is None and time.monotonic() < deadline and not any(
-                    is_hidden_tmp(e, [out.name]) for e in (os.listdir(out.parent) if out.parent.exists() else [])):
+            while (
+                proc.poll() is None
+                and time.monotonic() < deadline
+                and not any(
+                    is_hidden_tmp(e, [out.name]) for e in (os.listdir(out.parent) if out.parent.exists() else [])
+                )
+            ):
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.5) * wall)
         interrupted += kill(proc)
@@ -232,17 +251,42 @@ def test_replacing_a_store_is_atomic_even_when_killed_while_the_old_one_is_remov
     whose zarr.json still says complete. The old one is renamed aside first, then removed."""
     import shutil
 
-    from hrtemflow import io
-    from hrtemflow.store import is_complete, write_image_shard
+    from hrtemflow.core import atomic as io
+    from hrtemflow.store.reader import is_complete
+    from hrtemflow.store.writer import write_image_shard
 
     def shard(value: float) -> dict:
         img = np.full((2, 8, 8), value, np.float32)
-        params = {k: np.zeros(2) for k in ("defocus_A", "cs_A", "c12_A", "phi12_rad", "c21_A", "phi21_rad", "c23_A", "phi23_rad",
-                                             "focal_spread_A", "convergence_mrad", "dose_e_per_A2", "energy_eV", "fov_A",
-                                             "brightness", "contrast", "background", "mtf_c50")}
+        params = {
+            k: np.zeros(2)
+            for k in (
+                "defocus_A",
+                "cs_A",
+                "c12_A",
+                "phi12_rad",
+                "c21_A",
+                "phi21_rad",
+                "c23_A",
+                "phi23_rad",
+                "focal_spread_A",
+                "convergence_mrad",
+                "dose_e_per_A2",
+                "energy_eV",
+                "fov_A",
+                "brightness",
+                "contrast",
+                "background",
+                "mtf_c50",
+            )
+        }
         params.update(euler_rad=np.zeros((2, 3)), shift_A=np.zeros((2, 2)))
-        return {"sample_id": np.array(["a-0000000", "a-0000001"]), "image_id": np.array(["x", "y"]), "params": params,
-                "labels": {}, "s8": {"image": img, "noise_free": img, "clean": img, "pixel_size_A": np.ones(2)}}
+        return {
+            "sample_id": np.array(["a-0000000", "a-0000001"]),
+            "image_id": np.array(["x", "y"]),
+            "params": params,
+            "labels": {},
+            "s8": {"image": img, "noise_free": img, "clean": img, "pixel_size_A": np.ones(2)},
+        }
 
     final = tmp_path / "s.zarr"
     write_image_shard(final, shard(1.0), {"sizes": [8]})
@@ -250,7 +294,9 @@ def test_replacing_a_store_is_atomic_even_when_killed_while_the_old_one_is_remov
     removed = []
 
     def killed_halfway(path, *args, **kwargs):
-        if Path(path).resolve() == final.resolve() or (Path(path).name.startswith(".s.zarr.") and Path(path).name.endswith(".old.tmp")):
+        if Path(path).resolve() == final.resolve() or (
+            Path(path).name.startswith(".s.zarr.") and Path(path).name.endswith(".old.tmp")
+        ):
             victims = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name != "zarr.json")
             for p in victims[: len(victims) // 2]:
                 p.unlink()
@@ -277,7 +323,7 @@ def test_replacing_a_store_is_atomic_even_when_killed_while_the_old_one_is_remov
 def test_train_killed_after_a_checkpoint_resumes_from_it(root):
     from tests.test_learn_data import make_spec
 
-    from hrtemflow.learn.train import load_bundle
+    from hrtemflow.learn.bundle import load_checked as load_bundle
 
     rng = random.Random(SEED + 2)
     base = root / "learn"
@@ -303,8 +349,8 @@ def test_train_killed_after_a_checkpoint_resumes_from_it(root):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"resuming after epoch {state['epoch']}" in res.stdout, res.stdout[-3000:]
     model, card = load_bundle(out)
-    assert card["epochs_run"] == 5 and len(card["history"]["loss"]) == 5
-    assert card["history"]["loss"][: state["epoch"]] == state["history"]["loss"]  # those epochs were not run again
+    assert card.epochs_run == 5 and len(card.history["loss"]) == 5
+    assert card.history["loss"][: state["epoch"]] == state["history"]["loss"]  # those epochs were not run again
     assert model.output_shape == (None, len(spec["classes"]))
 
 
@@ -346,15 +392,24 @@ def kill_tree(pid: int) -> int:
 def test_workflow_killed_mid_run_then_rerun_incomplete_completes(tmp_path):
     import yaml
 
-    from hrtemflow.store import is_complete
+    from hrtemflow.store.reader import is_complete
 
     rng = random.Random(SEED + 3)
     cfg = tiny_campaign()
     cfg["learning"]["enabled"] = False  # training is killed on its own above; this keeps the test short
     cfg["families"]["cnt"]["samples_per_chirality"] = 2
     (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [snakemake_exe(), "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-           str(tmp_path / "campaign.yaml"), "--cores", "2"]
+    cmd = [
+        snakemake_exe(),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "campaign.yaml"),
+        "--cores",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     r = tmp_path / "results"
     deadline = time.monotonic() + 300

@@ -30,16 +30,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from hrtemflow.errors import ConfigError, HrtemflowError
 from tests.conftest import BIN, ROOT, run_snakemake, tiny_campaign
+
+from hrtemflow.campaign.paths import shard_paths as paths
+from hrtemflow.campaign.paths import train_paths
+from hrtemflow.campaign.plan import make_plan
+from hrtemflow.campaign.specs import spec_texts
+from hrtemflow.core.errors import ConfigError, HrtemflowError
+from hrtemflow.store.dataset import open_dataset
 
 SRC = ROOT / "src" / "hrtemflow"
 NASTY = "res dir;touch PWNED$(touch PWNED2)`touch PWNED3`"
 PWNED = ("PWNED", "PWNED2", "PWNED3")
 
 # TensorFlow tensors lack the numpy-2 `copy` keyword; Keras converts them many times a step
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 
 def pwned_files(*folders: Path) -> list[Path]:
@@ -49,8 +56,18 @@ def pwned_files(*folders: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------ source scan
 
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}
-TEXT_PATTERNS = [r"allow_pickle\s*=\s*True", r"pickle\.loads?\(", r"safe_mode\s*=\s*False", r"torch\.load\(",
-                 r"unsafe_load\(", r"full_load\(", r"enable_unsafe_deserialization", r"shell\s*=\s*True", r"os\.system\(", r"os\.popen\("]
+TEXT_PATTERNS = [
+    r"allow_pickle\s*=\s*True",
+    r"pickle\.loads?\(",
+    r"safe_mode\s*=\s*False",
+    r"torch\.load\(",
+    r"unsafe_load\(",
+    r"full_load\(",
+    r"enable_unsafe_deserialization",
+    r"shell\s*=\s*True",
+    r"os\.system\(",
+    r"os\.popen\(",
+]
 
 
 def _const(node: ast.AST | None, value) -> bool:
@@ -64,10 +81,18 @@ def _kw(call: ast.Call, name: str) -> ast.AST | None:
 def scan_source(text: str, where: str = "<src>") -> list[str]:
     """Unsafe deserialisation and code execution in Python source: one line per finding."""
     found = []
+    tree = ast.parse(text)
+    # a loader class of the module's own that derives from yaml.SafeLoader is as safe as SafeLoader
+    safe_loaders = {"SafeLoader", "CSafeLoader"} | {
+        c.name
+        for c in ast.walk(tree)
+        if isinstance(c, ast.ClassDef)
+        and any(isinstance(b, ast.Attribute) and b.attr in ("SafeLoader", "CSafeLoader") for b in c.bases)
+    }
     for pattern in TEXT_PATTERNS:
         for m in re.finditer(pattern, text):
             found.append(f"{where}:{text.count(chr(10), 0, m.start()) + 1}: text {m.group(0)!r}")
-    for node in ast.walk(ast.parse(text)):
+    for node in ast.walk(tree):
         line = f"{where}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -85,11 +110,20 @@ def scan_source(text: str, where: str = "<src>") -> list[str]:
             found.append(f"{line}: np.load without allow_pickle=False")
         if owner == "yaml" and name in ("load", "load_all"):
             loader = _kw(node, "Loader") or (node.args[1] if len(node.args) > 1 else None)
-            if not (isinstance(loader, ast.Attribute) and loader.attr in ("SafeLoader", "CSafeLoader")):
+            name_of = (
+                loader.attr
+                if isinstance(loader, ast.Attribute)
+                else (loader.id if isinstance(loader, ast.Name) else None)
+            )
+            if name_of not in safe_loaders:
                 found.append(f"{line}: yaml.{name} without SafeLoader")
         if owner == "torch" and name == "load":
             found.append(f"{line}: torch.load")
-        if _const(_kw(node, "safe_mode"), False) or _const(_kw(node, "allow_pickle"), True) or _const(_kw(node, "shell"), True):
+        if (
+            _const(_kw(node, "safe_mode"), False)
+            or _const(_kw(node, "allow_pickle"), True)
+            or _const(_kw(node, "shell"), True)
+        ):
             found.append(f"{line}: unsafe keyword in {name}()")
         if name == "load_model" and _kw(node, "safe_mode") is None:
             found.append(f"{line}: load_model without an explicit safe_mode=True")
@@ -123,12 +157,28 @@ def test_the_scanner_catches_what_it_looks_for():
         os.system("ls")
         eval("1")
         g = pickle.loads(b"")
+        class Unsafe(yaml.Loader): pass
+        h = yaml.load("x", Loader=Unsafe)
     """)
     hits = "\n".join(scan_source(planted))
-    for what in ("imports ['pickle']", "np.load without allow_pickle=False", "yaml.load without SafeLoader", "torch.load",
-                 "load_model without an explicit", "unsafe keyword in run()", "os.system(", "eval()", "pickle.loads("):
+    assert hits.count("yaml.load without SafeLoader") == 2  # plain, and a subclass of the unsafe Loader
+    assert scan_source("import yaml\nclass L(yaml.SafeLoader): pass\nx = yaml.load('a', Loader=L)\n") == []
+    for what in (
+        "imports ['pickle']",
+        "np.load without allow_pickle=False",
+        "yaml.load without SafeLoader",
+        "torch.load",
+        "load_model without an explicit",
+        "unsafe keyword in run()",
+        "os.system(",
+        "eval()",
+        "pickle.loads(",
+    ):
         assert what in hits, what
-    safe = "import numpy as np, yaml\nnp.load('x', allow_pickle=False)\nyaml.load(t, Loader=yaml.SafeLoader)\nyaml.safe_load(t)\n"
+    safe = (
+        "import numpy as np, yaml\nnp.load('x', allow_pickle=False)\n"
+        "yaml.load(t, Loader=yaml.SafeLoader)\nyaml.safe_load(t)\n"
+    )
     assert scan_source(safe) == []
 
 
@@ -147,7 +197,7 @@ class _Payload:
 
 @pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
 def test_object_npy_is_refused_and_never_unpickled(tmp_path, version):
-    from hrtemflow.readers import read_micrograph
+    from hrtemflow.apply.readers import read_micrograph
 
     target = tmp_path / "PWNED"
     arr = np.empty((8, 8), dtype=object)
@@ -166,19 +216,29 @@ def test_zarr_store_with_a_pickle_coded_array_is_never_unpickled(tmp_path):
     import numcodecs
     import zarr
 
-    from hrtemflow import store
-
     target = tmp_path / "PWNED"
     path = tmp_path / "evil.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
     g.attrs.update({"complete": True, "sizes": [32]})
     (path / "sample_id").mkdir()  # a Zarr v2 array coded with numcodecs' Pickle filter
-    (path / "sample_id" / ".zarray").write_text(json.dumps({
-        "zarr_format": 2, "shape": [1], "chunks": [1], "dtype": "|O", "compressor": None, "fill_value": None,
-        "order": "C", "filters": [{"id": "pickle", "protocol": 5}], "dimension_separator": "."}))
+    (path / "sample_id" / ".zarray").write_text(
+        json.dumps(
+            {
+                "zarr_format": 2,
+                "shape": [1],
+                "chunks": [1],
+                "dtype": "|O",
+                "compressor": None,
+                "fill_value": None,
+                "order": "C",
+                "filters": [{"id": "pickle", "protocol": 5}],
+                "dimension_separator": ".",
+            }
+        )
+    )
     (path / "sample_id" / "0").write_bytes(numcodecs.Pickle().encode(np.array([_Payload(str(target))], dtype=object)))
     with pytest.raises(Exception):  # noqa: B017, PT011 (any refusal will do, as long as nothing was unpickled)
-        store.open_dataset([path], 32)
+        open_dataset([path], 32)
     with pytest.raises(Exception):  # noqa: B017, PT011
         zarr.open_group(str(path), mode="r")["sample_id"][...]
     assert not target.exists()
@@ -197,7 +257,7 @@ def _lambda_model(target: Path):
 
 
 def test_model_with_a_lambda_layer_is_refused_by_load_bundle(tmp_path):
-    from hrtemflow.learn.train import load_bundle
+    from hrtemflow.learn.bundle import load_checked as load_bundle
 
     target = tmp_path / "PWNED"
     bundle = tmp_path / "bundle"
@@ -206,7 +266,20 @@ def test_model_with_a_lambda_layer_is_refused_by_load_bundle(tmp_path):
     target.unlink(missing_ok=True)  # building the model above called the lambda once
     model.save(bundle / "model.keras")
     target.unlink(missing_ok=True)
-    (bundle / "card.json").write_text(json.dumps({"kind": "classification", "input_size": 16, "classes": ["a", "b"]}))
+    from hrtemflow.learn.card import ModelCard
+    from hrtemflow.learn.preprocess import NORMALISATION
+
+    card = ModelCard(
+        task="chirality",
+        kind="classification",
+        input_size=16,
+        pixel_size_A=1.0,
+        normalisation=dict(NORMALISATION),
+        dataset_sha256="",
+        hyper={"batch_size": 1},
+        classes=["a", "b"],
+    )
+    (bundle / "card.json").write_text(json.dumps(card.to_json()))  # a valid card: the model itself must be refused
     with pytest.raises(HrtemflowError, match="safe mode.*Lambda"):
         load_bundle(bundle)
     assert not target.exists(), "the Lambda layer's code ran while loading"
@@ -226,14 +299,14 @@ def test_checkpoint_with_a_lambda_layer_is_not_loaded_and_training_starts_over(t
     card = tr.train({**spec, "hyper": {**spec["hyper"], "epochs": 2}}, out, base=tmp_path, progress=False)
     printed = capsys.readouterr().out
     assert "cannot be loaded in safe mode" in printed and "starting over" in printed
-    assert card["epochs_run"] == 2 and not target.exists()
+    assert card.epochs_run == 2 and not target.exists()
 
 
 # ------------------------------------------------------------------------------------------ config text and shells
 
 
 def test_which_strings_the_schema_accepts():
-    from hrtemflow.config import load_config
+    from hrtemflow.campaign.config import load_config
 
     for name in ("x; touch PWNED", "$(touch PWNED)", "`touch PWNED`", "a b", "../x"):
         cfg = tiny_campaign()
@@ -294,9 +367,9 @@ def shell_commands(tmp_path_factory):
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
             rule, log = m.group(1), None
         elif line.startswith("    log: "):
-            log = line[len("    log: "):]
+            log = line[len("    log: ") :]
         elif line.startswith("Shell command: ") and line != "Shell command: None":
-            jobs.append((rule, log, line[len("Shell command: "):]))
+            jobs.append((rule, log, line[len("Shell command: ") :]))
     stub_dir = work / "stub"
     stub_dir.mkdir()
     record = work / "argv.jsonl"
@@ -308,7 +381,9 @@ def shell_commands(tmp_path_factory):
         if log:
             (work / log).parent.mkdir(parents=True, exist_ok=True)  # Snakemake makes the log folder before a job
         before = record.read_text().count("\n") if record.exists() else 0
-        done = subprocess.run(["bash", "-c", f"set -euo pipefail; {cmd}"], cwd=work, env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            ["bash", "-c", f"set -euo pipefail; {cmd}"], cwd=work, env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, (rule, cmd, done.stderr)
         lines = record.read_text().splitlines()
         assert len(lines) == before + 1, (rule, cmd)
@@ -348,8 +423,7 @@ def test_shell_commands_pass_config_text_as_single_arguments(shell_commands, rul
 
 
 def test_group_names_cannot_escape_and_planned_paths_stay_inside_results():
-    from hrtemflow import plan as hplan
-    from hrtemflow.config import load_config
+    from hrtemflow.campaign.config import load_config
 
     for key, value in (("orderings", ["../../etc"]), ("orderings", ["core-shell/../../x"])):
         cfg = tiny_campaign()
@@ -362,11 +436,11 @@ def test_group_names_cannot_escape_and_planned_paths_stay_inside_results():
         with pytest.raises(ConfigError, match="families.cnt.chiralities"):
             load_config(cfg, base=ROOT)
     cfg = load_config(tiny_campaign(), base=ROOT)
-    plan = hplan.make_plan(cfg)
+    plan = make_plan(cfg)
     results = Path("/w") / cfg["campaign"]["results"]
-    planned = [p for s in plan.shards for p in hplan.paths(cfg, s).values()]
-    planned += [p for t in plan.tasks() for p in hplan.train_paths(cfg, t).values()]
-    planned += list(hplan.spec_texts(plan))
+    planned = [p for s in plan.shards for p in paths(cfg, s).values()]
+    planned += [p for t in plan.tasks() for p in train_paths(cfg, t).values()]
+    planned += list(spec_texts(plan))
     for p in planned:
         assert Path(os.path.normpath(Path("/w") / p)).is_relative_to(results), p
         assert re.fullmatch(r"[a-z0-9./_-]+", p), p
@@ -374,8 +448,9 @@ def test_group_names_cannot_escape_and_planned_paths_stay_inside_results():
 
 def test_crafted_spec_names_do_not_choose_where_outputs_go(tmp_path):
     """Spec names are data: `hrtemflow md` and `hrtemflow image` write only the paths given on the command line."""
-    from hrtemflow.config import load_config
-    from hrtemflow.plan import image_spec, make_plan, md_spec
+    from hrtemflow.campaign.config import load_config
+    from hrtemflow.campaign.plan import make_plan
+    from hrtemflow.campaign.specs import image_spec, md_spec
 
     cfg = tiny_campaign()
     cfg["families"]["cnt"].update(samples_per_chirality=1, shard_size=1)
@@ -387,15 +462,35 @@ def test_crafted_spec_names_do_not_choose_where_outputs_go(tmp_path):
     out = tmp_path / "deep" / "er" / "out"
     (tmp_path / "md.json").write_text(json.dumps(md))
     hrtemflow = str(BIN / "hrtemflow")
-    res = subprocess.run([hrtemflow, "md", str(tmp_path / "md.json"), "--structures", str(out / "x.extxyz"),
-                          "--manifest", str(out / "x.manifest.json"), "--no-progress"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            hrtemflow,
+            "md",
+            str(tmp_path / "md.json"),
+            "--structures",
+            str(out / "x.extxyz"),
+            "--manifest",
+            str(out / "x.manifest.json"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
-    img = {**image_spec(plan, shard), "group": evil, "shard": evil,
-           "md": {"structures": str(out / "x.extxyz"), "manifest": str(out / "x.manifest.json")}}
+    img = {
+        **image_spec(plan, shard),
+        "group": evil,
+        "shard": evil,
+        "md": {"structures": str(out / "x.extxyz"), "manifest": str(out / "x.manifest.json")},
+    }
     (tmp_path / "img.json").write_text(json.dumps(img))
-    res = subprocess.run([hrtemflow, "image", str(tmp_path / "img.json"), "--out", str(out / "x.zarr"), "--no-progress"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run(
+        [hrtemflow, "image", str(tmp_path / "img.json"), "--out", str(out / "x.zarr"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     made = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and "x.zarr" not in p.parts)
     assert made == ["deep/er/out/x.extxyz", "deep/er/out/x.manifest.json", "img.json", "md.json"], made

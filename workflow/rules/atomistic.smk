@@ -27,8 +27,8 @@ rule md:
 
 rule md_figure:
     input:
-        structures=lambda wc: [hplan.paths(CFG, s)["structures"] for s in family_shards(wc.family)],
-        manifests=lambda wc: [hplan.paths(CFG, s)["manifest"] for s in family_shards(wc.family)],
+        structures=lambda wc: [hpaths.shard_paths(CFG, s)["structures"] for s in family_shards(wc.family)],
+        manifests=lambda wc: [hpaths.shard_paths(CFG, s)["manifest"] for s in family_shards(wc.family)],
     output:
         report(f"{R}/figures/md_{{family}}.png", caption="../report/md_figure.rst", category="1. Structures"),
     log:

@@ -5,10 +5,15 @@ import sys
 
 import yaml
 
-from hrtemflow import plan as hplan
-from hrtemflow.config import load_config, potential_files
-from hrtemflow.errors import ConfigError
-from hrtemflow.io import canonical_json
+from hrtemflow.campaign import paths as hpaths
+from hrtemflow.campaign import plan as hplan
+from hrtemflow.campaign import specs as hspecs
+from hrtemflow.campaign.config import load_config, potential_files
+from hrtemflow.core import ids
+from hrtemflow.core.atomic import canonical_json
+from hrtemflow.core.errors import ConfigError
+from hrtemflow.core.families import FAMILIES
+from hrtemflow.core.tasks import TASK_PATTERN, TASKS
 
 if not config:
     # `--configfile` replaces this default instead of being merged into it
@@ -21,14 +26,14 @@ except ConfigError as exc:
     sys.exit(f"hrtemflow: {exc}")
 
 PLAN = hplan.make_plan(CFG)
-R = hplan.results_dir(CFG)
+R = hpaths.results_dir(CFG)
 # Specs of new shards are written now (the DAG needs them); changed specs are rewritten only when a
 # real run starts (onstart), so a dry run with another config leaves the files a real run compares
 # alone. Every job carries its spec's content hash as a param, so Snakemake's params trigger makes a
 # dry run show what a config change would rerun. A rule's shell text is Snakemake's code trigger too:
 # editing it reruns every job of that rule in every existing campaign, so new knobs reach the commands
 # through the spec or the job's environment (e.g. the threads Snakemake and SLURM export), not the text.
-SPEC_BUILDERS = hplan.spec_builders(PLAN)
+SPEC_BUILDERS = hspecs.spec_builders(PLAN)
 SPEC_TEXT_CACHE = {}
 
 
@@ -39,10 +44,10 @@ POTENTIALS = potential_files(CFG)
 
 
 wildcard_constraints:
-    group=r"[a-z0-9]+(-[a-z0-9]+)*",
-    shard=r"[a-z0-9]+(-[a-z0-9]+)*-s\d{5}",
-    family=r"nanoalloy|cnt|amorphous",
-    task=r"chirality|ordering|aberrations|denoise|structure",
+    group=ids.GROUP_PATTERN,
+    shard=ids.SHARD_PATTERN,
+    family="|".join(FAMILIES),
+    task=TASK_PATTERN,
 
 
 def spec_text(path):
@@ -64,53 +69,57 @@ def family_shards(family):
     return PLAN.of_family(family)
 
 
-def families():
-    return [f for f in ("nanoalloy", "cnt", "amorphous") if PLAN.of_family(f)]
+def ood_task_names():
+    """The tasks whose bundles carry out-of-distribution statistics (classifiers and regressors)."""
+    return [name for name, t in TASKS.items() if t.kind != "denoising"]
+
 
 
 def final_targets():
-    out = [f"{R}/summary/campaign.json"]
-    out += [f"{R}/figures/md_{f}.png" for f in families()]
+    out = [hpaths.summary_path(CFG)]
+    out += [hpaths.figure_path(CFG, "md", f) for f in PLAN.families()]
     if IMAGING:
-        out += [f"{R}/figures/images_{f}.png" for f in families()]
+        out += [hpaths.figure_path(CFG, "images", f) for f in PLAN.families()]
     for task in PLAN.tasks():
-        out += [hplan.train_paths(CFG, task)[k] for k in ("report", "figures")]  # a job reruns only for missing outputs that are asked for
+        out += [hpaths.train_paths(CFG, task)[k] for k in ("report", "figures")]  # a job reruns only for missing outputs that are asked for
     if CFG["apply"]["enabled"]:
-        out.append(f"{R}/apply/summary.json")
+        out.append(hpaths.apply_summary_path(CFG))
     return out
 
 
 def image_inputs(wc):
     shard = SHARDS[wc.shard]
-    p = hplan.paths(CFG, shard)
+    p = hpaths.shard_paths(CFG, shard)
     return {
         "spec": p["image_spec"],
         "structures": p["structures"],
         "manifest": p["manifest"],
-        "support": [hplan.paths(CFG, s)["structures"] for s in hplan.support_shards(PLAN, shard)],
+        "support": [hpaths.shard_paths(CFG, s)["structures"] for s in hplan.support_shards(PLAN, shard)],
     }
 
 
 def train_inputs(wc):
     return {
-        "spec": hplan.train_paths(CFG, wc.task)["spec"],
-        "shards": [hplan.paths(CFG, s)["images"] for s in PLAN.task_shards(wc.task)],
+        "spec": hpaths.train_paths(CFG, wc.task)["spec"],
+        "shards": [hpaths.shard_paths(CFG, s)["images"] for s in PLAN.task_shards(wc.task)],
     }
 
 
 def apply_inputs(wc):
+    tasks = CFG["apply"]["tasks"]
     return {
-        "models": [hplan.train_paths(CFG, t)["model"] for t in CFG["apply"]["tasks"]],
-        "cards": [hplan.train_paths(CFG, t)["card"] for t in CFG["apply"]["tasks"]],
+        "models": [hpaths.train_paths(CFG, t)["model"] for t in tasks],
+        "cards": [hpaths.train_paths(CFG, t)["card"] for t in tasks],
+        "ood": [hpaths.train_paths(CFG, t)["ood"] for t in tasks if TASKS[t].kind != "denoising"],
     }
 
 
 def summary_inputs(wc):
     return {
-        "manifests": [hplan.paths(CFG, s)["manifest"] for s in PLAN.shards],
-        "images": [hplan.paths(CFG, s)["images"] for s in PLAN.shards] if IMAGING else [],
+        "manifests": [hpaths.shard_paths(CFG, s)["manifest"] for s in PLAN.shards],
+        "images": [hpaths.shard_paths(CFG, s)["images"] for s in PLAN.shards] if IMAGING else [],
     }
 
 
 if workflow.is_main_process:
-    hplan.write_plan(PLAN, only_missing=True, texts=all_spec_texts())
+    hspecs.write_plan(PLAN, only_missing=True, texts=all_spec_texts())

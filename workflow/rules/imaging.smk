@@ -25,7 +25,7 @@ rule image:
 
 rule image_figure:
     input:
-        lambda wc: [hplan.paths(CFG, s)["images"] for s in family_shards(wc.family)],
+        lambda wc: [hpaths.shard_paths(CFG, s)["images"] for s in family_shards(wc.family)],
     output:
         report(f"{R}/figures/images_{{family}}.png", caption="../report/image_figure.rst", category="2. Images"),
     log:

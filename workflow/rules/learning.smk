@@ -1,12 +1,17 @@
 # Learning: one training and one evaluation job per task, on all image shards of its families.
+# A classifier's or regressor's training also fits its out-of-distribution statistics (ood.npz, which
+# predict uses); the denoiser has none, so its training is the same rule without that output.
 
 
 rule train:
+    wildcard_constraints:
+        task="|".join(ood_task_names()),
     input:
         unpack(train_inputs),
     output:
         model=f"{R}/models/{{task}}/model.keras",
         card=f"{R}/models/{{task}}/card.json",
+        ood=f"{R}/models/{{task}}/ood.npz",
     params:
         spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
         out_dir=lambda wc: f"{R}/models/{wc.task}",
@@ -22,6 +27,14 @@ rule train:
         "../../envs/learn.yaml"
     shell:
         "hrtemflow train {input.spec:q} --out-dir {params.out_dir:q} --quiet > {log:q} 2>&1"
+
+
+use rule train as train_denoiser with:
+    wildcard_constraints:
+        task="|".join(sorted(set(TASKS) - set(ood_task_names()))),
+    output:
+        model=f"{R}/models/{{task}}/model.keras",
+        card=f"{R}/models/{{task}}/card.json",
 
 
 rule evaluate:

@@ -29,15 +29,19 @@ def nl_means(image: np.ndarray) -> np.ndarray:
 
 def bm3d(image: np.ndarray) -> np.ndarray:
     """BM3D (PyPI `bm3d`) with the white-noise PSD estimated from the image."""
-    import bm3d as _bm3d  # slow import; only evaluation needs it
+    import bm3d as _bm3d  # noqa: PLC0415 (a slow import that only the denoiser's evaluation needs)
 
     image = np.asarray(image, dtype=np.float64)
     sigma = max(float(estimate_sigma(image)), 1e-3)
     return np.asarray(_bm3d.bm3d(image, sigma_psd=sigma), dtype=np.float64)
 
 
-def tune_gaussian(noisy: Sequence[np.ndarray], clean: Sequence[np.ndarray], score: Callable[[np.ndarray, np.ndarray], float],
-                  sigmas: Sequence[float] = GAUSSIAN_SIGMAS) -> float:
+def tune_gaussian(
+    noisy: Sequence[np.ndarray],
+    clean: Sequence[np.ndarray],
+    score: Callable[[np.ndarray, np.ndarray], float],
+    sigmas: Sequence[float] = GAUSSIAN_SIGMAS,
+) -> float:
     """The filter width (px) with the best mean score on (noisy, clean) pairs of the validation split."""
     means = [np.mean([score(gaussian(n, s), c) for n, c in zip(noisy, clean)]) for s in sigmas]
     return float(sigmas[int(np.argmax(means))])

@@ -15,34 +15,46 @@ from typing import Any
 
 import keras
 import numpy as np
-import zarr
-from scipy.optimize import minimize_scalar
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ..apply import make_net, run_net, softmax
-from ..errors import HrtemflowError
-from ..io import atomic_file, write_json_atomic
-from . import baselines, data
+from ..core.atomic import write_json_atomic
+from ..core.errors import HrtemflowError
+from ..core.ids import families_of, views_of
+from ..core.tasks import TASKS
+from ..store import layout
+from . import baselines
 from .baselines import match_affine
-from .targets import card_scaling, physical
-from .train import load_bundle, prepare
+from .bundle import load_checked
+from .card import ModelCard
+from .evaluate_figures import (
+    FIGURE_DIR,
+    FIGURES,
+    calibration_figure,
+    conditions_figure,
+    confusion_figure,
+    denoise_figure,
+    scatter_figure,
+)
+from .feed import ShardFeed
+from .inference import feed_outputs, fit_temperature, make_net, nll, probabilities
+from .table import Table, evenly_spaced, prepare
 
 ECE_BINS = 15
-#: figures per kind, written to <report>/figures/ (the folder `snakemake --report` collects)
-FIGURES = {"classification": ("confusion.png", "calibration.png", "conditions.png"), "regression": ("scatter.png", "conditions.png"),
-           "denoising": ("denoise_examples.png",)}
-FIGURE_DIR = "figures"
 CI_HOW = "95 % percentile interval, test structures resampled with replacement (all images of a structure together)"
 CI_RESAMPLES = 2000
-#: imaging conditions a report breaks its accuracy (or a regressor's error) down by: shard parameter, label, to that unit
-CONDITIONS = {"dose": ("dose_e_per_A2", "dose (e-/Å²)", lambda v: v),
-              "defocus": ("defocus_A", "|defocus| (nm)", lambda v: np.abs(v) / 10.0),
-              "c12": ("c12_A", "C12 (nm)", lambda v: np.abs(v) / 10.0)}
+#: imaging conditions a report breaks its accuracy (or a regressor's error) down by:
+#: shard parameter, label, conversion to that unit
+CONDITIONS = {
+    "dose": ("dose_e_per_A2", "dose (e-/Å²)", lambda v: v),
+    "defocus": ("defocus_A", "|defocus| (nm)", lambda v: np.abs(v) / 10.0),
+    "c12": ("c12_A", "C12 (nm)", lambda v: np.abs(v) / 10.0),
+}
 CONDITION_BINS = 4
 
 
-def structure_ci(values: np.ndarray, sample_id: np.ndarray, stat=np.mean, *, resamples: int = CI_RESAMPLES,
-                 seed: int = 0) -> list[float]:
+def structure_ci(
+    values: np.ndarray, sample_id: np.ndarray, stat=np.mean, *, resamples: int = CI_RESAMPLES, seed: int = 0
+) -> list[float]:
     """95 % percentile interval of `stat` over images, bootstrapped by structure.
 
     The images of one structure (its views and optics variants) share their errors, so resampling
@@ -67,24 +79,6 @@ def _num(x: Any) -> float | None:
 # ------------------------------------------------------------------------------ classification
 
 
-def probabilities(logits: np.ndarray, t: float = 1.0) -> np.ndarray:
-    """Class probabilities from (N, k) logits, or from (N, G, k) logits of G symmetry elements averaged
-    as `hrtemflow predict` averages them (mean of the tempered softmaxes)."""
-    p = softmax(logits / t)
-    return p.mean(axis=1) if p.ndim == 3 else p
-
-
-def nll(logits: np.ndarray, labels: np.ndarray, t: float = 1.0) -> float:
-    p = probabilities(logits, t)
-    return float(-np.log(np.maximum(p[np.arange(len(labels)), labels], 1e-300)).mean())
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T > 0 minimising the NLL of the (averaged) softmax(logits / T) (Guo et al. 2017), on log T."""
-    res = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
-
-
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[float, dict]:
     """ECE over equal-width confidence bins, and the reliability table for the diagram."""
     conf = probs.max(axis=1)
@@ -100,11 +94,10 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return ece, {"count": count.tolist(), "accuracy": acc.tolist(), "confidence": mean_conf.tolist()}
 
 
-def _outputs(model: keras.Model, card: Mapping[str, Any], feed: data.ShardFeed) -> np.ndarray:
+def _outputs(model, card: ModelCard, feed: ShardFeed) -> np.ndarray:
     """Raw outputs (logits or scaled targets) per test image and symmetry element, (N, 8, k), through
     the same forward pass as `hrtemflow predict` (element 0 is the image as it is)."""
-    net = make_net(model, card["kind"], card["task"], card.get("normalisation"))
-    return np.concatenate([run_net(net, feed[i][0][..., 0], tta=True)["outputs"] for i in range(len(feed))])
+    return feed_outputs(make_net(model, card.kind, card.task, card.normalisation), feed)
 
 
 def topk_hits(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
@@ -118,14 +111,19 @@ def _class_metrics(logits: np.ndarray, y: np.ndarray, t: float, n: int) -> tuple
     k = min(3, n)
     ece_before, rel_before = expected_calibration_error(before, y)
     ece_after, rel_after = expected_calibration_error(after, y)
-    metrics = {"accuracy": _num((before.argmax(axis=1) == y).mean()),
-               f"top{k}_accuracy": _num(topk_hits(before, y, k).mean()),
-               "temperature": _num(t), "ece_before": _num(ece_before), "ece_after": _num(ece_after),
-               "nll_before": _num(nll(logits, y)), "nll_after": _num(nll(logits, y, t))}
+    metrics = {
+        "accuracy": _num((before.argmax(axis=1) == y).mean()),
+        f"top{k}_accuracy": _num(topk_hits(before, y, k).mean()),
+        "temperature": _num(t),
+        "ece_before": _num(ece_before),
+        "ece_after": _num(ece_after),
+        "nll_before": _num(nll(logits, y)),
+        "nll_after": _num(nll(logits, y, t)),
+    }
     return metrics, before.argmax(axis=1), (rel_before, rel_after)
 
 
-def _condition_bins(table: data.Table) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+def _condition_bins(table: Table) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
     """Per condition: its label, the quartile edges over the test images and each image's bin."""
     out = {}
     for key, (param, label, to_unit) in CONDITIONS.items():
@@ -137,7 +135,7 @@ def _condition_bins(table: data.Table) -> dict[str, tuple[str, np.ndarray, np.nd
     return out
 
 
-def _by_condition(values: np.ndarray, table: data.Table, metric: str = "accuracy", conditions: dict | None = None) -> dict:
+def by_condition(values: np.ndarray, table: Table, metric: str = "accuracy", conditions: dict | None = None) -> dict:
     """The mean of per-image `values` (right or wrong; an absolute error) in quartiles of dose,
     |defocus| and C12 over the test images, each bin with its interval, stored under `metric`.
     `conditions` (from `_condition_bins`) saves reading the shards again for another target.
@@ -152,12 +150,20 @@ def _by_condition(values: np.ndarray, table: data.Table, metric: str = "accuracy
         for b in range(len(edges) - 1):
             m = which == b
             if m.any():
-                bins.append({"range": [_num(edges[b]), _num(edges[b + 1])], "n_images": int(m.sum()),
-                             "n_structures": int(len(np.unique(table.sample_id[m]))), metric: _num(values[m].mean()),
-                             "ci95": structure_ci(values[m], table.sample_id[m])})
+                bins.append(
+                    {
+                        "range": [_num(edges[b]), _num(edges[b + 1])],
+                        "n_images": int(m.sum()),
+                        "n_structures": int(len(np.unique(table.sample_id[m]))),
+                        metric: _num(values[m].mean()),
+                        "ci95": structure_ci(values[m], table.sample_id[m]),
+                    }
+                )
         out[key] = {"label": label, "bins": bins}
-    out["how"] = (f"test images in {CONDITION_BINS} quantile bins of each condition (8-fold test-time augmentation); "
-                  "intervals resample whole structures within the bin")
+    out["how"] = (
+        f"test images in {CONDITION_BINS} quantile bins of each condition (8-fold test-time augmentation); "
+        "intervals resample whole structures within the bin"
+    )
     return out
 
 
@@ -170,8 +176,12 @@ def _combined(probs: np.ndarray, y: np.ndarray, group: np.ndarray, how: str) -> 
     np.add.at(log_p, inverse, np.log(np.clip(probs, 1e-12, None)))
     truth = np.zeros(len(ids), dtype=np.int64)
     truth[inverse] = y
-    return {"accuracy": _num((log_p.argmax(axis=1) == truth).mean()), "n_groups": len(ids),
-            "images_per_group": _num(np.median(np.bincount(inverse))), "how": how}
+    return {
+        "accuracy": _num((log_p.argmax(axis=1) == truth).mean()),
+        "n_groups": len(ids),
+        "images_per_group": _num(np.median(np.bincount(inverse))),
+        "how": how,
+    }
 
 
 def _averaged(pred: np.ndarray, true: np.ndarray, group: np.ndarray, sample_id: np.ndarray, how: str) -> dict | None:
@@ -185,22 +195,27 @@ def _averaged(pred: np.ndarray, true: np.ndarray, group: np.ndarray, sample_id: 
     if not np.allclose(true, truth[inverse], rtol=1e-6, atol=1e-9):
         return None
     err = np.abs(np.bincount(inverse, weights=pred) / counts - truth)
-    return {"mae": _num(err.mean()), "mae_ci95": structure_ci(err, np.asarray(sample_id)[first]), "n_groups": len(ids),
-            "images_per_group": _num(np.median(counts)), "how": how}
+    return {
+        "mae": _num(err.mean()),
+        "mae_ci95": structure_ci(err, np.asarray(sample_id)[first]),
+        "n_groups": len(ids),
+        "images_per_group": _num(np.median(counts)),
+        "how": how,
+    }
 
 
-def view_ids(table: data.Table) -> np.ndarray:
+def view_ids(table: Table) -> np.ndarray:
     """Each image's view ("<sample>-v02-o05" -> "<sample>-v02"): its optics variants share the
     structure's orientation and position, and differ in defocus, aberrations, dose and detector."""
-    return data.view_of(_per_image(table, lambda g: data._strings(g["image_id"]), object))
+    return views_of(table.column(layout.IMAGE_ID, object))
 
 
 def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
     """Metrics of what `hrtemflow predict` reports (8-fold test-time augmentation, temperature fitted
     the same way on the validation split), and of a single forward pass beside them."""
-    classes = card["classes"]
+    classes = card.classes
     n = len(classes)
-    val, test = (data.ShardFeed(splits[k], spec["image_size"], **feed_args) for k in ("val", "test"))
+    val, test = (ShardFeed(splits[k], spec["image_size"], **feed_args) for k in ("val", "test"))
     val_z, test_z = _outputs(model, card, val), _outputs(model, card, test)
     y_val, y_test = splits["val"].y, splits["test"].y
     tta, pred, (rel_before, rel_after) = _class_metrics(test_z, y_test, fit_temperature(val_z, y_val), n)
@@ -209,29 +224,55 @@ def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -
     np.add.at(confusion, (y_test, pred), 1)
     sample_id = splits["test"].sample_id
     calibrated = probabilities(test_z, tta["temperature"])
-    per_structure = _combined(calibrated, y_test, sample_id, "all test images of a structure (its views and their variants)")
-    per_view = _combined(calibrated, y_test, view_ids(splits["test"]),
-                         "all exposures of one view (one orientation; defocus, aberrations and dose differ between them, "
-                         "as in a focal series)")
-    intervals = {"accuracy": structure_ci(pred == y_test, sample_id),
-                 f"top{min(3, n)}_accuracy": structure_ci(topk_hits(probabilities(test_z), y_test, min(3, n)), sample_id)}
+    per_structure = _combined(
+        calibrated, y_test, sample_id, "all test images of a structure (its views and their variants)"
+    )
+    per_view = _combined(
+        calibrated,
+        y_test,
+        view_ids(splits["test"]),
+        "all exposures of one view (one orientation; defocus, aberrations and dose differ between them, "
+        "as in a focal series)",
+    )
+    intervals = {
+        "accuracy": structure_ci(pred == y_test, sample_id),
+        f"top{min(3, n)}_accuracy": structure_ci(topk_hits(probabilities(test_z), y_test, min(3, n)), sample_id),
+    }
     support = confusion.sum(axis=1)
     recall = {c: (_num(confusion[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
-    by_condition = _by_condition(pred == y_test, splits["test"])
-    _confusion_figure(confusion, classes, figures / "confusion.png")
-    _calibration_figure(rel_before, rel_after, tta["ece_before"], tta["ece_after"], tta["temperature"], figures / "calibration.png")
-    _conditions_figure([("accuracy", by_condition, tta["accuracy"], "accuracy")], figures / "conditions.png", "test accuracy by imaging condition")
+    conditions = by_condition(pred == y_test, splits["test"])
+    confusion_figure(confusion, classes, figures / "confusion.png")
+    calibration_figure(
+        rel_before,
+        rel_after,
+        tta["ece_before"],
+        tta["ece_after"],
+        tta["temperature"],
+        figures / "calibration.png",
+        ECE_BINS,
+    )
+    conditions_figure(
+        [("accuracy", conditions, tta["accuracy"], "accuracy")],
+        figures / "conditions.png",
+        "test accuracy by imaging condition",
+    )
     return {
         **tta,
-        "test_time_augmentation": "8 symmetry elements (flips, 90° rotations), softmaxes averaged, as `hrtemflow predict` does",
+        "test_time_augmentation": "8 symmetry elements (flips, 90° rotations), softmaxes averaged, as `hrtemflow "
+        "predict` does",
         "ci95": {**intervals, "how": CI_HOW},
         "single_pass": single,
         "per_structure": per_structure,
         "per_view": per_view,
         "per_class_recall": recall,
         "per_class_support": {c: int(s) for c, s in zip(classes, support)},
-        "by_condition": by_condition,
-        "confusion_matrix": {"rows": "true class", "columns": "predicted class", "classes": classes, "counts": confusion.tolist()},
+        "by_condition": conditions,
+        "confusion_matrix": {
+            "rows": "true class",
+            "columns": "predicted class",
+            "classes": classes,
+            "counts": confusion.tolist(),
+        },
         "ece_bins": ECE_BINS,
         "chance_accuracy": _num(np.bincount(y_test, minlength=n).max() / len(y_test)),
     }
@@ -241,14 +282,15 @@ def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -
 
 
 def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
-    task = card["task"]
-    offset, scale = card_scaling(card)
-    test = data.ShardFeed(splits["test"], spec["image_size"], **feed_args)
+    task = card.task
+    physical = TASKS[task].physical
+    offset, scale = card.scaling()
+    test = ShardFeed(splits["test"], spec["image_size"], **feed_args)
     outputs = _outputs(model, card, test).astype(np.float64)  # (N, 8, k), astigmatism signs already undone
     pred_raw = offset + scale * outputs.mean(axis=1)  # as `hrtemflow predict` averages them
-    true, pred = physical(task, splits["test"].y), physical(task, pred_raw)
-    single = physical(task, offset + scale * outputs[:, 0])
-    train_mean = physical(task, splits["train"].y)
+    true, pred = physical(splits["test"].y), physical(pred_raw)
+    single = physical(offset + scale * outputs[:, 0])
+    train_mean = physical(splits["train"].y)
     sample_id = splits["test"].sample_id
     views = view_ids(splits["test"])
     conditions = _condition_bins(splits["test"])
@@ -257,33 +299,52 @@ def _regression(model, card, splits, spec, figures: Path, feed_args: dict) -> di
         p = pred[name][0]
         err = p - t
         base = train_mean[name][0].mean() - t
-        out[name] = {"unit": unit, "mae": _num(np.abs(err).mean()), "rmse": _num(np.sqrt((err ** 2).mean())),
-                     "r2": _num(1 - (err ** 2).sum() / ((t - t.mean()) ** 2).sum()) if t.var() > 0 else None,
-                     "mae_single_pass": _num(np.abs(single[name][0] - t).mean()),
-                     "mae_predict_train_mean": _num(np.abs(base).mean()), "mae_ci95": structure_ci(np.abs(err), sample_id),
-                     "by_condition": _by_condition(np.abs(err), splits["test"], "mae", conditions)}
-        for key, group, how in (("per_structure", sample_id, "predictions of all test images of a structure averaged"),
-                                ("per_view", views, "predictions of all exposures of one view averaged")):
+        out[name] = {
+            "unit": unit,
+            "mae": _num(np.abs(err).mean()),
+            "rmse": _num(np.sqrt((err**2).mean())),
+            "r2": _num(1 - (err**2).sum() / ((t - t.mean()) ** 2).sum()) if t.var() > 0 else None,
+            "mae_single_pass": _num(np.abs(single[name][0] - t).mean()),
+            "mae_predict_train_mean": _num(np.abs(base).mean()),
+            "mae_ci95": structure_ci(np.abs(err), sample_id),
+            "by_condition": by_condition(np.abs(err), splits["test"], "mae", conditions),
+        }
+        for key, group, how in (
+            ("per_structure", sample_id, "predictions of all test images of a structure averaged"),
+            ("per_view", views, "predictions of all exposures of one view averaged"),
+        ):
             combined = _averaged(p, t, group, sample_id, how)
             if combined is not None:
                 out[name][key] = combined
         if name == "n_atoms":  # a count is judged relative to its size
             out[name]["median_relative_error"] = _num(np.median(np.abs(err) / t))
             out[name]["median_relative_error_ci95"] = structure_ci(np.abs(err) / t, sample_id, np.median)
-    if task == "aberrations":  # angle error where the astigmatism is large enough to have an angle
+    if TASKS[task].sign_flips:  # angle error where the astigmatism is large enough to have an angle
         c12 = true["c12_magnitude_nm"][0]
-        out["c12_magnitude_nm"]["mae_modulus_of_components"] = _num(np.abs(np.hypot(pred_raw[:, 1], pred_raw[:, 2]) / 10 - c12).mean())
+        out["c12_magnitude_nm"]["mae_modulus_of_components"] = _num(
+            np.abs(np.hypot(pred_raw[:, 1], pred_raw[:, 2]) / 10 - c12).mean()
+        )
         big = c12 > 1.0
         if big.any():
             ang_t = 0.5 * np.arctan2(splits["test"].y[big, 2], splits["test"].y[big, 1])
             ang_p = 0.5 * np.arctan2(pred_raw[big, 2], pred_raw[big, 1])
             d = np.rad2deg((ang_p - ang_t + np.pi / 2) % np.pi - np.pi / 2)
             out["phi12_deg_where_c12_over_1nm"] = {"unit": "deg", "mae": _num(np.abs(d).mean()), "n": int(big.sum())}
-    _scatter_figure(true, pred, figures / "scatter.png")
-    _conditions_figure([(f"MAE {name} ({unit})", out[name]["by_condition"], out[name]["mae"], "mae") for name, (_, unit) in true.items()],
-                       figures / "conditions.png", "test error by imaging condition")
-    return {"targets": out, "test_time_augmentation": "mean over 8 symmetry elements, as `hrtemflow predict` does (mae_single_pass: without)",
-            "ci95_how": CI_HOW}
+    scatter_figure(true, pred, figures / "scatter.png")
+    conditions_figure(
+        [
+            (f"MAE {name} ({unit})", out[name]["by_condition"], out[name]["mae"], "mae")
+            for name, (_, unit) in true.items()
+        ],
+        figures / "conditions.png",
+        "test error by imaging condition",
+    )
+    return {
+        "targets": out,
+        "test_time_augmentation": "mean over 8 symmetry elements, as `hrtemflow predict` does (mae_single_pass: "
+        "without)",
+        "ci95_how": CI_HOW,
+    }
 
 
 # ----------------------------------------------------------------------------------- denoising
@@ -300,36 +361,21 @@ def ssim(pred: np.ndarray, clean: np.ndarray) -> float:
     return float(structural_similarity(clean, match_affine(pred, clean), data_range=rng, win_size=win))
 
 
-def _arrays(table: data.Table, size: int, idx: np.ndarray, feed_args: dict) -> tuple[np.ndarray, np.ndarray]:
-    feed = data.ShardFeed(table.take(idx), size, **{**feed_args, "batch_size": max(1, len(idx))})
+def _arrays(table: Table, size: int, idx: np.ndarray, feed_args: dict) -> tuple[np.ndarray, np.ndarray]:
+    feed = ShardFeed(table.take(idx), size, **{**feed_args, "batch_size": max(1, len(idx))})
     x, y = feed[0]
     return x[..., 0].astype(np.float64), y[..., 0].astype(np.float64)
 
 
-def family_of(sample_id: str) -> str:
-    """The family of a sample id ("cnt-8-4-0000012" -> "cnt"): the denoiser is judged per family."""
-    return str(sample_id).split("-", 1)[0]
-
-
-def _per_image(table: data.Table, read, dtype) -> np.ndarray:
-    """Each image's entry of the per-row shard array `read(group)` returns, in table order."""
-    out = np.empty(len(table), dtype=dtype)
-    for k, path in enumerate(table.paths):
-        m = table.shard == k
-        if m.any():
-            out[m] = read(zarr.open_group(path, mode="r"))[table.row[m]]
-    return out
-
-
-def shard_param(table: data.Table, name: str) -> np.ndarray:
+def shard_param(table: Table, name: str) -> np.ndarray:
     """Each image's imaging parameter `name` (params/<name> of its shard, e.g. dose_e_per_A2, defocus_A)."""
-    return _per_image(table, lambda g: np.asarray(g[f"params/{name}"][:], dtype=np.float64), np.float64)
+    return table.column(layout.param_key(name))
 
 
 def _denoising(model, card, splits, spec, figures: Path, feed_args: dict, max_baseline_images: int) -> dict:
     size = spec["image_size"]
     test_table = splits["test"]
-    test = data.ShardFeed(test_table, size, **feed_args)
+    test = ShardFeed(test_table, size, **feed_args)
     net_psnr, net_ssim, noisy_psnr = [], [], []
     for i in range(len(test)):
         x, y = test[i]
@@ -339,16 +385,18 @@ def _denoising(model, card, splits, spec, figures: Path, feed_args: dict, max_ba
             net_ssim.append(ssim(pi, yi))
             noisy_psnr.append(psnr(xi, yi))
     net_psnr, net_ssim, noisy_psnr = map(np.asarray, (net_psnr, net_ssim, noisy_psnr))
-    fam = np.array([family_of(s) for s in test_table.sample_id])
+    fam = families_of(test_table.sample_id)
     dose = shard_param(test_table, "dose_e_per_A2")
-    val_idx = data.evenly_spaced(len(splits["val"]), 16)
+    val_idx = evenly_spaced(len(splits["val"]), 16)
     sigma = baselines.tune_gaussian(*_arrays(splits["val"], size, val_idx, feed_args), score=psnr)
     per_family, example = {}, None
     for f in sorted(set(fam)):  # the same evenly spaced images of each family for every method
         rows = np.flatnonzero(fam == f)
-        subset = rows[data.evenly_spaced(len(rows), max_baseline_images)]
+        subset = rows[evenly_spaced(len(rows), max_baseline_images)]
         noisy, clean = _arrays(test_table, size, subset, feed_args)
-        net = keras.ops.convert_to_numpy(model(noisy[..., None].astype(np.float32), training=False))[..., 0].astype(np.float64)
+        net = keras.ops.convert_to_numpy(model(noisy[..., None].astype(np.float32), training=False))[..., 0].astype(
+            np.float64
+        )
         outputs = {
             "noisy": noisy,
             f"gaussian (sigma {sigma:g} px)": np.stack([baselines.gaussian(n, sigma) for n in noisy]),
@@ -361,173 +409,106 @@ def _denoising(model, card, splits, spec, figures: Path, feed_args: dict, max_ba
         for name, out in outputs.items():
             key = name.split(" (")[0]
             per_image[key] = np.array([psnr(o, c) for o, c in zip(out, clean)])
-            methods[key] = {"psnr_dB": _num(per_image[key].mean()), "ssim": _num(np.mean([ssim(o, c) for o, c in zip(out, clean)]))}
+            methods[key] = {
+                "psnr_dB": _num(per_image[key].mean()),
+                "ssim": _num(np.mean([ssim(o, c) for o, c in zip(out, clean)])),
+            }
         best = max(("gaussian", "nl-means", "bm3d"), key=lambda m: methods[m]["psnr_dB"])
         per_family[f] = {
-            "n_images": int(len(subset)), "dose_e_per_A2": {"mean": _num(dose[subset].mean()), "min": _num(dose[subset].min()), "max": _num(dose[subset].max())},
-            "methods": methods, "best_baseline": best,
+            "n_images": int(len(subset)),
+            "dose_e_per_A2": {
+                "mean": _num(dose[subset].mean()),
+                "min": _num(dose[subset].min()),
+                "max": _num(dose[subset].max()),
+            },
+            "methods": methods,
+            "best_baseline": best,
             "network_minus_best_baseline_dB": _num(methods["network"]["psnr_dB"] - methods[best]["psnr_dB"]),
-            "network_minus_best_baseline_dB_ci95": structure_ci(per_image["network"] - per_image[best], test_table.sample_id[subset]),
-            "wiener_oracle_minus_best_baseline_dB": _num(methods["wiener_oracle"]["psnr_dB"] - methods[best]["psnr_dB"]),
-            "network_full_test": {"psnr_dB": _num(net_psnr[fam == f].mean()), "ssim": _num(net_ssim[fam == f].mean()),
-                                  "noisy_psnr_dB": _num(noisy_psnr[fam == f].mean()), "n_images": int((fam == f).sum())},
+            "network_minus_best_baseline_dB_ci95": structure_ci(
+                per_image["network"] - per_image[best], test_table.sample_id[subset]
+            ),
+            "wiener_oracle_minus_best_baseline_dB": _num(
+                methods["wiener_oracle"]["psnr_dB"] - methods[best]["psnr_dB"]
+            ),
+            "network_full_test": {
+                "psnr_dB": _num(net_psnr[fam == f].mean()),
+                "ssim": _num(net_ssim[fam == f].mean()),
+                "noisy_psnr_dB": _num(noisy_psnr[fam == f].mean()),
+                "n_images": int((fam == f).sum()),
+            },
         }
         if example is None:
             example = (outputs, clean)
-    _denoise_figure(*example, figures / "denoise_examples.png")
+    denoise_figure(*example, figures / "denoise_examples.png")
     target = test_table.info.get("target", "clean")
     return {
         "target": target,
-        "network_full_test": {"psnr_dB": _num(net_psnr.mean()), "ssim": _num(net_ssim.mean()),
-                              "noisy_psnr_dB": _num(noisy_psnr.mean()), "n_images": len(test_table)},
+        "network_full_test": {
+            "psnr_dB": _num(net_psnr.mean()),
+            "ssim": _num(net_ssim.mean()),
+            "noisy_psnr_dB": _num(noisy_psnr.mean()),
+            "n_images": len(test_table),
+        },
         "ci95_how": CI_HOW,
-        "comparison": {"subset": f"up to {max_baseline_images} images per family, evenly spaced over the test split (same images for every method)",
-                       "gaussian_sigma_px": sigma, "gaussian_sigma_tuned_on": f"{len(val_idx)} validation images", "families": per_family},
-        "protocol": "images normalised per image (mean 0, std 1); each output matched to the target by a least-squares gain and "
-                    "offset before PSNR/SSIM (data_range = target max - min). wiener_oracle is not a baseline: it knows each "
-                    "target's ring-averaged power spectrum and the noise power, the linear-filter reference for what the data allow "
-                    "on an isotropic texture (amorphous carbon). "
-                    + ("The target `clean` has no aberrations: the network learns to undo them too, which the classical filters cannot, "
-                       "so this comparison favours the network." if target == "clean" else
-                       "The target `noise_free` has the same optics as the input: a like-for-like denoising comparison."),
+        "comparison": {
+            "subset": f"up to {max_baseline_images} images per family, evenly spaced over the test split (same images "
+            "for every method)",
+            "gaussian_sigma_px": sigma,
+            "gaussian_sigma_tuned_on": f"{len(val_idx)} validation images",
+            "families": per_family,
+        },
+        "protocol": "images normalised per image (mean 0, std 1); each output matched to the target by a least-squares "
+        "gain and "
+        "offset before PSNR/SSIM (data_range = target max - min). wiener_oracle is not a baseline: it knows each "
+        "target's ring-averaged power spectrum and the noise power, the linear-filter reference for what the data "
+        "allow "
+        "on an isotropic texture (amorphous carbon). "
+        + (
+            "The target `clean` has no aberrations: the network learns to undo them too, which the classical filters "
+            "cannot, "
+            "so this comparison favours the network."
+            if target == "clean"
+            else "The target `noise_free` has the same optics as the input: a like-for-like denoising comparison."
+        ),
     }
-
-
-# --------------------------------------------------------------------------------------- figures
-
-
-def _figure(*args, **kwargs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.figure(*args, layout="constrained", **kwargs)
-
-
-def _save(plt, fig, path: Path) -> None:
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
-
-
-def _confusion_figure(cm: np.ndarray, classes: list[str], path: Path) -> None:
-    n = len(classes)
-    plt, fig = _figure(figsize=(2 + 0.35 * n, 1.6 + 0.35 * n))
-    ax = fig.add_subplot()
-    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=90)
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 12:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if rows[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, label="fraction of true class")
-    ax.set_title("confusion matrix (test split)")
-    _save(plt, fig, path)
-
-
-def _calibration_figure(before: dict, after: dict, ece_b: float, ece_a: float, t: float, path: Path) -> None:
-    plt, fig = _figure(figsize=(8, 3.6))
-    centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
-    for k, (rel, title) in enumerate(((before, f"before: ECE {ece_b:.3f}"), (after, f"after T = {t:.2f}: ECE {ece_a:.3f}"))):
-        ax = fig.add_subplot(1, 2, k + 1)
-        has = np.array(rel["count"]) > 0
-        ax.bar(centres[has], np.array(rel["accuracy"])[has], width=1 / ECE_BINS, edgecolor="k", alpha=0.7, label="accuracy")
-        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("accuracy")
-        ax.set_title(title)
-        ax.legend(loc="upper left", fontsize=8)
-    _save(plt, fig, path)
-
-
-def _conditions_figure(rows: list[tuple[str, dict, float, str]], path: Path, title: str) -> None:
-    """One row of panels per (name, by_condition, overall value, metric): the figure of merit in each
-    quartile bin of every condition, with its interval and the all-images value as a dashed line."""
-    keys = [k for k in CONDITIONS if rows[0][1].get(k, {}).get("bins")]
-    plt, fig = _figure(figsize=(3.3 * len(keys), 3.0 * len(rows)))
-    for r, (name, by_condition, overall, metric) in enumerate(rows):
-        for k, key in enumerate(keys):
-            ax = fig.add_subplot(len(rows), len(keys), r * len(keys) + k + 1)
-            bins = by_condition[key]["bins"]
-            x = [0.5 * (b["range"][0] + b["range"][1]) for b in bins]
-            val = np.array([b[metric] for b in bins])
-            ci = np.array([[b["ci95"][0], b["ci95"][1]] for b in bins], dtype=float)
-            err = np.abs(np.stack([val - ci[:, 0], ci[:, 1] - val]))
-            ax.errorbar(x, val, yerr=err, fmt="o-", capsize=3, label="quartile bin, 95 % interval")
-            for j, b in enumerate(bins):
-                ax.axvspan(b["range"][0], b["range"][1], color="0.9" if j % 2 else "0.97", zorder=0)
-            ax.axhline(overall, color="k", ls="--", lw=1, label=f"all: {overall:.3g}")
-            if metric == "accuracy":
-                ax.set_ylim(min(0.5, float(np.nanmin(ci))) if np.isfinite(ci).any() else 0, 1.0)
-            else:
-                ax.set_ylim(0, None)
-            ax.set_xlabel(by_condition[key]["label"])
-            ax.set_ylabel(name)
-            ax.legend(loc="lower right" if metric == "accuracy" else "upper right", fontsize=7)
-    fig.suptitle(title)
-    _save(plt, fig, path)
-
-
-def _scatter_figure(true: dict, pred: dict, path: Path) -> None:
-    n = len(true)
-    plt, fig = _figure(figsize=(3.2 * n, 3.2))
-    for k, (name, (t, unit)) in enumerate(true.items()):
-        ax = fig.add_subplot(1, n, k + 1)
-        p = pred[name][0]
-        ax.scatter(t, p, s=6, alpha=0.6)
-        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.set_xlabel(f"true {name} ({unit})")
-        ax.set_ylabel(f"predicted ({unit})")
-    fig.suptitle("test split: predicted vs true")
-    _save(plt, fig, path)
-
-
-def _denoise_figure(outputs: dict, clean: np.ndarray, path: Path, n_examples: int = 3) -> None:
-    cols = [*outputs, "clean"]
-    rows = min(n_examples, len(clean))
-    plt, fig = _figure(figsize=(1.8 * len(cols), 1.9 * rows))
-    for r in range(rows):
-        for c, name in enumerate(cols):
-            img = clean[r] if name == "clean" else match_affine(outputs[name][r], clean[r])
-            ax = fig.add_subplot(rows, len(cols), r * len(cols) + c + 1)
-            ax.imshow(img, cmap="gray", vmin=clean[r].min(), vmax=clean[r].max())
-            ax.set_axis_off()
-            if r == 0:
-                ax.set_title(name, fontsize=8)
-    _save(plt, fig, path)
 
 
 # ------------------------------------------------------------------------------------------ main
 
 
-def evaluate(spec: Mapping[str, Any], model_dir: str | Path, report_dir: str | Path, *, base: str | Path = ".",
-             max_baseline_images: int = 32, cache_bytes: int | None = None) -> dict:
+def evaluate(
+    spec: Mapping[str, Any],
+    model_dir: str | Path,
+    report_dir: str | Path,
+    *,
+    base: str | Path = ".",
+    max_baseline_images: int = 32,
+    cache_bytes: int | None = None,
+) -> dict:
     """Evaluate the bundle in `model_dir` on the spec's test split; write metrics.json and figures."""
     report = Path(report_dir)
-    model, card = load_bundle(model_dir)
-    if card["task"] != spec.get("task") or card["input_size"] != spec.get("image_size"):
-        raise HrtemflowError(f"model bundle {model_dir} is for task {card['task']!r} at {card['input_size']} px, the spec asks for "
-                             f"{spec.get('task')!r} at {spec.get('image_size')} px; pass the matching --model-dir")
-    if card["kind"] == "classification" and card.get("classes") != spec.get("classes"):
-        raise HrtemflowError(f"model bundle {model_dir} knows classes {card.get('classes')}, the spec lists {spec.get('classes')}; retrain")
+    model, card = load_checked(model_dir)
+    if card.task != spec.get("task") or card.input_size != spec.get("image_size"):
+        raise HrtemflowError(
+            f"model bundle {model_dir} is for task {card.task!r} at {card.input_size} px, the spec asks for "
+            f"{spec.get('task')!r} at {spec.get('image_size')} px; pass the matching --model-dir"
+        )
+    if card.kind == "classification" and card.classes != spec.get("classes"):
+        raise HrtemflowError(
+            f"model bundle {model_dir} knows classes {card.classes}, the spec lists {spec.get('classes')}; retrain"
+        )
     table, splits = prepare(spec, base)
-    if table.info["dataset_sha256"] != card["dataset_sha256"]:
-        raise HrtemflowError(f"model bundle {model_dir} was trained on a different dataset than the spec's shards now hold "
-                             f"(dataset_sha256 differs); retrain it (`hrtemflow train`) before evaluating")
+    if table.info["dataset_sha256"] != card.dataset_sha256:
+        raise HrtemflowError(
+            f"model bundle {model_dir} was trained on a different dataset than the spec's shards now hold "
+            f"(dataset_sha256 differs); retrain it (`hrtemflow train`) before evaluating"
+        )
     figures = report / FIGURE_DIR
     figures.mkdir(parents=True, exist_ok=True)
-    feed_args = {"batch_size": card["hyper"]["batch_size"], "cache_bytes": cache_bytes}
-    if card["kind"] == "regression":
-        feed_args["target_scale"] = card_scaling(card)
-    kind = card["kind"]
+    feed_args = {"batch_size": card.hyper["batch_size"], "cache_bytes": cache_bytes}
+    if card.kind == "regression":
+        feed_args["target_scale"] = card.scaling()
+    kind = card.kind
     if kind == "classification":
         result = _classification(model, card, splits, spec, figures, feed_args)
     elif kind == "regression":
@@ -535,9 +516,16 @@ def evaluate(spec: Mapping[str, Any], model_dir: str | Path, report_dir: str | P
     else:
         result = _denoising(model, card, splits, spec, figures, feed_args, max_baseline_images)
     metrics = {
-        "task": card["task"], "kind": kind, "model_dir": str(model_dir), "dataset_sha256": card["dataset_sha256"],
-        "split": "test", "n_images": len(splits["test"]), "n_structures": splits["test"].n_structures(),
-        "figures": [f"{FIGURE_DIR}/{name}" for name in FIGURES[kind]], "backend": keras.backend.backend(), **result,
+        "task": card.task,
+        "kind": kind,
+        "model_dir": str(model_dir),
+        "dataset_sha256": card.dataset_sha256,
+        "split": "test",
+        "n_images": len(splits["test"]),
+        "n_structures": splits["test"].n_structures(),
+        "figures": [f"{FIGURE_DIR}/{name}" for name in FIGURES[kind]],
+        "backend": keras.backend.backend(),
+        **result,
     }
     write_json_atomic(report / "metrics.json", metrics)
     return metrics

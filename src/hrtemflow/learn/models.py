@@ -11,9 +11,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from ..config import spectral_width_default
-
-STRUCTURE_TARGETS = ("co_fraction", "log_n_atoms", "order_measure", "energy_per_atom_eV")
+from ..core.tasks import TASKS, spectral_width_default
 
 
 def _conv_bn_relu(x, filters: int):
@@ -34,7 +32,7 @@ def _residual_block(x, filters: int):
 STEMS = ("full", "patchify")
 
 
-def _trunk_on(x, width: int, depth: int, pool_name: str | None = None, stem: str = "full"):
+def trunk(x, width: int, depth: int, pool_name: str | None = None, stem: str = "full"):
     """Residual CNN on a tensor: `depth` stages, channels doubling, each halving the image; global average pool.
 
     stem "full": a 3x3 convolution, and the first stage at the input's resolution. "patchify": a 2x2
@@ -60,15 +58,16 @@ def _trunk_on(x, width: int, depth: int, pool_name: str | None = None, stem: str
 def _trunk(input_size: int, width: int, depth: int, stem: str = "full"):
     """The image input and the residual trunk on it."""
     inputs = keras.Input((input_size, input_size, 1), name="image")
-    return inputs, _trunk_on(inputs, width, depth, stem=stem)
+    return inputs, trunk(inputs, width, depth, stem=stem)
 
 
-def classifier(input_size: int, n_classes: int, width: int = 16, depth: int = 3, spectral_width: int = 0,
-               stem: str = "full") -> keras.Model:
+def classifier(
+    input_size: int, n_classes: int, width: int = 16, depth: int = 3, spectral_width: int = 0, stem: str = "full"
+) -> keras.Model:
     """Class probabilities; the pre-softmax layer is named "logits" (temperature scaling uses it).
 
     `spectral_width` > 0 adds a trunk on the log power spectrum (CNT chirality: the graphene
-    reflections' angles to the tube axis are the chiral angle, plain in the spectrum). `stem`: see `_trunk_on`.
+    reflections' angles to the tube axis are the chiral angle, plain in the spectrum). `stem`: see `trunk`.
     """
     inputs, x = _trunk(input_size, width, depth, stem)
     x = _with_spectrum(inputs, x, spectral_width, depth, stem)
@@ -105,19 +104,27 @@ class LogPowerSpectrum(layers.Layer):
 
 
 def _with_spectrum(inputs, features, spectral_width: int, depth: int, stem: str = "full"):
-    """The image trunk's features, joined by those of a trunk `spectral_width` wide on the log power spectrum (0: none)."""
+    """The image trunk's features, joined by those of a trunk `spectral_width` wide on the log power spectrum
+    (0: none)."""
     if not spectral_width:
         return features
-    spectrum = _trunk_on(LogPowerSpectrum(name="log_power_spectrum")(inputs), spectral_width, depth, "spectrum_pool", stem)
+    spectrum = trunk(LogPowerSpectrum(name="log_power_spectrum")(inputs), spectral_width, depth, "spectrum_pool", stem)
     return layers.Concatenate()([features, spectrum])
 
 
-def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, name: str = "regressor",
-              spectral_width: int = 0, stem: str = "full") -> keras.Model:
+def regressor(
+    input_size: int,
+    n_targets: int,
+    width: int = 16,
+    depth: int = 3,
+    name: str = "regressor",
+    spectral_width: int = 0,
+    stem: str = "full",
+) -> keras.Model:
     """Scaled targets (O(1)); the card holds each target's offset and scale.
 
     `spectral_width` > 0 adds a trunk on the image's log power spectrum (aberrations: the image trunk
-    sees the sign of the contrast, the spectrum trunk the ring radii and ellipticity). `stem`: see `_trunk_on`.
+    sees the sign of the contrast, the spectrum trunk the ring radii and ellipticity). `stem`: see `trunk`.
     """
     inputs, x = _trunk(input_size, width, depth, stem)
     x = _with_spectrum(inputs, x, spectral_width, depth, stem)
@@ -126,10 +133,19 @@ def regressor(input_size: int, n_targets: int, width: int = 16, depth: int = 3, 
     return keras.Model(inputs, outputs, name=name)
 
 
-def structure_regressor(input_size: int, width: int = 16, depth: int = 3, spectral_width: int = 0,
-                        stem: str = "full") -> keras.Model:
+def structure_regressor(
+    input_size: int, width: int = 16, depth: int = 3, spectral_width: int = 0, stem: str = "full"
+) -> keras.Model:
     """Ag/Co particle: co_fraction, log n_atoms, order_measure, energy per atom (scaled)."""
-    return regressor(input_size, len(STRUCTURE_TARGETS), width, depth, name="structure_regressor", spectral_width=spectral_width, stem=stem)
+    return regressor(
+        input_size,
+        len(TASKS["structure"].targets),
+        width,
+        depth,
+        name=TASKS["structure"].model_name,
+        spectral_width=spectral_width,
+        stem=stem,
+    )
 
 
 def denoiser(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
@@ -149,16 +165,25 @@ def denoiser(input_size: int, width: int = 16, depth: int = 3) -> keras.Model:
     return keras.Model(inputs, outputs, name="denoiser")
 
 
-def build(task: str, kind: str, input_size: int, n_outputs: int, width: int, depth: int,
-          spectral_width: int | None = None, stem: str = "full") -> keras.Model:
-    """The model a task trains (`n_outputs`: classes or targets; ignored for denoising, which has
-    no spectrum trunk and keeps its full-resolution U-Net whatever `stem` is)."""
+def build(
+    task: str,
+    kind: str,
+    input_size: int,
+    n_outputs: int,
+    width: int,
+    depth: int,
+    spectral_width: int | None = None,
+    stem: str = "full",
+) -> keras.Model:
+    """The model a task trains, by the kind of its registry entry (`n_outputs`: classes or targets;
+    ignored for denoising, which has no spectrum trunk and keeps its full-resolution U-Net whatever
+    `stem` is). A new task of an existing kind needs no change here; a new kind adds its function."""
     if spectral_width is None:
         spectral_width = spectral_width_default(task, width)
     if kind == "classification":
         return classifier(input_size, n_outputs, width, depth, spectral_width, stem)
     if kind == "denoising":
         return denoiser(input_size, width, depth)
-    if task == "structure":
-        return structure_regressor(input_size, width, depth, spectral_width, stem)
-    return regressor(input_size, n_outputs, width, depth, spectral_width=spectral_width, stem=stem)
+    return regressor(
+        input_size, n_outputs, width, depth, name=TASKS[task].model_name, spectral_width=spectral_width, stem=stem
+    )

@@ -1,0 +1,430 @@
+"""Trained bundles applied to experimental micrographs: the `hrtemflow predict` driver.
+
+Preprocessing is the training preprocessing, step for step: the micrograph is resampled to the
+bundle's pixel size (card `pixel_size_A`) by a band-limited Fourier resampling (`resample`), the
+operation by which the imaging stage makes its images at each pixel size, cut into windows of the
+card's `input_size` (`regions`) and normalised by the very function the training feed uses
+(`hrtemflow.learn.preprocess.normalise`, with the card's eps and clip).
+
+Orientation: simulated arrays are indexed [x, y] (abTEM), a micrograph [row, col] = [y, x]. Each
+window is transposed before the network, so angles (astigmatism φ12) come out as azimuths from +x
+(columns, to the right) towards +y (rows, downwards) of the micrograph as displayed.
+
+Per region the classifiers give the top-3 classes with probabilities (temperature-scaled when a
+fitted temperature is found, `hrtemflow.learn.bundle.find_temperature`), the regressors a value and
+a spread over the 8 flips/rotations of the window (test-time augmentation, `hrtemflow.learn.inference`),
+and every region gets an out-of-distribution check (`hrtemflow.learn.ood`). Outputs are written by
+`outputs`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.atomic import plain_json, write_json_atomic
+from ..core.errors import HrtemflowError
+from ..core.tasks import TASKS
+from ..learn.bundle import Bundle, load_bundle
+from ..learn.card import ModelCard
+from ..learn.inference import IMG_BYTES_PER_BATCH, Net, run_net, softmax
+from ..learn.ood import ood_scores, structure_ratio, vacuum_gate
+from ..learn.preprocess import normalise
+from .outputs import (
+    csv_rows,
+    format_table,
+    jsonable,
+    output_names,
+    summary_row,
+    table_rows,
+    write_calibrated_tiff,
+    write_csv,
+    write_overlay,
+    write_preview,
+)
+from .readers import list_micrographs, read_micrograph
+from .regions import Region, sliding_regions, window_starts, windows_in
+from .resample import resample
+
+DEFAULT_STRIDE = 0.5
+TOP_K = 3
+WINDOW_CHUNK = 4096  # windows cut, normalised and predicted at a time
+
+
+def normalise_windows(windows: np.ndarray, net: Net) -> np.ndarray:
+    """Training normalisation (the same function, the card's eps and clip), transposed to [x, y]."""
+    x = normalise(np.asarray(windows, dtype=np.float32), eps=net.eps, clip=net.clip)
+    return np.ascontiguousarray(np.swapaxes(x, -1, -2))
+
+
+def _check_fits(shape: tuple[int, int], pixel_A: float, rshape: tuple[int, int], b: Bundle, source: str) -> None:
+    if min(rshape) < b.size:
+        raise HrtemflowError(
+            f"{source}: the image is {shape[1]} x {shape[0]} px at {pixel_A / 10:.4g} nm/px, i.e. {rshape[1]} x "
+            f"{rshape[0]} px at "
+            f"the {b.task} model's {b.pixel_size_A / 10:.4g} nm/px: smaller than one {b.size} x {b.size} px window "
+            f"({b.size * b.pixel_size_A / 10:.2f} nm). Pass a larger image or check --pixel-size"
+        )
+
+
+def _predict_regions(
+    b: Bundle,
+    image: np.ndarray,
+    pixel_yx: tuple[float, float],
+    regions: Sequence[Region],
+    orig_pixel_A: float,
+    stride_fraction: float,
+    tta: bool,
+) -> list[dict[str, Any]]:
+    """One result dict per region for a classifier or regressor."""
+    w = b.size
+    stride = max(1, int(round(stride_fraction * w)))
+    sy, sx = orig_pixel_A / pixel_yx[0], orig_pixel_A / pixel_yx[1]
+    starts, owner = [], []
+    for i, r in enumerate(regions):
+        for y in windows_in(r.y0 * sy, r.y1 * sy, image.shape[0], w, stride):
+            for x in windows_in(r.x0 * sx, r.x1 * sx, image.shape[1], w, stride):
+                starts.append((y, x))
+                owner.append(i)
+    outputs, features, ratio = [], [], []
+    for c in range(0, len(starts), WINDOW_CHUNK):  # bounded memory on large micrographs
+        raw = np.stack([image[y : y + w, x : x + w] for y, x in starts[c : c + WINDOW_CHUNK]])
+        res = run_net(b.net, normalise_windows(raw, b.net), tta=tta)
+        outputs.append(res["outputs"])
+        features.append(res["features"])
+        ratio.append(structure_ratio(raw))
+    res = {"outputs": np.concatenate(outputs), "features": [np.concatenate(f) for f in zip(*features)]}
+    ood = ood_scores(b.ood, b.kind, b.size, res["outputs"], res["features"], np.concatenate(ratio))
+    owner_arr = np.array(owner)
+    results = []
+    for i in range(len(regions)):
+        m = np.flatnonzero(owner_arr == i)
+        out: dict[str, Any] = {"windows": len(m)}
+        flags = ood["flag"][m]
+        n_vac, n_ood = int((flags == "vacuum").sum()), int((flags == "ood").sum())
+        out["ood"] = (
+            "vacuum"
+            if n_vac * 2 > len(m)
+            else "ood"
+            if (n_vac + n_ood) * 2 > len(m)
+            else "?"
+            if (flags == "?").all()
+            else ""
+        )
+        out["ood_score"] = _f(np.median(ood["score"][m]))
+        for key in ("feature_z", "energy_z", "structure_ratio"):
+            if key in ood:
+                out[key] = _f(np.median(ood[key][m]))
+        outputs = res["outputs"][m]  # (windows, G, k)
+        if b.kind == "classification":
+            t = b.temperature or 1.0
+            probs = softmax(outputs / t).mean(axis=(0, 1))
+            order = np.argsort(-probs)[:TOP_K]
+            out["top"] = [(b.card.classes[j], float(probs[j])) for j in order]
+            out["probabilities"] = {c: float(p) for c, p in zip(b.card.classes, probs)}
+        else:
+            out["values"] = _regression_values(b, outputs)
+        results.append(out)
+    return results
+
+
+def _regression_values(b: Bundle, outputs: np.ndarray) -> dict[str, tuple[float, float, str]]:
+    """Physical estimates (mean, spread, unit) from scaled outputs (windows, G, k): the spread is the
+    standard deviation over symmetry elements and windows (TTA disagreement, not a calibrated error)."""
+    offset, scale = b.card.scaling()
+    y = (offset + scale * outputs).reshape(-1, len(offset))  # samples x targets
+    samples = {
+        ("c12_nm" if k == "c12_magnitude_nm" else k): v for k, v in TASKS[b.task].physical(y).items()
+    }  # predict's name for |C12|
+    out = {k: (_f(v.mean()), _f(v.std()), u) for k, (v, u) in samples.items()}
+    if (flips := TASKS[b.task].sign_flips) is not None:
+        c, s = y[:, flips[0]], y[:, flips[1]]
+        two_phi = np.arctan2(s.mean(), c.mean())
+        resultant = abs(np.exp(1j * np.arctan2(s, c)).mean())  # circular spread of 2 phi12
+        spread = np.sqrt(max(0.0, -2.0 * np.log(max(resultant, 1e-12))))
+        out["phi12_deg"] = (_f(np.degrees(two_phi / 2) % 180), _f(np.degrees(spread / 2)), "deg")
+    return out
+
+
+def _f(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def denoise(b: Bundle, image: np.ndarray, stride_fraction: float = 0.5) -> np.ndarray:
+    """The denoiser over overlapping tiles, blended with sin^2 weights (a partition of unity at half
+    overlap). Each tile's output (normalised) is mapped back to the input's intensity units by the
+    least-squares gain and offset onto the input tile: noise is uncorrelated with the output, so the
+    fit recovers the clean signal's scale."""
+    import keras  # noqa: PLC0415
+
+    w = b.size
+    stride = max(1, int(round(stride_fraction * w)))
+    starts = [
+        (y, x) for y in window_starts(image.shape[0], w, stride) for x in window_starts(image.shape[1], w, stride)
+    ]
+    ramp = np.sin(np.pi * (np.arange(w) + 0.5) / w) ** 2
+    weight = np.outer(ramp, ramp)
+    acc = np.zeros(image.shape, dtype=np.float64)
+    norm = np.zeros(image.shape, dtype=np.float64)
+    for c in range(0, len(starts), WINDOW_CHUNK):
+        chunk = starts[c : c + WINDOW_CHUNK]
+        raw = np.stack([image[y : y + w, x : x + w] for y, x in chunk]).astype(np.float64)
+        x = normalise_windows(raw, b.net)[..., None]
+        batch = max(1, IMG_BYTES_PER_BATCH // (4 * w * w))
+        pred = np.concatenate(
+            [
+                keras.ops.convert_to_numpy(b.model(x[i : i + batch], training=False))[..., 0]
+                for i in range(0, len(x), batch)
+            ]
+        ).astype(np.float64)
+        pred = np.swapaxes(pred, -1, -2)  # back to [row, col]
+        for (y, x0), p, r in zip(chunk, pred, raw):
+            a = np.stack([p.ravel(), np.ones(p.size)], axis=1)
+            coef, *_ = np.linalg.lstsq(a, r.ravel(), rcond=None)
+            acc[y : y + w, x0 : x0 + w] += weight * (coef[0] * p + coef[1])
+            norm[y : y + w, x0 : x0 + w] += weight
+    return (acc / norm).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `hrtemflow predict` was asked to do, besides inputs and bundles."""
+
+    pixel_size_nm: float | None = None
+    frames: str = "refuse"
+    regions: tuple[Region, ...] | None = None
+    window_px: int | None = None
+    stride_fraction: float = DEFAULT_STRIDE
+    tta: bool = True
+    table_rows: int = 40
+
+
+def check_options(opt: Options) -> None:
+    if not (0 < opt.stride_fraction <= 1):
+        raise HrtemflowError(f"--stride-fraction must be in (0, 1], got {opt.stride_fraction}")
+    if opt.window_px is not None and opt.window_px < 8:
+        raise HrtemflowError(f"--window-px must be at least 8, got {opt.window_px}")
+
+
+def analyse_micrograph(mic, bundles: Sequence[Bundle], opt: Options, out_dir: Path, *, echo=print) -> dict[str, Any]:
+    """Predict every region of one micrograph with every bundle; write its outputs into out_dir."""
+    source = mic.source + (f" (frame {mic.frame})" if mic.frame is not None else "")
+    image, px = mic.data, float(mic.pixel_size_A)
+    resampled: dict[float, tuple[np.ndarray, tuple[float, float]]] = {}
+    for b in bundles:
+        if b.pixel_size_A not in resampled:
+            resampled[b.pixel_size_A] = resample(image, px, b.pixel_size_A)
+        _check_fits(image.shape, px, resampled[b.pixel_size_A][0].shape, b, source)
+    predictors = [b for b in bundles if b.kind != "denoising"]
+    cells = None
+    if opt.regions is not None:
+        regions = list(opt.regions)
+        for r in regions:
+            r.check(image.shape, source)
+    elif predictors:
+        ref = max(predictors, key=lambda b: (opt.window_px or b.size) * b.pixel_size_A)
+        window = max(1, int(round((opt.window_px or ref.size) * ref.pixel_size_A / px)))
+        window = min(window, *image.shape)
+        stride = max(1, int(round(opt.stride_fraction * window)))
+        regions = sliding_regions(image.shape, window, stride)
+        half = 0.5 * min(stride, window)
+        cells = [
+            (
+                int(round((r.x0 + r.x1) / 2 - half)),
+                int(round((r.y0 + r.y1) / 2 - half)),
+                int(round((r.x0 + r.x1) / 2 + half)),
+                int(round((r.y0 + r.y1) / 2 + half)),
+            )
+            for r in regions
+        ]
+    else:
+        regions = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_task: dict[str, list[dict[str, Any]]] = {}
+    record: dict[str, Any] = {
+        "source": mic.source,
+        "frame": mic.frame,
+        "out_dir": str(out_dir),
+        "pixel_size_nm": px / 10,
+        "shape": list(image.shape),
+        "calibration": mic.metadata.get("calibration"),
+        "tasks": {},
+    }
+    for b in predictors:
+        img_b, pyx = resampled[b.pixel_size_A]
+        key = _task_key(b, bundles)
+        per_task[key] = _predict_regions(b, img_b, pyx, regions, px, opt.stride_fraction, opt.tta)
+        record["tasks"][key] = _task_summary(b, per_task[key], pyx)
+        write_overlay(out_dir / f"overlay_{key}.png", image, regions, per_task[key], key, cells)
+    for b in bundles:
+        if b.kind != "denoising":
+            continue
+        img_b, pyx = resampled[b.pixel_size_A]
+        key = _task_key(b, bundles)
+        stem = "denoised" if sum(x.kind == "denoising" for x in bundles) == 1 else f"denoised_{key}"
+        den = denoise(b, img_b, opt.stride_fraction)
+        write_calibrated_tiff(out_dir / f"{stem}.tif", den, pyx)
+        write_preview(out_dir / f"{stem}.png", den)
+        record["tasks"][key] = {
+            "kind": "denoising",
+            "bundle": str(b.path),
+            "tiff": str(out_dir / f"{stem}.tif"),
+            "pixel_size_nm": [pyx[0] / 10, pyx[1] / 10],
+            "shape": list(den.shape),
+        }
+    if per_task:
+        rows = csv_rows(regions, per_task)
+        write_csv(out_dir / "predictions.csv", rows)
+        write_json_atomic(
+            out_dir / "predictions.json",
+            plain_json(
+                {
+                    "source": mic.source,
+                    "frame": mic.frame,
+                    "pixel_size_nm": px / 10,
+                    "regions_from": "user" if opt.regions else "sliding window",
+                    "orientation": "x = column (to the right), y = row (downwards); angles from +x towards +y",
+                    "bundles": {_task_key(b, bundles): _bundle_info(b) for b in predictors},
+                    "regions": [
+                        {
+                            "region": r.name,
+                            "label": r.label,
+                            "box_xyxy": [r.x0, r.y0, r.x1, r.y1],
+                            **{k: jsonable(per_task[k][i]) for k in per_task},
+                        }
+                        for i, r in enumerate(regions)
+                    ],
+                }
+            ),
+        )
+        header, trows = table_rows(regions, per_task)
+        echo(f"\n{source}: {len(regions)} region(s) at {px / 10:.4g} nm/px")
+        echo(format_table(header, trows, opt.table_rows))
+    record["n_regions"] = len(regions)
+    record["status"] = "ok"
+    return record
+
+
+def _task_key(b: Bundle, bundles: Sequence[Bundle]) -> str:
+    """The task name, or task@folder when two bundles share a task."""
+    return b.task if sum(x.task == b.task for x in bundles) == 1 else f"{b.task}@{b.path.name}"
+
+
+def _bundle_info(b: Bundle) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "path": str(b.path),
+        "task": b.task,
+        "kind": b.kind,
+        "input_size": b.size,
+        "pixel_size_nm": b.pixel_size_A / 10,
+        "dataset_sha256": b.card.dataset_sha256,
+        "ood_stats": b.ood is not None,
+        # what its training images were taken with: the micrographs it is for (None: an older card)
+        "trained_on": b.card.imaging,
+    }
+    if b.kind == "classification":
+        info["temperature"], info["temperature_source"] = b.temperature, b.temperature_source
+    if b.ood is not None:
+        info["ood_threshold"] = "score > 1: beyond the validation images' 99th percentile"
+    if b.kind != "denoising":
+        info["vacuum_gate"] = vacuum_gate(b.size, b.ood)
+    return info
+
+
+def _task_summary(b: Bundle, results: Sequence[Mapping[str, Any]], pyx: tuple[float, float]) -> dict[str, Any]:
+    flags = [r["ood"] for r in results]
+    keep = [r for r in results if r["ood"] == ""]
+    s: dict[str, Any] = {
+        "kind": b.kind,
+        "bundle": str(b.path),
+        "n_ood": flags.count("ood"),
+        "n_vacuum": flags.count("vacuum"),
+        "n_unchecked": flags.count("?"),
+        "n_in_distribution": len(keep),
+        "pixel_size_nm": [pyx[0] / 10, pyx[1] / 10],
+    }
+    if b.kind == "classification":
+        counts: dict[str, int] = {}
+        for r in keep:
+            counts[r["top"][0][0]] = counts.get(r["top"][0][0], 0) + 1
+        s["top1_counts_in_distribution"] = counts
+        s["majority"] = max(counts, key=counts.get) if counts else None
+    else:
+        names = list(results[0]["values"]) if results else []
+        s["mean_in_distribution"] = {n: _f(np.mean([r["values"][n][0] for r in keep])) if keep else None for n in names}
+    return s
+
+
+def predict_path(
+    inputs: str | Path,
+    bundle_dirs: Sequence[str | Path],
+    out: str | Path,
+    opt: Options,
+    *,
+    temperatures: Mapping[str, float] | None = None,
+    progress: bool = True,
+    echo=print,
+) -> dict[str, Any]:
+    """Run every bundle on a micrograph file or on every supported file of a folder.
+
+    Writes <out>/<stem>/ per micrograph and <out>/summary.json + summary.csv. A single file's error
+    is raised; in a folder, a file that fails is recorded in the summary and the others go on
+    (raised only if every file failed).
+    """
+    from tqdm import tqdm  # noqa: PLC0415
+
+    check_options(opt)
+    src = Path(inputs)
+    if not src.exists():
+        raise HrtemflowError(f"{src} does not exist: pass a micrograph file or a folder of them")
+    files = list_micrographs(src) if src.is_dir() else [src]
+    if not files:
+        raise HrtemflowError(
+            f"{src} holds no supported micrograph (extensions: .dm3 .dm4 .emd .ser .emi .mrc .tif .tiff .png .npy)"
+        )
+    temps = dict(temperatures or {})
+    bundles = []
+    for d in bundle_dirs:
+        task = ModelCard.read(d).task
+        bundles.append(load_bundle(d, temperature=temps.get(task, temps.get("*"))))
+    for b in bundles:
+        for note in b.notes:
+            echo(f"warning: {note}", file=sys.stderr)
+    out = Path(out)
+    names = output_names(files)
+    records = []
+    bar = tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2, file=sys.stderr)
+    for f in bar:
+        try:
+            mics = read_micrograph(f, pixel_size_nm=opt.pixel_size_nm, frames=opt.frames)
+            for mic in mics:
+                sub = names[f] if mic.frame is None else f"{names[f]}_f{mic.frame:03d}"
+                records.append(analyse_micrograph(mic, bundles, opt, out / sub, echo=echo))
+        except HrtemflowError as exc:
+            if not src.is_dir():
+                raise
+            echo(f"warning: file skipped: {exc}", file=sys.stderr)
+            records.append({"source": str(f), "frame": None, "status": "failed", "reason": str(exc)})
+    summary = {
+        "input": str(src),
+        "n_files": len(files),
+        "n_micrographs": sum(r["status"] == "ok" for r in records),
+        "n_failed": sum(r["status"] == "failed" for r in records),
+        "bundles": {_task_key(b, bundles): _bundle_info(b) for b in bundles},
+        "micrographs": records,
+    }
+    write_json_atomic(out / "summary.json", plain_json(summary))
+    write_csv(out / "summary.csv", [summary_row(r) for r in records])
+    if summary["n_micrographs"] == 0:
+        raise HrtemflowError(
+            f"no micrograph of {src} could be analysed ({summary['n_failed']} failed; reasons in "
+            f"{out / 'summary.json'})"
+        )
+    return summary

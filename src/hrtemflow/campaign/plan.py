@@ -1,0 +1,197 @@
+"""Samples -> groups -> shards: what a campaign makes and how its jobs are cut.
+
+A group is the unit of incremental identity inside a family (an ordering, a chirality, or
+amorphous); a shard is a run of a group's samples and the unit of a job. Ids derive from (group,
+index) and never move when samples are added (`hrtemflow.core.ids`); what each job runs is in its
+spec (`hrtemflow.campaign.specs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.families import FAMILIES
+from ..core.ids import chirality_label, group_name, shard_name
+from ..core.tasks import TASKS
+
+
+@dataclass(frozen=True)
+class Group:
+    """The unit of incremental identity inside a family (an ordering, a chirality, or amorphous)."""
+
+    family: str
+    name: str
+    n_samples: int
+    shard_size: int
+    extra: tuple[tuple[str, Any], ...] = ()  # group-specific structure fields
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_samples // self.shard_size)
+
+    def shard_name(self, k: int) -> str:
+        return shard_name(self.name, k)
+
+    def shard_indices(self, k: int) -> range:
+        return range(k * self.shard_size, min((k + 1) * self.shard_size, self.n_samples))
+
+
+def groups(cfg: dict) -> list[Group]:
+    fam = cfg["families"]
+    out: list[Group] = []
+    na = fam["nanoalloy"]
+    if na["enabled"]:
+        for ordering in na["orderings"]:
+            out.append(
+                Group(
+                    "nanoalloy",
+                    group_name("nanoalloy", ordering),
+                    na["samples_per_ordering"],
+                    na["shard_size"],
+                    (("ordering", ordering),),
+                )
+            )
+    cnt = fam["cnt"]
+    if cnt["enabled"]:
+        for n, m in cnt["chiralities"]:
+            out.append(
+                Group(
+                    "cnt",
+                    group_name("cnt", chirality_label(n, m)),
+                    cnt["samples_per_chirality"],
+                    cnt["shard_size"],
+                    (("chirality", [n, m]),),
+                )
+            )
+    am = fam["amorphous"]
+    if am["enabled"]:
+        out.append(Group("amorphous", group_name("amorphous"), am["samples"], am["shard_size"]))
+    return out
+
+
+@dataclass(frozen=True)
+class Shard:
+    group: Group
+    k: int
+
+    @property
+    def name(self) -> str:
+        return self.group.shard_name(self.k)
+
+    @property
+    def family(self) -> str:
+        return self.group.family
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.group.shard_indices(self.k))
+
+
+@dataclass
+class Plan:
+    cfg: dict
+    shards: list[Shard]
+
+    def of_family(self, family: str) -> list[Shard]:
+        return [s for s in self.shards if s.family == family]
+
+    def by_name(self, name: str) -> Shard:
+        return self._index[name]
+
+    def __post_init__(self) -> None:
+        self._index = {s.name: s for s in self.shards}
+
+    def families(self) -> list[str]:
+        """The families this campaign makes, in the registry's order."""
+        return [f for f in FAMILIES if self.of_family(f)]
+
+    def tasks(self) -> list[str]:
+        learn = self.cfg["learning"]
+        if not (learn["enabled"] and self.cfg["imaging"]["enabled"]):
+            return []
+        return [
+            t for t, tc in learn["tasks"].items() if tc["enabled"] and any(self.of_family(f) for f in TASKS[t].families)
+        ]
+
+    def task_shards(self, task: str) -> list[Shard]:
+        return [s for s in self.shards if s.family in TASKS[task].families]
+
+
+def make_plan(cfg: dict) -> Plan:
+    return Plan(cfg, [Shard(g, k) for g in groups(cfg) for k in range(g.n_shards)])
+
+
+SUPPORT_POOL = 8  # films come from the first shards of the amorphous family only
+
+
+def support_shards(plan: Plan, shard: Shard) -> list[Shard]:
+    """The amorphous shard whose films support a nanoalloy image shard (empty when off).
+
+    One shard, picked by a hash of the nanoalloy shard's name from the first SUPPORT_POOL amorphous
+    shards: the choice never moves when samples are added, and the DAG stays linear in size
+    (every nanoalloy shard depending on every amorphous one made the seed campaign's DAG quadratic).
+    """
+    img = plan.cfg["imaging"]
+    if shard.family != "nanoalloy" or not img["families"]["nanoalloy"]["support_film"]:
+        return []
+    pool = plan.of_family("amorphous")[:SUPPORT_POOL]
+    if not pool:
+        return []
+    pick = int.from_bytes(hashlib.sha256(shard.name.encode()).digest()[:4], "little") % len(pool)
+    return [pool[pick]]
+
+
+def summary_rows(plan: Plan) -> list[dict[str, Any]]:
+    """Samples, shards and jobs per family and stage, for `hrtemflow plan --summary`."""
+    cfg = plan.cfg
+    img = cfg["imaging"]
+    rows = []
+    for family in plan.families():
+        shards = plan.of_family(family)
+        gs = {s.group.name: s.group for s in shards}
+        samples = sum(g.n_samples for g in gs.values())
+        images = (
+            samples * img["views_per_structure"] * img["variants_per_view"] * len(img["sizes"]) if img["enabled"] else 0
+        )
+        rows.append(
+            {
+                "family": family,
+                "groups": len(gs),
+                "samples": samples,
+                "shards": len(shards),
+                "md_jobs": len(shards),
+                "image_jobs": len(shards) if img["enabled"] else 0,
+                "images": images,
+            }
+        )
+    return rows
+
+
+def format_summary(plan: Plan) -> str:
+    rows = summary_rows(plan)
+    head = (
+        f"{'family':<10} {'groups':>7} {'samples':>10} {'shards':>8} {'md jobs':>8} {'image jobs':>10} {'images':>12}"
+    )
+    lines = [f"campaign {plan.cfg['campaign']['name']!r} (seed {plan.cfg['campaign']['seed']})", head, "-" * len(head)]
+    tot: Counter = Counter()
+    for r in rows:
+        lines.append(
+            f"{r['family']:<10} {r['groups']:>7} {r['samples']:>10,} {r['shards']:>8,} {r['md_jobs']:>8,} "
+            f"{r['image_jobs']:>10,} {r['images']:>12,}"
+        )
+        tot.update({k: v for k, v in r.items() if k != "family"})
+    lines.append("-" * len(head))
+    lines.append(
+        f"{'total':<10} {tot['groups']:>7} {tot['samples']:>10,} {tot['shards']:>8,} {tot['md_jobs']:>8,} "
+        f"{tot['image_jobs']:>10,} {tot['images']:>12,}"
+    )
+    tasks = plan.tasks()
+    lines.append(
+        f"learning: {len(tasks)} training job(s) and {len(tasks)} evaluation job(s): {', '.join(tasks) or 'none'}"
+    )
+    n_jobs = tot["md_jobs"] + tot["image_jobs"] + 2 * len(tasks)
+    lines.append(f"jobs in the DAG (before reporting rules): {n_jobs:,}")
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""`hrtemflow predict` (trained bundles on real micrographs) and `hrtemflow fit-ood` (a bundle's
+out-of-distribution statistics from its training data)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ...core.errors import HrtemflowError
+from ...learn.ood import MAX_FIT_IMAGES
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="apply trained model bundles to experimental micrographs (a file or a folder)",
+        description="Resample each micrograph to the bundle's pixel size, cut windows of its input size, normalise "
+        "them "
+        "as in training, and predict per region: top-3 classes (classifiers), estimates with a spread over the 8 "
+        "flips/rotations (regressors), an out-of-distribution flag, and a denoised image (denoisers). Writes "
+        "OUT/<file stem>/ (predictions.csv/.json, overlay_<task>.png, denoised.tif/.png) and OUT/summary.json + "
+        "summary.csv.",
+    )
+    p.add_argument(
+        "input", type=Path, help="a micrograph file or a folder of them (dm3 dm4 emd ser emi mrc tif png npy)"
+    )
+    p.add_argument(
+        "--bundles",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="model bundle folders (model.keras + card.json)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        metavar="NM",
+        help="pixel size in nm; overrides the file's calibration, required for files without one",
+    )
+    p.add_argument(
+        "--frames", choices=("refuse", "all"), default="refuse", help="stacks: refuse (default) or analyse every frame"
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--regions",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="regions to analyse: CSV with columns x0,y0,x1,y1 (pixels of the original image; x = column) and optional "
+        "label",
+    )
+    where.add_argument(
+        "--box",
+        action="append",
+        default=None,
+        metavar="x0,y0,x1,y1",
+        help="one region in pixels of the original image (repeatable)",
+    )
+    p.add_argument(
+        "--window-px",
+        type=int,
+        default=None,
+        help="sliding-window size in pixels after resampling to the model's pixel size (default: its input size)",
+    )
+    p.add_argument(
+        "--stride-fraction", type=float, default=0.5, help="window stride as a fraction of the window (default 0.5)"
+    )
+    p.add_argument(
+        "--temperature",
+        action="append",
+        default=None,
+        metavar="[TASK=]T",
+        help="softmax temperature for a classifier, all or one task (default: the card's, else the one "
+        "`hrtemflow evaluate` fitted for this model: metrics.json in the bundle or results/reports/<task>/)",
+    )
+    p.add_argument(
+        "--no-tta", action="store_true", help="one pass per window instead of the 8 flips/rotations (no spread)"
+    )
+    p.add_argument(
+        "--table-rows", type=int, default=40, help="rows of the terminal table per micrograph (all rows go to the CSV)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    p.set_defaults(func=_predict)
+
+    f = subparsers.add_parser(
+        "fit-ood",
+        help="fit a bundle's out-of-distribution statistics (ood.npz) from its training data",
+        description="Feature mean and whitening of the training split, and the median and 99th percentile of the "
+        "Mahalanobis distance, energy score and vacuum statistic on the validation split; saved as ood.npz in the "
+        "bundle.",
+    )
+    f.add_argument(
+        "spec", type=Path, help="the train spec the bundle was trained from (results/plan/train/<task>.json)"
+    )
+    f.add_argument("--model-dir", type=Path, required=True, help="model bundle folder")
+    f.add_argument("--base", default=".", help="working directory the spec's shard paths refer to")
+    f.add_argument(
+        "--max-images",
+        type=int,
+        default=MAX_FIT_IMAGES,
+        help=f"images per split used at most, evenly spaced (default {MAX_FIT_IMAGES})",
+    )
+    f.set_defaults(func=_fit_ood)
+
+
+def parse_temperatures(values: list[str] | None) -> dict[str, float]:
+    """'T' (every classifier) or 'TASK=T' -> {task or '*': T}."""
+    out: dict[str, float] = {}
+    for v in values or []:
+        task, _, t = v.rpartition("=")
+        try:
+            value = float(t)
+        except ValueError:
+            raise HrtemflowError(f"--temperature {v!r}: expected a number or TASK=NUMBER") from None
+        if not (math.isfinite(value) and value > 0):
+            raise HrtemflowError(f"--temperature {v!r}: the temperature must be positive")
+        out[task or "*"] = value
+    return out
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Cheap checks before TensorFlow loads (seconds): paths, numbers."""
+    if not args.input.exists():
+        raise HrtemflowError(f"{args.input} does not exist: pass a micrograph file or a folder of them")
+    for d in args.bundles:
+        for name in ("model.keras", "card.json"):
+            if not (d / name).is_file():
+                raise HrtemflowError(f"model bundle {d}: {name} is missing; pass folders written by `hrtemflow train`")
+    if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
+        raise HrtemflowError(f"--pixel-size must be a positive number of nm per pixel, got {args.pixel_size}")
+    if args.table_rows < 0:
+        raise HrtemflowError("--table-rows must be >= 0")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    _check_inputs(args)
+    temps = parse_temperatures(args.temperature)
+    from ...apply import predict as apply  # noqa: PLC0415 (TensorFlow loads with it)
+    from ...apply.regions import parse_box, read_regions_csv  # noqa: PLC0415
+
+    regions = None
+    if args.regions is not None:
+        regions = tuple(read_regions_csv(args.regions))
+    elif args.box:
+        regions = tuple(parse_box(b, f"b{i:03d}") for i, b in enumerate(args.box))
+    opt = apply.Options(
+        pixel_size_nm=args.pixel_size,
+        frames=args.frames,
+        regions=regions,
+        window_px=args.window_px,
+        stride_fraction=args.stride_fraction,
+        tta=not args.no_tta,
+        table_rows=args.table_rows,
+    )
+    apply.check_options(opt)
+
+    def echo(*parts, file=None) -> None:
+        if file is sys.stderr or not args.quiet:
+            print(*parts, file=file or sys.stdout, flush=True)
+
+    summary = apply.predict_path(
+        args.input, args.bundles, args.out, opt, temperatures=temps, progress=not args.quiet, echo=echo
+    )
+    if summary["n_failed"]:
+        print(f"predict: {summary['n_failed']} file(s) failed, see {args.out / 'summary.json'}", file=sys.stderr)
+    print(f"predict: {summary['n_micrographs']} micrograph(s) analysed; results in {args.out}", flush=True)
+    return 0
+
+
+def _fit_ood(args: argparse.Namespace) -> int:
+    from ...campaign.specs import read_spec  # noqa: PLC0415
+
+    spec = read_spec(args.spec, "train")
+    from ...learn.bundle import fit_bundle_ood  # noqa: PLC0415
+
+    stats = fit_bundle_ood(spec, args.model_dir, base=args.base, max_images=args.max_images)
+    print(
+        f"fit-ood: {spec.get('task')}: {stats['n_train']} training / {stats['n_val']} validation images, features of "
+        f"{', '.join(stats['feature_layers'])}; saved {args.model_dir / 'ood.npz'}",
+        flush=True,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""What a campaign made: the summary of every stage's products (`summary`)."""
