@@ -3,6 +3,13 @@
 Validation happens once, before any job: the JSON schema (types, ranges, enums, defaults) and then
 the checks a schema cannot express (reversed ranges, n < m, a field of view larger than the tube,
 a potential file that is not there). Every error names the key and what is allowed.
+
+A config may be hostile or broken in ways a schema does not see: a file too large to read, YAML whose
+aliases expand into billions of values or nest thousands deep, duplicate keys (`core.safe_yaml`),
+NaN or infinite numbers (every comparison with NaN is false, so a range check passes it), `4.0` where
+a whole number is meant, a sample count of 10^12, results written to `/etc`. Each is refused with one
+line per problem naming the key; values are clipped and at most MAX_LISTED problems are listed, so an
+error is never longer than MAX_MESSAGE bytes whatever the input.
 """
 
 from __future__ import annotations
@@ -10,7 +17,10 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import math
 import os
+import re
+import reprlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +28,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from ..core import safe_yaml
 from ..core.atomic import canonical_json
 from ..core.errors import ConfigError
 from ..core.families import FAMILIES, ORDERINGS
@@ -29,6 +40,21 @@ SECTION_FILES = {
     "learning": "learning.schema.yaml",
     "apply": "apply.schema.yaml",
 }
+
+#: the largest config file read; a campaign config is a few kB
+MAX_FILE_BYTES = 1 << 20
+#: the longest line one problem takes in a ConfigError (UTF-8 bytes)
+MAX_LINE = 200
+#: problems listed in a ConfigError; the others are counted
+MAX_LISTED = 5
+#: the longest ConfigError message (UTF-8 bytes)
+MAX_MESSAGE = 1000
+#: items in one list of a config (the seed campaign's longest has 30): bounds jsonschema's uniqueItems, quadratic
+MAX_ITEMS = 1000
+#: whole numbers must fit 64 bits (a seed, a count); beyond that they are a typo or an attack
+INT_LIMIT = 2**63
+#: folders results may never be written to or under (unless the working directory itself is under one)
+SYSTEM_DIRS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys", "/dev", "/boot", "/var")
 
 
 def schema_dir() -> Path:
@@ -83,13 +109,65 @@ def _with_defaults(cls):
     return validators.extend(cls, {"properties": properties})
 
 
-_FillingValidator = _with_defaults(Draft202012Validator)
+def _is_integer(checker, instance) -> bool:
+    """JSON Schema's `integer` as Python's int: 4.0 is refused (the plan would fail on it with a TypeError)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_StrictValidator = validators.extend(
+    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer)
+)
+_FillingValidator = _with_defaults(_StrictValidator)
+
+
+class _Clipped(reprlib.Repr):
+    """repr() of a config value, clipped: an error shows what was given, never a huge input whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother, self.maxlong = 2, 40, 40, 40
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 4
+
+    def repr_int(self, x, level):
+        if abs(x) >= 10**30:  # before repr: ints of more than 4300 digits cannot be printed at all
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+def _show(value: Any, width: int = 40) -> str:
+    """A value as an error shows it: its repr, texts and lists clipped to about `width` characters and 4 items."""
+    clipped = _Clipped()
+    clipped.maxstring = clipped.maxother = width
+    return clipped.repr(value)
+
+
+def _clip(text: str, limit: int = MAX_LINE) -> str:
+    """One line of at most `limit` UTF-8 bytes."""
+    text = " ".join(str(text).split())
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _where(source: Any) -> str:
+    """A file name for messages: its end, if long (where a file's name is)."""
+    text = " ".join(str(source).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 100 else "..." + text[-97:]
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _key(path) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _NAME.fullmatch(part):
+            out += f".{part}" if out else part
+        else:  # a key no schema has: shown as given, clipped
+            out += f"[{_show(part)}]"
     return out or "(top level)"
 
 
@@ -116,13 +194,72 @@ def _allowed(error) -> str:
     return text
 
 
+def _what(err) -> str:
+    """jsonschema's message with the offending value clipped (its messages start with the value's whole repr)."""
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
+        extras = [k for k in err.instance if k not in known]
+        names = ", ".join(_show(k, 20) for k in extras[:3])
+        names += f" and {len(extras) - 3} more" if len(extras) > 3 else ""
+        return f"Additional properties are not allowed ({names} {'was' if len(extras) == 1 else 'were'} unexpected)"
+    if err.validator == "type" and isinstance(err.instance, float) and "integer" in str(err.validator_value):
+        fix = "; write it without the decimal point" if err.instance.is_integer() else ""
+        return f"{_show(err.instance)} is not a whole number{fix}"
+    message = err.message
+    whole = repr(err.instance)
+    if message.startswith(whole):
+        message = _show(err.instance) + message[len(whole) :]
+    return message
+
+
 def _schema_errors(instance: dict) -> list[str]:
     validator = _FillingValidator(load_schema())
     messages = []
     for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
         allowed = _allowed(err)
-        messages.append(f"{_key(err.absolute_path)}: {err.message}" + (f"; {allowed}" if allowed else ""))
+        messages.append(_clip(f"{_key(err.absolute_path)}: {_what(err)}" + (f"; {allowed}" if allowed else "")))
     return messages
+
+
+def _value_errors(raw: Any) -> list[str]:
+    """Values no campaign has and a schema lets through or chokes on: NaN and infinity (every comparison
+    with NaN is false, so `minimum` passes it), whole numbers beyond 64 bits, text that is not valid
+    Unicode (a lone surrogate), lists too long for jsonschema's uniqueItems to check in time."""
+    errors = []
+    stack: list[tuple[tuple, Any]] = [((), raw)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, Mapping):
+            for k, v in reversed(list(node.items())):
+                stack.append(((*path, k), v))
+                if isinstance(k, str) and not _is_unicode(k):
+                    errors.append(f"{_key(path)}: key {_show(k)} is not valid Unicode text (a lone surrogate)")
+        elif isinstance(node, (list, tuple)):
+            if len(node) > MAX_ITEMS:
+                errors.append(f"{_key(path)}: a list of {len(node):,} items; a config list has at most {MAX_ITEMS:,}")
+                continue
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(node))))
+        elif isinstance(node, bool):
+            continue
+        elif isinstance(node, int):
+            if not -INT_LIMIT <= node < INT_LIMIT:
+                errors.append(f"{_key(path)}: {_show(node)} is too large; whole numbers must lie within +-2**63")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                errors.append(
+                    f"{_key(path)}: {node} is not a finite number (NaN and infinity are refused); give a number"
+                )
+        elif isinstance(node, str) and not _is_unicode(node):
+            errors.append(f"{_key(path)}: {_show(node)} is not valid Unicode text (a lone surrogate)")
+    return [_clip(e) for e in errors]
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _walk_ranges(schema: Mapping, inst: Any, path: tuple) -> Iterator[tuple[tuple, list]]:
@@ -144,14 +281,17 @@ def _semantic_errors(cfg: dict, base: Path) -> list[str]:
         if len(value) == 2 and value[0] > value[1]:
             errors.append(f"{_key(path)}: range {value} is reversed; write it as [min, max]")
 
-    results = cfg["campaign"]["results"]
-    if ".." in Path(results).parts:
-        errors.append(
-            f"campaign.results: {results!r} contains '..'; give a folder inside the working directory or an absolute "
-            "path"
-        )
+    errors += _results_errors(cfg["campaign"], base)
 
     fam = cfg["families"]
+    total = md_samples(cfg)
+    ceiling = cfg["campaign"]["max_samples"]
+    if sum(total.values()) > ceiling:
+        each = ", ".join(f"{f} {n:,}" for f, n in total.items() if n)
+        errors.append(
+            f"families: {sum(total.values()):,} MD samples in all, more than campaign.max_samples = {ceiling:,}: "
+            f"lower the counts or raise campaign.max_samples ({each})"
+        )
     if not any(fam[f]["enabled"] for f in FAMILIES):
         errors.append("families: every family is disabled; enable at least one of " + ", ".join(FAMILIES))
 
@@ -225,19 +365,80 @@ def _semantic_errors(cfg: dict, base: Path) -> list[str]:
     if app["enabled"]:
         if not app["input_dir"]:
             errors.append("apply.input_dir: apply.enabled is true but no input folder is given")
-        elif not (base / app["input_dir"]).is_dir():
-            errors.append(f"apply.input_dir: folder {app['input_dir']!r} does not exist")
+        elif not _exists(base / app["input_dir"], Path.is_dir):
+            errors.append(f"apply.input_dir: folder {_show(app['input_dir'], 100)} does not exist")
         for task in app["tasks"]:
             if not (learn["enabled"] and learn["tasks"][task]["enabled"]):
                 errors.append(f"apply.tasks: {task!r} is not trained (learning.tasks.{task}.enabled is false)")
 
     for path in sorted(set(potential_files(cfg).values())):
-        if not (base / path).is_file():
+        if not _exists(base / path, Path.is_file):
             errors.append(
-                f"potentials.directory: potential file {path} is missing; run `hrtemflow potentials --out "
-                f"{cfg['potentials']['directory']}` to write it"
+                f"potentials.directory: potential file {_show(path, 80)} is missing; run `hrtemflow potentials --out "
+                f"{_show(cfg['potentials']['directory'], 60)}` to write it"
             )
-    return errors
+    return [_clip(e) for e in errors]
+
+
+def _exists(path: Path, test) -> bool:
+    """`test(path)` (Path.is_file, Path.is_dir), False where the path cannot even be looked at (a name too long)."""
+    try:
+        return test(path)
+    except (OSError, ValueError):
+        return False
+
+
+def md_samples(cfg: dict) -> dict[str, int]:
+    """MD samples per family of a validated config (0 for a disabled one), counted without making the plan."""
+    fam = cfg["families"]
+    na, cnt, am = fam["nanoalloy"], fam["cnt"], fam["amorphous"]
+    return {
+        "nanoalloy": na["samples_per_ordering"] * len(na["orderings"]) if na["enabled"] else 0,
+        "cnt": cnt["samples_per_chirality"] * len(cnt["chiralities"]) if cnt["enabled"] else 0,
+        "amorphous": am["samples"] if am["enabled"] else 0,
+    }
+
+
+def _home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except (OSError, RuntimeError, KeyError):
+        return None
+
+
+def _results_errors(campaign: dict, base: Path) -> list[str]:
+    """campaign.results: no '..', names of at most 255 bytes, never the root, the home folder or a system
+    folder, and inside the working directory unless campaign.results_outside_base says otherwise."""
+    results = campaign["results"]
+    shown = _show(results, 48)
+    parts = Path(results).parts
+    if ".." in parts:
+        return [
+            f"campaign.results: {shown} contains '..'; give a folder inside the working directory or an absolute path"
+        ]
+    if any(len(os.fsencode(p)) > 255 for p in parts):
+        return [f"campaign.results: {shown} has a folder name longer than 255 bytes, which no file system allows"]
+    try:
+        here = Path(base).resolve()
+        lexical = Path(os.path.normpath(here / results))
+        target = lexical.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        return [f"campaign.results: {shown} cannot be resolved ({exc})"]
+    home = _home()
+    for where in dict.fromkeys((lexical, target)):
+        if where == Path(where.anchor):
+            return [f"campaign.results: {shown} is the file system's root; give a folder of its own"]
+        if where == home:
+            return [f"campaign.results: {shown} is the home folder itself; give a folder of its own"]
+        for system in map(Path, SYSTEM_DIRS):
+            if where.is_relative_to(system) and (where == system or not here.is_relative_to(system)):
+                return [f"campaign.results: {shown} is in the system folder {system}; give a folder of your own"]
+    if not target.is_relative_to(here) and not campaign["results_outside_base"]:
+        return [
+            f"campaign.results: {shown} is outside the working directory; set campaign.results_outside_base: true "
+            f"to allow it (a scratch file system) or give a folder inside {_show(str(here))}"
+        ]
+    return []
 
 
 def potential_files(cfg: dict) -> dict[str, str]:
@@ -256,23 +457,17 @@ def potential_files(cfg: dict) -> dict[str, str]:
 def load_config(source: str | os.PathLike | Mapping, *, base: str | os.PathLike = ".") -> dict:
     """Read (if a path), fill defaults and validate; raise ConfigError listing every problem.
 
-    `base` is the working directory the relative paths of the config refer to.
+    `base` is the working directory the relative paths of the config refer to. A file is read with
+    `core.safe_yaml` (bounded aliases and nesting, no duplicate keys); a mapping (Snakemake's parsed
+    `--configfile`) is bounded by `safe_yaml.check_structure` before anything walks it.
     """
-    where = "config"
     if isinstance(source, Mapping):
+        where = "config"
+        safe_yaml.check_structure(source, where)
         raw = copy.deepcopy(dict(source))
     else:
-        where = str(source)
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"config file {where} does not exist") from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {where} cannot be read: {exc}") from None
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where} is not valid YAML: {exc}") from None
+        where = _where(source)
+        raw = safe_yaml.load(_read(source, where), where)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -280,17 +475,52 @@ def load_config(source: str | os.PathLike | Mapping, *, base: str | os.PathLike 
             f"{where}: the top level must be a mapping of sections (campaign, families, imaging, ...), not "
             f"{type(raw).__name__}"
         )
-    raw.setdefault("campaign", {})
-    errors = _schema_errors(raw)
+    errors = _value_errors(raw)
+    if not errors:
+        raw.setdefault("campaign", {})
+        errors = _schema_errors(raw)
     if not errors:
         errors = _semantic_errors(raw, Path(base))
     if errors:
-        listing = "\n  - ".join(errors)
-        raise ConfigError(
-            f"{where} is invalid ({len(errors)} problem{'s' if len(errors) > 1 else ''}); nothing was run:\n  - "
-            f"{listing}"
-        )
+        raise ConfigError(_listing(where, errors))
     return raw
+
+
+def _read(source: str | os.PathLike, where: str) -> str:
+    """A config file's text: at most MAX_FILE_BYTES (read no further, so /dev/zero is refused too), UTF-8."""
+    try:
+        with open(source, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {where} does not exist") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(_clip(f"config file {where} cannot be read: {reason}", 300)) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"config file {where} is larger than {MAX_FILE_BYTES:,} bytes (1 MiB), so it was not read; a campaign "
+            "config is a few kB"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {where} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); a config "
+            "is a YAML text file"
+        ) from None
+
+
+def _listing(where: str, errors: list[str]) -> str:
+    """The ConfigError text: a head line, then one line per problem, at most MAX_LISTED and MAX_MESSAGE bytes."""
+    errors = list(dict.fromkeys(errors))
+    n = len(errors)
+    text = f"{where} is invalid ({n} problem{'s' if n > 1 else ''}); nothing was run:"
+    for i, line in enumerate(errors[:MAX_LISTED]):
+        more = f"\n  - (and {n - i - 1} more)" if i + 1 < n else ""
+        if i and len((text + "\n  - " + line + more).encode("utf-8")) > MAX_MESSAGE:
+            return text + f"\n  - (and {n - i} more)"
+        text += "\n  - " + line
+    return text + (f"\n  - (and {n - MAX_LISTED} more)" if n > MAX_LISTED else "")
 
 
 def config_hash(cfg: Mapping) -> str:

@@ -25,6 +25,10 @@ Ranges written `[min, max]` are drawn uniformly per sample (or per image) and mu
 CROSS_KEY_CHECKS = """## Checks across keys
 
 Besides the rules above, `hrtemflow validate` refuses:
+- a file over 1 MiB, text that is not UTF-8, YAML aliases that expand past 20,000 values, nesting deeper
+  than 32 levels and a key given twice; NaN or infinite numbers anywhere; a float where an integer is meant;
+- a campaign of more MD samples than `campaign.max_samples`; `campaign.results` outside the working
+  directory (unless `campaign.results_outside_base`), the root, the home folder or a system folder;
 - a reversed range `[max, min]`; `campaign.results` containing `..`;
 - every family disabled; a chirality `[n, m]` with `n < m` or `n = 0`;
 - a CNT shorter than the largest CNT field of view; a nanoalloy support film without the amorphous

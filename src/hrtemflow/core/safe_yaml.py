@@ -66,6 +66,16 @@ class _Loader(yaml.SafeLoader):
             )
         return node
 
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, AttributeError, OverflowError, IndexError) as exc:
+            # a scalar its tag cannot make: `!!int 0x`, `!!timestamp 2026-13-45`, an int of more than 4300 digits
+            what = _clip(repr(node.value), 60) if isinstance(node, yaml.ScalarNode) else "this value"
+            raise ConfigError(
+                f"line {node.start_mark.line + 1}: {what} cannot be read as {_clip(node.tag, 40)} ({_clip(exc, 80)})"
+            ) from None
+
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
@@ -96,9 +106,10 @@ def _size(node: yaml.Node, budget: int = MAX_NODES + 1) -> int:
 
 
 def load(text: str, where: str) -> Any:
-    """Parse YAML text safely; ConfigError naming `where` (the file) and the line otherwise."""
+    """Parse YAML text safely and bound the result (`check_structure`); ConfigError naming `where` (the file)
+    and the line otherwise."""
     try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no code runs
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no code runs
     except ConfigError as exc:
         raise ConfigError(_clip(f"{where}: {exc}")) from None
     except yaml.YAMLError as exc:
@@ -108,6 +119,8 @@ def load(text: str, where: str) -> Any:
         raise ConfigError(_clip(f"{where} is not valid YAML: {line}{problem}")) from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply to read; a campaign config is about 6 deep") from None
+    check_structure(data, where)  # an alias inside its own anchor (`a: &a [*a]`) makes a list that contains itself
+    return data
 
 
 def check_structure(obj: Any, where: str = "config") -> None:
@@ -121,7 +134,10 @@ def check_structure(obj: Any, where: str = "config") -> None:
                 f"{where}: more than {MAX_NODES:,} values (nested aliases?); a campaign config has a few hundred"
             )
         if depth > MAX_DEPTH:
-            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; a campaign config is about 6 deep")
+            raise ConfigError(
+                f"{where}: nested more than {MAX_DEPTH} levels deep (or a value contains itself); a campaign config is "
+                "about 6 deep"
+            )
         if isinstance(node, Mapping):
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, (list, tuple)):
