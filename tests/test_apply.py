@@ -23,7 +23,8 @@ import pytest
 
 pytest.importorskip("abtem")
 
-from hrtemflow.apply.predict import Options, denoise, normalise_windows, predict_path
+from hrtemflow.apply.options import Options
+from hrtemflow.apply.predict import denoise, normalise_windows, predict_path
 from hrtemflow.apply.readers import read_micrograph  # noqa: E402
 from hrtemflow.apply.regions import read_regions_csv, window_starts
 from hrtemflow.apply.resample import resample

@@ -179,7 +179,8 @@ def toy_task(monkeypatch):
 def test_a_sixth_task_is_one_registry_entry(toy_task, demo_cfg, repo_root, tmp_path, monkeypatch):
     """Registering a task is all it takes for the config, the plan, training, evaluation and predict
     to handle it (its model is the generic regressor, so no model function is needed)."""
-    from hrtemflow.apply.predict import Options, predict_path
+    from hrtemflow.apply.options import Options
+    from hrtemflow.apply.predict import predict_path
     from hrtemflow.learn import evaluate as ev
     from hrtemflow.learn import train as tr
     from test_learn_data import make_spec

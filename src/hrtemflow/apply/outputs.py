@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -202,10 +203,58 @@ def jsonable(res: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def output_names(files: Sequence[Path]) -> dict[Path, str]:
-    """Output folder name per input file: its stem, with the extension added when two stems clash."""
-    stems = [f.stem for f in files]
-    return {f: (f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}") for f in files}
+#: the files predict writes at the top of its output folder: no micrograph's folder takes these names
+RESERVED_NAMES = ("summary.json", "summary.csv")
+#: a folder name of at most this many bytes (file systems allow 255, and frames add "_f000")
+MAX_NAME_BYTES = 160
+
+
+def _safe_name(wanted: str) -> str:
+    """A folder or file name that stays inside the output folder: no separators or control characters,
+    not '.' or '..' or hidden, and short enough for any file system."""
+    name = "".join(c if c.isprintable() and c not in '/\\:*?"<>|' else "_" for c in wanted).strip()
+    if not name or set(name) == {"."} or name.startswith("."):
+        name = "_" + name
+    raw = name.encode("utf-8")
+    if len(raw) > MAX_NAME_BYTES:
+        name = raw[:MAX_NAME_BYTES].decode("utf-8", "ignore")
+    return name
+
+
+class UniqueNames:
+    """Output names unique by construction, compared case-insensitively (as macOS and Windows compare
+    them): a name already taken gets _2, _3, ... State: the names taken so far."""
+
+    def __init__(self, reserved: Sequence[str] = RESERVED_NAMES) -> None:
+        self.taken = {r.casefold() for r in reserved}
+
+    def claim(self, wanted: str) -> str:
+        base = _safe_name(wanted)
+        name, k = base, 2
+        while name.casefold() in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name.casefold())
+        return name
+
+
+def output_names(files: Sequence[Path], names: UniqueNames | None = None) -> dict[Path, str]:
+    """Output folder name per input file: its stem where no other stem is the same (ignoring case), else
+    stem_extension; unique by construction (`UniqueNames`), decided before anything is written."""
+    names = names or UniqueNames()
+    folded = Counter(f.stem.casefold() for f in files)
+    out = {}
+    for f in files:
+        wanted = f.stem if folded[f.stem.casefold()] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}"
+        out[f] = names.claim(wanted)
+    return out
+
+
+def bundle_keys(tasks: Sequence[str], folders: Sequence[str]) -> list[str]:
+    """The name each bundle's outputs go under (CSV columns, overlay_<key>.png): its task, or task@folder
+    where two bundles share a task; unique by construction."""
+    names = UniqueNames(reserved=())
+    count = Counter(tasks)
+    return [names.claim(t if count[t] == 1 else f"{t}@{folder}") for t, folder in zip(tasks, folders)]
 
 
 def summary_row(r: Mapping[str, Any]) -> dict[str, Any]:

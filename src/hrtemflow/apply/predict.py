@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,10 @@ from ..learn.card import ModelCard
 from ..learn.inference import IMG_BYTES_PER_BATCH, Net, run_net, softmax
 from ..learn.ood import ood_scores, structure_ratio, vacuum_gate
 from ..learn.preprocess import normalise
+from .options import Options, check_options, check_temperatures
 from .outputs import (
+    UniqueNames,
+    bundle_keys,
     csv_rows,
     format_table,
     jsonable,
@@ -52,7 +54,6 @@ from .readers import list_micrographs, read_micrograph
 from .regions import Region, sliding_regions, window_starts, windows_in
 from .resample import resample
 
-DEFAULT_STRIDE = 0.5
 TOP_K = 3
 WINDOW_CHUNK = 4096  # windows cut, normalised and predicted at a time
 
@@ -61,6 +62,28 @@ def normalise_windows(windows: np.ndarray, net: Net) -> np.ndarray:
     """Training normalisation (the same function, the card's eps and clip), transposed to [x, y]."""
     x = normalise(np.asarray(windows, dtype=np.float32), eps=net.eps, clip=net.clip)
     return np.ascontiguousarray(np.swapaxes(x, -1, -2))
+
+
+def resampled_shape(shape: tuple[int, int], pixel_A: float, target_A: float) -> tuple[int, int]:
+    """The shape `resample` will give (computed first, so a size is checked before it is allocated)."""
+    scale = float(pixel_A) / float(target_A)
+    if abs(scale - 1.0) < 1e-9:
+        return int(shape[0]), int(shape[1])
+    return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
+
+
+def check_size(shape: tuple[int, int], pixel_A: float, b: Bundle, source: str, max_pixels: int) -> tuple[int, int]:
+    """Refuse, before any allocation, a micrograph whose image or resampled image is over `max_pixels`."""
+    rshape = resampled_shape(shape, pixel_A, b.pixel_size_A)
+    worst = max(shape[0] * shape[1], rshape[0] * rshape[1], rshape[0] * shape[1])  # resample goes axis by axis
+    if worst > max_pixels:
+        raise HrtemflowError(
+            f"{source}: {shape[1]} x {shape[0]} px at {pixel_A / 10:.4g} nm/px resampled to the {b.task} model's "
+            f"{b.pixel_size_A / 10:.4g} nm/px would be {rshape[1]:,} x {rshape[0]:,} px, over the limit of "
+            f"{max_pixels:,} px (--max-pixels); check --pixel-size, crop or bin the micrograph, or raise "
+            "--max-pixels if the machine has the memory (about 30 bytes a pixel)"
+        )
+    return rshape
 
 
 def _check_fits(shape: tuple[int, int], pixel_A: float, rshape: tuple[int, int], b: Bundle, source: str) -> None:
@@ -193,30 +216,17 @@ def denoise(b: Bundle, image: np.ndarray, stride_fraction: float = 0.5) -> np.nd
     return (acc / norm).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class Options:
-    """What `hrtemflow predict` was asked to do, besides inputs and bundles."""
-
-    pixel_size_nm: float | None = None
-    frames: str = "refuse"
-    regions: tuple[Region, ...] | None = None
-    window_px: int | None = None
-    stride_fraction: float = DEFAULT_STRIDE
-    tta: bool = True
-    table_rows: int = 40
-
-
-def check_options(opt: Options) -> None:
-    if not (0 < opt.stride_fraction <= 1):
-        raise HrtemflowError(f"--stride-fraction must be in (0, 1], got {opt.stride_fraction}")
-    if opt.window_px is not None and opt.window_px < 8:
-        raise HrtemflowError(f"--window-px must be at least 8, got {opt.window_px}")
-
-
-def analyse_micrograph(mic, bundles: Sequence[Bundle], opt: Options, out_dir: Path, *, echo=print) -> dict[str, Any]:
-    """Predict every region of one micrograph with every bundle; write its outputs into out_dir."""
+def analyse_micrograph(
+    mic, bundles: Sequence[Bundle], opt: Options, out_dir: Path, *, echo=print, keys: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Predict every region of one micrograph with every bundle; write its outputs into out_dir.
+    `keys`: the name of each bundle's outputs (`outputs.bundle_keys`, by default from the bundles)."""
     source = mic.source + (f" (frame {mic.frame})" if mic.frame is not None else "")
     image, px = mic.data, float(mic.pixel_size_A)
+    keys = list(keys) if keys is not None else bundle_keys([b.task for b in bundles], [b.path.name for b in bundles])
+    key_of = {id(b): k for b, k in zip(bundles, keys)}
+    for b in bundles:  # every size first: nothing is allocated for a micrograph that cannot be done
+        check_size(image.shape, px, b, source, opt.max_pixels)
     resampled: dict[float, tuple[np.ndarray, tuple[float, float]]] = {}
     for b in bundles:
         if b.pixel_size_A not in resampled:
@@ -259,7 +269,7 @@ def analyse_micrograph(mic, bundles: Sequence[Bundle], opt: Options, out_dir: Pa
     }
     for b in predictors:
         img_b, pyx = resampled[b.pixel_size_A]
-        key = _task_key(b, bundles)
+        key = key_of[id(b)]
         per_task[key] = _predict_regions(b, img_b, pyx, regions, px, opt.stride_fraction, opt.tta)
         record["tasks"][key] = _task_summary(b, per_task[key], pyx)
         write_overlay(out_dir / f"overlay_{key}.png", image, regions, per_task[key], key, cells)
@@ -267,7 +277,7 @@ def analyse_micrograph(mic, bundles: Sequence[Bundle], opt: Options, out_dir: Pa
         if b.kind != "denoising":
             continue
         img_b, pyx = resampled[b.pixel_size_A]
-        key = _task_key(b, bundles)
+        key = key_of[id(b)]
         stem = "denoised" if sum(x.kind == "denoising" for x in bundles) == 1 else f"denoised_{key}"
         den = denoise(b, img_b, opt.stride_fraction)
         write_calibrated_tiff(out_dir / f"{stem}.tif", den, pyx)
@@ -291,7 +301,7 @@ def analyse_micrograph(mic, bundles: Sequence[Bundle], opt: Options, out_dir: Pa
                     "pixel_size_nm": px / 10,
                     "regions_from": "user" if opt.regions else "sliding window",
                     "orientation": "x = column (to the right), y = row (downwards); angles from +x towards +y",
-                    "bundles": {_task_key(b, bundles): _bundle_info(b) for b in predictors},
+                    "bundles": {key_of[id(b)]: _bundle_info(b) for b in predictors},
                     "regions": [
                         {
                             "region": r.name,
@@ -310,11 +320,6 @@ def analyse_micrograph(mic, bundles: Sequence[Bundle], opt: Options, out_dir: Pa
     record["n_regions"] = len(regions)
     record["status"] = "ok"
     return record
-
-
-def _task_key(b: Bundle, bundles: Sequence[Bundle]) -> str:
-    """The task name, or task@folder when two bundles share a task."""
-    return b.task if sum(x.task == b.task for x in bundles) == 1 else f"{b.task}@{b.path.name}"
 
 
 def _bundle_info(b: Bundle) -> dict[str, Any]:
@@ -374,9 +379,10 @@ def predict_path(
 ) -> dict[str, Any]:
     """Run every bundle on a micrograph file or on every supported file of a folder.
 
-    Writes <out>/<stem>/ per micrograph and <out>/summary.json + summary.csv. A single file's error
-    is raised; in a folder, a file that fails is recorded in the summary and the others go on
-    (raised only if every file failed).
+    Writes <out>/<name>/ per micrograph (names unique by construction, `outputs.output_names`) and
+    <out>/summary.json + summary.csv. A single file's error is raised; in a folder, a file that fails
+    (unreadable, too large, out of memory) is recorded in the summary with its reason and the others
+    go on (raised only if every file failed); the caller exits non-zero when any failed.
     """
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -384,40 +390,52 @@ def predict_path(
     src = Path(inputs)
     if not src.exists():
         raise HrtemflowError(f"{src} does not exist: pass a micrograph file or a folder of them")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HrtemflowError(f"--out {out} exists and is not a folder; give the folder the outputs go to")
     files = list_micrographs(src) if src.is_dir() else [src]
     if not files:
         raise HrtemflowError(
             f"{src} holds no supported micrograph (extensions: .dm3 .dm4 .emd .ser .emi .mrc .tif .tiff .png .npy)"
         )
     temps = dict(temperatures or {})
-    bundles = []
-    for d in bundle_dirs:
-        task = ModelCard.read(d).task
-        bundles.append(load_bundle(d, temperature=temps.get(task, temps.get("*"))))
+    cards = [ModelCard.read(d) for d in bundle_dirs]  # every card checked before any model loads
+    check_temperatures(temps, cards)
+    bundles = [load_bundle(d, temperature=temps.get(c.task, temps.get("*"))) for d, c in zip(bundle_dirs, cards)]
     for b in bundles:
         for note in b.notes:
             echo(f"warning: {note}", file=sys.stderr)
-    out = Path(out)
-    names = output_names(files)
+    keys = bundle_keys([b.task for b in bundles], [b.path.name for b in bundles])
+    names = UniqueNames()
+    folders = output_names(files, names)
     records = []
     bar = tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2, file=sys.stderr)
     for f in bar:
         try:
             mics = read_micrograph(f, pixel_size_nm=opt.pixel_size_nm, frames=opt.frames)
             for mic in mics:
-                sub = names[f] if mic.frame is None else f"{names[f]}_f{mic.frame:03d}"
-                records.append(analyse_micrograph(mic, bundles, opt, out / sub, echo=echo))
-        except HrtemflowError as exc:
+                for warning in mic.metadata.get("warnings", []):
+                    echo(f"warning: {warning}", file=sys.stderr)
+                sub = folders[f] if mic.frame is None else names.claim(f"{folders[f]}_f{mic.frame:03d}")
+                records.append(analyse_micrograph(mic, bundles, opt, out / sub, echo=echo, keys=keys))
+        except (HrtemflowError, MemoryError) as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, HrtemflowError)
+                else (f"{f}: not enough memory to analyse it; crop it, pass --regions or a smaller --max-pixels")
+            )
             if not src.is_dir():
+                if isinstance(exc, MemoryError):
+                    raise HrtemflowError(reason) from None
                 raise
-            echo(f"warning: file skipped: {exc}", file=sys.stderr)
-            records.append({"source": str(f), "frame": None, "status": "failed", "reason": str(exc)})
+            echo(f"warning: file skipped: {reason}", file=sys.stderr)
+            records.append({"source": str(f), "frame": None, "status": "failed", "reason": reason})
     summary = {
         "input": str(src),
         "n_files": len(files),
         "n_micrographs": sum(r["status"] == "ok" for r in records),
         "n_failed": sum(r["status"] == "failed" for r in records),
-        "bundles": {_task_key(b, bundles): _bundle_info(b) for b in bundles},
+        "bundles": {k: _bundle_info(b) for b, k in zip(bundles, keys)},
         "micrographs": records,
     }
     write_json_atomic(out / "summary.json", plain_json(summary))

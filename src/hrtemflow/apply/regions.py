@@ -4,10 +4,19 @@ and the windows of a bundle's input size that cover each."""
 from __future__ import annotations
 
 import csv
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import HrtemflowError
+
+#: a region list larger than this is not a list of regions a person chose
+MAX_REGIONS = 100_000
+MAX_REGIONS_FILE_BYTES = 20 * 2**20
+#: no micrograph has a coordinate beyond this (px)
+MAX_COORDINATE = 10**7
+MAX_LABEL = 200
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -40,24 +49,46 @@ class Region:
             )
 
 
+def _clip(text: object, limit: int = 80) -> str:
+    text = repr(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _coordinates(values: Sequence[str], where: str) -> tuple[int, int, int, int]:
+    """Four pixel coordinates x0, y0, x1, y1 from text: finite numbers within a micrograph's reach, rounded."""
+    if len(values) != 4:
+        raise HrtemflowError(
+            f"{where}: expected four numbers x0,y0,x1,y1 (pixels of the original image), got {len(values)}"
+        )
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        raise HrtemflowError(f"{where}: x0,y0,x1,y1 must be numbers, got {_clip(list(values))}") from None
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in numbers):
+        raise HrtemflowError(
+            f"{where}: x0,y0,x1,y1 must be finite pixel coordinates (at most {MAX_COORDINATE:.0e}), "
+            f"got {_clip(list(values))}"
+        )
+    x0, y0, x1, y1 = (int(round(v)) for v in numbers)
+    if x1 <= x0 or y1 <= y0:
+        raise HrtemflowError(f"{where}: needs x0 < x1 and y0 < y1, got {x0},{y0},{x1},{y1}")
+    return x0, y0, x1, y1
+
+
 def parse_box(text: str, name: str = "box") -> Region:
     """'x0,y0,x1,y1' (pixels of the original image) -> Region."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        x0, y0, x1, y1 = (int(round(float(p))) for p in parts)
-    except ValueError:
-        raise HrtemflowError(
-            f"--box {text!r}: expected four numbers x0,y0,x1,y1 (pixels of the original image)"
-        ) from None
-    if x1 <= x0 or y1 <= y0:
-        raise HrtemflowError(f"--box {text!r}: needs x0 < x1 and y0 < y1")
-    return Region(name, x0, y0, x1, y1)
+    return Region(name, *_coordinates([p.strip() for p in str(text).split(",")], f"--box {_clip(str(text))}"))
 
 
 def read_regions_csv(path: str | Path) -> list[Region]:
     """Regions from a CSV with columns x0,y0,x1,y1 (pixels of the original image) and optional label."""
     p = Path(path)
     try:
+        if p.is_file() and p.stat().st_size > MAX_REGIONS_FILE_BYTES:
+            raise HrtemflowError(
+                f"--regions {p} is {p.stat().st_size:,} bytes, not a list of regions (at most "
+                f"{MAX_REGIONS:,} rows); pass the regions to analyse"
+            )
         text = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise HrtemflowError(f"--regions {p} does not exist") from None
@@ -72,20 +103,25 @@ def read_regions_csv(path: str | Path) -> list[Region]:
             "(and optionally label)"
         )
     regions = []
-    for i, row in enumerate(reader, start=2):
+    for row in reader:
+        i = reader.line_num
+        if None in row:  # more fields than the header names
+            raise HrtemflowError(
+                f"--regions {p}, line {i}: {len(cols) + len(row[None])} fields, but the header names {len(cols)}; "
+                "quote a label that contains commas"
+            )
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         if not any(row.values()):
             continue
-        try:
-            x0, y0, x1, y1 = (int(round(float(row[c]))) for c in ("x0", "y0", "x1", "y1"))
-        except ValueError:
+        if len(regions) == MAX_REGIONS:
+            raise HrtemflowError(f"--regions {p} holds more than {MAX_REGIONS:,} regions; pass the regions to analyse")
+        x0, y0, x1, y1 = _coordinates([row[c] for c in ("x0", "y0", "x1", "y1")], f"--regions {p}, line {i}")
+        label = row.get("label", "")
+        if len(label) > MAX_LABEL or not label.isprintable():
             raise HrtemflowError(
-                f"--regions {p}, line {i}: x0,y0,x1,y1 must be numbers, got "
-                f"{[row[c] for c in ('x0', 'y0', 'x1', 'y1')]}"
-            ) from None
-        if x1 <= x0 or y1 <= y0:
-            raise HrtemflowError(f"--regions {p}, line {i}: needs x0 < x1 and y0 < y1")
-        regions.append(Region(f"r{len(regions):03d}", x0, y0, x1, y1, row.get("label", "")))
+                f"--regions {p}, line {i}: the label must be printable text of at most {MAX_LABEL} characters"
+            )
+        regions.append(Region(f"r{len(regions):03d}", x0, y0, x1, y1, label))
     if not regions:
         raise HrtemflowError(f"--regions {p} holds no region")
     return regions

@@ -8,7 +8,10 @@ import math
 import sys
 from pathlib import Path
 
+from ...apply.options import MAX_PIXELS, Options, check_options, check_temperatures
+from ...apply.regions import parse_box, read_regions_csv
 from ...core.errors import HrtemflowError
+from ...learn.card import ModelCard
 from ...learn.ood import MAX_FIT_IMAGES
 
 
@@ -84,6 +87,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--table-rows", type=int, default=40, help="rows of the terminal table per micrograph (all rows go to the CSV)"
     )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"largest image, in pixels, predict reads or resamples to a bundle's pixel size (default {MAX_PIXELS:,}, "
+        "about 1 GB of memory); a larger micrograph is refused with advice, and in a folder the others go on",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     p.set_defaults(func=_predict)
 
@@ -117,38 +128,31 @@ def parse_temperatures(values: list[str] | None) -> dict[str, float]:
             value = float(t)
         except ValueError:
             raise HrtemflowError(f"--temperature {v!r}: expected a number or TASK=NUMBER") from None
-        if not (math.isfinite(value) and value > 0):
-            raise HrtemflowError(f"--temperature {v!r}: the temperature must be positive")
+        if not (math.isfinite(value) and 0 < value <= 1e3):
+            raise HrtemflowError(f"--temperature {v!r}: the temperature must be a positive number (at most 1000)")
         out[task or "*"] = value
     return out
 
 
-def _check_inputs(args: argparse.Namespace) -> None:
-    """Cheap checks before TensorFlow loads (seconds): paths, numbers."""
+def _check_inputs(args: argparse.Namespace) -> tuple[list[ModelCard], Options, dict[str, float]]:
+    """Every argument checked before Keras loads (seconds): paths, numbers, cards, regions, temperatures."""
     if not args.input.exists():
         raise HrtemflowError(f"{args.input} does not exist: pass a micrograph file or a folder of them")
+    if args.out.exists() and not args.out.is_dir():
+        raise HrtemflowError(f"--out {args.out} exists and is not a folder; give the folder the outputs go to")
+    cards = []
     for d in args.bundles:
-        for name in ("model.keras", "card.json"):
-            if not (d / name).is_file():
-                raise HrtemflowError(f"model bundle {d}: {name} is missing; pass folders written by `hrtemflow train`")
-    if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
-        raise HrtemflowError(f"--pixel-size must be a positive number of nm per pixel, got {args.pixel_size}")
-    if args.table_rows < 0:
-        raise HrtemflowError("--table-rows must be >= 0")
-
-
-def _predict(args: argparse.Namespace) -> int:
-    _check_inputs(args)
-    temps = parse_temperatures(args.temperature)
-    from ...apply import predict as apply  # noqa: PLC0415 (TensorFlow loads with it)
-    from ...apply.regions import parse_box, read_regions_csv  # noqa: PLC0415
-
+        if not d.is_dir():
+            raise HrtemflowError(f"model bundle {d} is not a folder; pass folders written by `hrtemflow train`")
+        if not (d / "model.keras").is_file():
+            raise HrtemflowError(f"model bundle {d}: model.keras is missing; pass folders written by `hrtemflow train`")
+        cards.append(ModelCard.read(d))
     regions = None
     if args.regions is not None:
         regions = tuple(read_regions_csv(args.regions))
     elif args.box:
         regions = tuple(parse_box(b, f"b{i:03d}") for i, b in enumerate(args.box))
-    opt = apply.Options(
+    opt = Options(
         pixel_size_nm=args.pixel_size,
         frames=args.frames,
         regions=regions,
@@ -156,19 +160,32 @@ def _predict(args: argparse.Namespace) -> int:
         stride_fraction=args.stride_fraction,
         tta=not args.no_tta,
         table_rows=args.table_rows,
+        max_pixels=args.max_pixels,
     )
-    apply.check_options(opt)
+    check_options(opt)
+    temps = parse_temperatures(args.temperature)
+    check_temperatures(temps, cards)
+    return cards, opt, temps
+
+
+def _predict(args: argparse.Namespace) -> int:
+    _, opt, temps = _check_inputs(args)
+    from ...apply.predict import predict_path  # noqa: PLC0415 (Keras and TensorFlow load with it)
 
     def echo(*parts, file=None) -> None:
         if file is sys.stderr or not args.quiet:
             print(*parts, file=file or sys.stdout, flush=True)
 
-    summary = apply.predict_path(
+    summary = predict_path(
         args.input, args.bundles, args.out, opt, temperatures=temps, progress=not args.quiet, echo=echo
     )
-    if summary["n_failed"]:
-        print(f"predict: {summary['n_failed']} file(s) failed, see {args.out / 'summary.json'}", file=sys.stderr)
     print(f"predict: {summary['n_micrographs']} micrograph(s) analysed; results in {args.out}", flush=True)
+    if summary["n_failed"]:
+        print(
+            f"predict: {summary['n_failed']} file(s) failed, each with its reason in {args.out / 'summary.json'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
