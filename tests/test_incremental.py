@@ -61,6 +61,21 @@ def test_complete_run_made_every_product(complete_run):
     assert (r / "apply" / "fringes" / "denoised.tif").exists()
 
 
+def test_summary_puts_measured_cost_beside_the_estimate(complete_run):
+    """Every MD and imaging job ran before the summary: each has its measured CPU time from Snakemake's
+    benchmark file and the plan's estimate; `hrtemflow summary` run now sees the learning jobs too."""
+    from hrtemflow.report.cost import cost_report
+
+    work, _ = complete_run
+    cost = json.loads((work / "results" / "summary" / "campaign.json").read_text())["cost"]
+    for stage in ("md", "image"):
+        c = cost[stage]
+        assert c["jobs_done"] == c["jobs_planned"] > 0 and c["measured_cpu_h"] > 0 and c["estimated_cpu_h_done"] > 0
+        assert 0.05 < c["measured_over_estimated"] < 20 and c["left_estimated_cpu_h"] == 0
+    now = cost_report(work / "results")
+    assert now["train"]["jobs_done"] == now["train"]["jobs_planned"] == 2 and now["evaluate"]["jobs_done"] == 2
+
+
 def test_report_html_holds_the_network_figures(complete_run):
     """`snakemake --report` gathers the evaluation figures of every task beside the MD and image sheets."""
     work, cfg = complete_run

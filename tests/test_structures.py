@@ -9,6 +9,7 @@ import pytest
 from ase import Atoms
 
 from hrtemflow.atomistic import analysis, structures
+from hrtemflow.core import tubes
 from hrtemflow.core.errors import HrtemflowError
 
 MOTIFS = ["icosahedron", "decahedron", "truncated_octahedron"]
@@ -108,7 +109,7 @@ def test_cnt_chirality_and_diameter_measured(n, m):
     d_ref = 2.46 / math.pi * math.sqrt(n * n + n * m + m * m)
     assert (labels["n"], labels["m"], labels["chirality"]) == (n, m, f"{n}-{m}")
     assert abs(labels["diameter_A"] - d_ref) / d_ref < 0.01
-    assert abs(labels["chiral_angle_deg"] - analysis.tube_chiral_angle_deg(n, m)) < 0.5
+    assert abs(labels["chiral_angle_deg"] - tubes.tube_chiral_angle_deg(n, m)) < 0.5
     assert labels["vacancies"] == 0 and labels["stone_wales"] == 0
     assert labels["length_A"] >= 15.0
     assert atoms.pbc.tolist() == [False, False, True]

@@ -13,10 +13,10 @@ rule apply:
         out_dir=lambda wc, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/apply.log",
-    threads: 2
+    threads: hjobs.JOBS["apply"].threads
     resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=hjobs.JOBS["apply"].mem_mb,
+        runtime=hjobs.runtime("apply"),
     conda:
         "../../envs/learn.yaml"
     shell:

@@ -14,10 +14,10 @@ rule md:
         f"{R}/logs/md/{{group}}/{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/md/{{group}}/{{shard}}.tsv"
-    threads: 1
+    threads: hjobs.JOBS["md"].threads
     resources:
-        mem_mb=2000,
-        runtime=lambda wc, attempt: 120 * attempt,
+        mem_mb=hjobs.JOBS["md"].mem_mb,
+        runtime=hjobs.runtime("md"),
     conda:
         "../../envs/md.yaml"
     shell:
@@ -34,7 +34,7 @@ rule md_figure:
     log:
         f"{R}/logs/figures/md_{{family}}.log",
     resources:
-        runtime=30,
+        runtime=hjobs.REPORT_RUNTIME_MIN,
     conda:
         "../../envs/md.yaml"
     shell:

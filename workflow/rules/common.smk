@@ -3,8 +3,7 @@ import hashlib
 import os
 import sys
 
-import yaml
-
+from hrtemflow.campaign import jobs as hjobs
 from hrtemflow.campaign import paths as hpaths
 from hrtemflow.campaign import plan as hplan
 from hrtemflow.campaign import specs as hspecs
@@ -13,14 +12,16 @@ from hrtemflow.core import ids
 from hrtemflow.core.atomic import canonical_json
 from hrtemflow.core.errors import ConfigError
 from hrtemflow.core.families import FAMILIES
+from hrtemflow.core.safe_yaml import load as load_yaml
 from hrtemflow.core.tasks import TASK_PATTERN, TASKS
 
-if not config:
-    # `--configfile` replaces this default instead of being merged into it
-    with open(os.path.join(workflow.basedir, "config", "config.yaml")) as fh:
-        config.update(yaml.safe_load(fh))
-
 try:
+    if not config:
+        # `--configfile` replaces this default instead of being merged into it
+        _DEFAULT_CONFIG = os.path.join(workflow.basedir, "config", "config.yaml")
+        with open(_DEFAULT_CONFIG, encoding="utf-8") as fh:
+            config.update(load_yaml(fh.read(), _DEFAULT_CONFIG))
+    # Snakemake parsed --configfile itself: load_config bounds the tree (core.safe_yaml.check_structure) first
     CFG = load_config(config)
 except ConfigError as exc:
     sys.exit(f"hrtemflow: {exc}")

@@ -12,10 +12,10 @@ rule image:
         f"{R}/logs/images/{{group}}/{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/image/{{group}}/{{shard}}.tsv"
-    threads: 1
+    threads: hjobs.JOBS["image"].threads
     resources:
-        mem_mb=4000,
-        runtime=lambda wc, attempt: 120 * attempt,
+        mem_mb=hjobs.JOBS["image"].mem_mb,
+        runtime=hjobs.runtime("image"),
         gpu=1 if CFG["imaging"]["device"] == "gpu" else 0,
     conda:
         "../../envs/imaging.yaml"
@@ -31,7 +31,7 @@ rule image_figure:
     log:
         f"{R}/logs/figures/images_{{family}}.log",
     resources:
-        runtime=30,
+        runtime=hjobs.REPORT_RUNTIME_MIN,
     conda:
         "../../envs/imaging.yaml"
     shell:

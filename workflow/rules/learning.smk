@@ -19,10 +19,10 @@ rule train:
         f"{R}/logs/train/{{task}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{task}}.tsv"
-    threads: 2
+    threads: hjobs.JOBS["train"].threads
     resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 240 * attempt,
+        mem_mb=hjobs.JOBS["train"].mem_mb,
+        runtime=hjobs.runtime("train"),
     conda:
         "../../envs/learn.yaml"
     shell:
@@ -54,10 +54,10 @@ rule evaluate:
         f"{R}/logs/evaluate/{{task}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{task}}.tsv"
-    threads: 2
+    threads: hjobs.JOBS["evaluate"].threads
     resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=hjobs.JOBS["evaluate"].mem_mb,
+        runtime=hjobs.runtime("evaluate"),
     conda:
         "../../envs/learn.yaml"
     shell:

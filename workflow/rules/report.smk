@@ -9,7 +9,7 @@ rule summary:
     log:
         f"{R}/logs/summary.log",
     resources:
-        runtime=30,
+        runtime=hjobs.REPORT_RUNTIME_MIN,
     conda:
         "../../envs/md.yaml"
     shell:

@@ -34,6 +34,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 from scipy.spatial import cKDTree
 
+from ..core.tubes import atoms_per_period, nearest_chirality, tube_period_A
+
 ORDER_THRESHOLD = 0.5
 SURFACE_MAX_CN = 9
 #: neighbour cutoffs (Å) for surface detection: above the 1st shell (≤ 3.2 Å at 300 K, also Co on a
@@ -225,42 +227,6 @@ def particle_pieces(atoms: Atoms, cutoff: float = CLUSTER_BOND_A) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Carbon nanotubes
 # ----------------------------------------------------------------------------------------------
-
-
-def tube_period_A(n: int, m: int, a: float) -> float:
-    """Translational period T of an (n,m) tube (Å) for graphene lattice constant a."""
-    d_r = math.gcd(2 * m + n, 2 * n + m)
-    return math.sqrt(3) * a * math.sqrt(n * n + n * m + m * m) / d_r
-
-
-def atoms_per_period(n: int, m: int) -> int:
-    d_r = math.gcd(2 * m + n, 2 * n + m)
-    return 4 * (n * n + n * m + m * m) // d_r
-
-
-def tube_diameter_A(n: int, m: int, a: float) -> float:
-    return a / math.pi * math.sqrt(n * n + n * m + m * m)
-
-
-def tube_chiral_angle_deg(n: int, m: int) -> float:
-    return math.degrees(math.atan2(math.sqrt(3) * m, 2 * n + m))
-
-
-def nearest_chirality(diameter: float, angle_deg: float, a: float) -> tuple[int, int]:
-    """The (n,m), n ≥ m ≥ 0, closest to a measured diameter and chiral angle.
-
-    Distance: diameter error in units of 1 % of the diameter, plus angle error in units of 1°.
-    """
-    n_max = int(math.pi * diameter / a) + 2
-    best, best_cost = (1, 0), math.inf
-    for n in range(1, n_max + 1):
-        for m in range(0, n + 1):
-            cost = ((tube_diameter_A(n, m, a) - diameter) / (0.01 * diameter)) ** 2 + (
-                tube_chiral_angle_deg(n, m) - angle_deg
-            ) ** 2
-            if cost < best_cost:
-                best, best_cost = (n, m), cost
-    return best
 
 
 def _cycles(adj: list[list[int]], lengths: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -41,6 +41,7 @@ from ..core.atomic import atomic_file, canonical_json
 from ..core.errors import HrtemflowError
 from ..core.families import FAMILIES, ORDERINGS
 from ..core.runtime import versions
+from ..core.tubes import TERSOFF_BOND_A
 from . import analysis, structures
 from .lammps_run import (
     ELEMENTS,
@@ -56,8 +57,7 @@ from .lammps_run import (
     setup_sample,
 )
 
-#: Tersoff (1989) graphene bond (REFERENCE.md): tubes are built at it so the period is unstrained
-TERSOFF_C_BOND_A = 1.4605
+TERSOFF_C_BOND_A = TERSOFF_BOND_A  # tubes are built at the potential's own bond: the period is unstrained
 REQUIRED = {
     "nanoalloy": (
         ("motifs", "n_atoms", "co_fraction", "vacuum_A", "ordering"),

@@ -18,7 +18,8 @@ from ase.cluster import Decahedron, Icosahedron, Octahedron
 from scipy.spatial import cKDTree
 
 from ..core.errors import HrtemflowError
-from .analysis import bond_graph, tube_period_A
+from ..core.tubes import tube_period_A
+from .analysis import bond_graph
 
 #: fcc lattice constants (Å) of the default TB-SMA set (REFERENCE.md), mixed by Vegard's law.
 FCC_A = {"Ag": 4.0871, "Co": 3.5355}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import HrtemflowError
+from .cost import cost_report, format_cost_report
 
 
 def _read_json(path: Path) -> dict:
@@ -72,6 +73,10 @@ def campaign_summary(manifests: list[str | Path], images: list[str | Path]) -> d
     for e in out["families"].values():
         tot.update({k: e["md"][k] for k in ("samples", "ok", "failed")})
     out["total"] = dict(tot) | {"failure_rate": round(tot["failed"] / tot["samples"], 6) if tot["samples"] else 0.0}
+    if manifests:  # <results>/md/<group>/<shard>.manifest.json: the plan and Snakemake's benchmark files are beside
+        results = Path(manifests[0]).resolve().parents[2]
+        if (results / "plan").is_dir():
+            out["cost"] = cost_report(results)
     return out
 
 
@@ -86,4 +91,6 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{name:<10} {md['samples']:>8} {md['ok']:>8} {md['failed']:>7} {md['failure_rate']:>7.1%} {n_img!s:>9}  "
             f"{reasons}"
         )
+    if summary.get("cost"):
+        lines += ["", format_cost_report(summary["cost"])]
     return "\n".join(lines)

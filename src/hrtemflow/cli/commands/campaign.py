@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import shutil
+import sys
 from pathlib import Path
 
-from ...core.atomic import write_if_changed, write_json_atomic
+from ...core.atomic import plain_json, write_if_changed, write_json_atomic
 from ...core.errors import HrtemflowError
 
 
@@ -21,18 +24,41 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from ...campaign.config import load_config  # noqa: PLC0415
-    from ...campaign.plan import format_summary, make_plan  # noqa: PLC0415
+    from ...campaign.estimate import cost_summary, format_costs  # noqa: PLC0415
+    from ...campaign.plan import format_summary, make_plan, summary_rows  # noqa: PLC0415
     from ...campaign.specs import write_plan  # noqa: PLC0415
 
+    if args.submit_limit < 1 or (
+        args.quota_tb is not None and not (math.isfinite(args.quota_tb) and args.quota_tb > 0)
+    ):
+        raise HrtemflowError("--submit-limit must be >= 1 and --quota-tb a positive number of terabytes")
     cfg = load_config(args.config, base=args.base)
     plan = make_plan(cfg)
-    if args.summary:
-        print(format_summary(plan))
+    if args.summary or args.json:
+        costs = cost_summary(plan, submit_limit=args.submit_limit, quota_tb=args.quota_tb)
+        if args.json:
+            print(
+                json.dumps(
+                    plain_json(
+                        {
+                            "campaign": cfg["campaign"]["name"],
+                            "families": summary_rows(plan),
+                            "tasks": plan.tasks(),
+                            **costs,
+                        }
+                    ),
+                    indent=1,
+                )
+            )
+        else:
+            print(format_summary(plan))
+            print(format_costs(costs))
     if not args.dry:
         counts = write_plan(plan, args.base)
         print(
             f"plan: {counts['written']} spec(s) written, {counts['unchanged']} unchanged, {counts['removed']} removed "
-            f"under {Path(args.base) / cfg['campaign']['results'] / 'plan'}"
+            f"under {Path(args.base) / cfg['campaign']['results'] / 'plan'}",
+            file=sys.stderr if args.json else sys.stdout,
         )
     return 0
 
@@ -99,7 +125,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("plan", help="write the shard specs of a campaign (only those whose content changed)")
     p.add_argument("config", help="config YAML file")
-    p.add_argument("--summary", action="store_true", help="print samples, shards and jobs per family and stage")
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print samples, shards and jobs per family and stage, and the estimated cost: core-hours, GPU-hours, "
+        "bytes and job lengths per stage, with warnings",
+    )
+    p.add_argument("--json", action="store_true", help="the summary and its estimated cost as JSON, for scripts")
+    p.add_argument("--submit-limit", type=int, default=5000, help="warn above this many jobs (default 5,000)")
+    p.add_argument("--quota-tb", type=float, default=None, help="warn when the products exceed this many terabytes")
     p.add_argument("--dry", action="store_true", help="write nothing (with --summary: just count)")
     p.add_argument("--base", default=".", help="working directory (results are written under it)")
     p.set_defaults(func=_plan)
