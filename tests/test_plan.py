@@ -226,3 +226,26 @@ def test_physics_options_enter_image_specs_only_when_set(demo_cfg, repo_root, op
     after = {s.name: (md_spec(after_plan.cfg, s), image_spec(after_plan, s)) for s in after_plan.shards}
     assert all(after[name][0] == before[name][0] for name in before)
     assert all(after[name][1]["imaging"]["optics"][option] == value for name in before)
+
+
+def test_compact_storage_enters_image_specs_only_when_set(demo_cfg, repo_root):
+    """imaging.storage: float32 (the default, spelled out) re-images nothing; compact changes every image
+    spec and no MD or train spec."""
+    from hrtemflow.campaign.specs import image_spec, md_spec, train_spec
+
+    def specs(cfg):
+        plan = _plan(cfg, repo_root)
+        return (
+            {s.name: (md_spec(plan.cfg, s), image_spec(plan, s)) for s in plan.shards},
+            {t: train_spec(plan, t) for t in plan.tasks()},
+        )
+
+    before = specs(demo_cfg)
+    demo_cfg.setdefault("imaging", {})["storage"] = "float32"
+    assert specs(demo_cfg) == before
+    demo_cfg["imaging"]["storage"] = "compact"
+    after = specs(demo_cfg)
+    assert after[1] == before[1]
+    assert all(
+        after[0][n][0] == before[0][n][0] and after[0][n][1]["imaging"]["storage"] == "compact" for n in before[0]
+    )

@@ -89,6 +89,8 @@ def image_spec(plan: Plan, shard: Shard) -> dict:
             "optics": _optics(img["optics"]),
             "detector": copy.deepcopy(img["detector"]),
             "noise": copy.deepcopy(img["noise"]),
+            # only when not the default: a campaign imaged before the option keeps its specs, so nothing reruns
+            **({"storage": img["storage"]} if img.get("storage", "float32") != "float32" else {}),
         },
     }
 

@@ -22,6 +22,8 @@ from ..core.errors import HrtemflowError
 from ..core.families import FAMILIES
 from ..core.ids import image_id
 from ..core.runtime import versions
+from ..store.codec import STORAGES
+from ..store.layout import GAIN_PARAMS
 from ..store.writer import empty_params, labels_to_arrays, shard_writer
 from .multislice import abtem_settings, exit_waves, require_device, view_images
 from .views import make_view, view_rng
@@ -89,6 +91,8 @@ def check_spec(spec: Mapping, base: Path = Path(".")) -> None:
         if key not in img:
             problems.append(f"imaging.{key} is missing")
     if not problems:
+        if img.get("storage", "float32") not in STORAGES:
+            problems.append(f"imaging.storage {img['storage']!r} is not one of {', '.join(STORAGES)}")
         if img["device"] not in ("cpu", "gpu"):
             problems.append(f"imaging.device {img['device']!r} is not 'cpu' or 'gpu'")
         sizes = img["sizes"]
@@ -228,13 +232,15 @@ def run_shard(spec: dict, out: Path, threads: int = 1, progress: bool = True, ba
         [image_id(r["id"], v, o) for r in records for v in range(n_views) for o in range(n_variants)], dtype=str
     )
     params: dict[str, list] = {}
-    with shard_writer(Path(out), n, sizes, rows_per_block=per_sample, attrs=attrs) as writer, abtem_settings(threads):
+    storage = str(img.get("storage", "float32"))  # in a spec only when compact: older specs mean float32
+    writer_ = shard_writer(Path(out), n, sizes, rows_per_block=per_sample, attrs=attrs, storage=storage)
+    with writer_ as writer, abtem_settings(threads):
         bar = tqdm(
             list(zip(records, structures, strict=True)), desc=spec["shard"], unit="structure", disable=not progress
         )
         for i, (record, atoms) in enumerate(bar):
             block: dict[int, dict[str, list]] = {
-                s: {"image": [], "noise_free": [], "clean": [], "pixel_size_A": []} for s in sizes
+                s: {"image": [], "noise_free": [], "clean": [], "pixel_size_A": [], "gain": []} for s in sizes
             }
             for v in range(n_views):
                 view = make_view(atoms, family, img["physics"], view_rng(record["seed"], v), films)
@@ -242,9 +248,11 @@ def run_shard(spec: dict, out: Path, threads: int = 1, progress: bool = True, ba
                 for item in view_images(wave, view, img, record["seed"], v):
                     for name, value in item["params"].items():
                         params.setdefault(name, []).append(value)
+                    gain = tuple(float(item["params"][k]) for k in GAIN_PARAMS)
                     for s in sizes:
                         for name, value in item["images"][s].items():
                             block[s][name].append(value)
+                        block[s]["gain"].append(gain)
             writer.write_block(i * per_sample, {s: {k: np.asarray(v) for k, v in d.items()} for s, d in block.items()})
         writer.write_index(
             sample_ids,

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..core.errors import HrtemflowError
 from . import layout
-from .reader import column, open_shard, read_arrays
+from .reader import column, images_of, open_shard, read_arrays, read_rows
 from .splits import split_structures
 
 
@@ -74,11 +74,7 @@ class ImageDataset:
         for k in np.unique(self.shard[idx]):
             where = np.flatnonzero(self.shard[idx] == k)
             rows = self.row[idx[where]]
-            uniq, inverse = np.unique(rows, return_inverse=True)
-            data = self._group(int(k))[layout.image_key(self.size, kind)].get_orthogonal_selection(
-                (uniq, slice(None), slice(None))
-            )
-            out[where] = data[inverse]
+            out[where] = read_rows(images_of(self._group(int(k)), layout.image_key(self.size, kind)), rows)
         return out
 
     def split(self, val: float, test: float) -> np.ndarray:

@@ -5,6 +5,7 @@ An image shard is one Zarr v3 group:
     sample_id (N,) str, image_id (N,) str          the ids (`hrtemflow.core.ids`)
     s<size>/image, s<size>/noise_free, s<size>/clean   (N, size, size) float32, one image per chunk
     s<size>/pixel_size_A (N,)
+    s<size>/encoding/<name> (N,)                    compact storage only: how to decode (`store.codec`)
     params/<name> (N,) or (N, d) float64            what each image was taken with
     labels/<name> (N,)                              what each image shows (from the MD manifest)
     attrs: complete (written last), sizes, family, imaging, versions, ...
@@ -45,6 +46,8 @@ GAIN_PARAMS = ("brightness", "contrast", "background")
 #: attrs: a store is complete iff `complete` is true, and it is written last
 COMPLETE = "complete"
 SIZES = "sizes"
+#: attrs: how the images are stored, "float32" or "compact" (integers, `store.codec`); absent = float32
+STORAGE = "storage"
 
 
 def size_group(size: int) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from ..core.errors import HrtemflowError
-from . import layout
+from . import codec, layout
 
 #: Zarr decodes this many chunks per batch of its codec pipeline; its default (1) makes reads of
 #: one-image chunks ~1.6x slower on 2 cores (benchmarks/feed_throughput.py)
@@ -176,7 +176,8 @@ def feed_reader() -> str:
 
 
 def open_array(path: str | Path, key: str, reader: str = "zarr-python"):
-    """A read-only Zarr array of a shard, decoded by `reader` (see `feed_reader`).
+    """A read-only array of a shard, its chunks decoded by `reader` (see `feed_reader`); the images of
+    a compact shard (`store.codec`) read as float32, like those of any other.
 
     The pipeline is bound when the array is opened, so the zarrs setting stays on this handle and
     never reaches arrays opened elsewhere in the process (the store's writers keep zarr-python's).
@@ -184,6 +185,23 @@ def open_array(path: str | Path, key: str, reader: str = "zarr-python"):
     zarrs' threads at the fork, which is why the feed's workers are threads.
     """
     if reader == "zarr-python":
-        return zarr.open_group(str(path), mode="r")[key]
+        group = zarr.open_group(str(path), mode="r")
+        return images_of(group, key) if _is_compact_image(group, key) else group[key]
     with _OPEN_LOCK, zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
-        return zarr.open_group(str(path), mode="r")[key]
+        group = zarr.open_group(str(path), mode="r")
+        return images_of(group, key) if _is_compact_image(group, key) else group[key]
+
+
+def _is_compact_image(group, key: str) -> bool:
+    return group.attrs.get(layout.STORAGE) == "compact" and key.rsplit("/", 1)[-1] in layout.IMAGE_KINDS
+
+
+def images_of(group, key: str):
+    """The images under `key` (s<size>/<kind>) of an open shard, as float32 whatever the storage."""
+    if not _is_compact_image(group, key):
+        return group[key]
+    size = int(key.split("/", 1)[0].removeprefix("s"))
+    kind = key.rsplit("/", 1)[-1]
+    gain = np.stack([np.asarray(group[layout.param_key(k)][...], np.float64) for k in layout.GAIN_PARAMS], axis=1)
+    params = {name: np.asarray(group[codec.encoding_key(size, name)][...], np.float64) for name in codec.ENCODING}
+    return codec.DecodedImages(group[key], kind, gain, params)

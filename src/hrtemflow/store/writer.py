@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core.atomic import atomic_dir
 from ..core.errors import HrtemflowError
-from . import layout
+from . import codec, layout
 
 
 def _image_codec():
@@ -76,31 +76,43 @@ def labels_to_arrays(labels: Sequence[Mapping[str, Any]], repeat: int = 1) -> di
 
 
 class ShardWriter:
-    """Fills the arrays of one shard being built (see `shard_writer`)."""
+    """Fills the arrays of one shard being built (see `shard_writer`). `storage` "compact" stores the
+    images as integers (`store.codec`); every reader decodes them back to float32."""
 
-    def __init__(self, group, n: int, sizes: Sequence[int], rows_per_block: int):
-        self.group, self.n, self.sizes = group, n, list(sizes)
+    def __init__(self, group, n: int, sizes: Sequence[int], rows_per_block: int, storage: str = "float32"):
+        if storage not in codec.STORAGES:
+            raise HrtemflowError(f"image storage {storage!r} is not one of {', '.join(codec.STORAGES)}")
+        self.group, self.n, self.sizes, self.storage = group, n, list(sizes), storage
         self.pixel_size = {s: np.full(n, np.nan) for s in self.sizes}
+        self.encoding = {s: {k: np.full(n, np.nan) for k in codec.ENCODING} for s in self.sizes}
         self.index_written = False
         block = max(1, min(rows_per_block, max(n, 1)))
+        compact = storage == "compact"
         for s in self.sizes:
             for kind in layout.IMAGE_KINDS:
                 group.create_array(
                     layout.image_key(s, kind),
                     shape=(n, s, s),
-                    dtype="float32",
+                    dtype=codec.INT_DTYPE if compact else "float32",
                     chunks=(1, s, s),
                     shards=(block, s, s),
                     compressors=_image_codec(),
-                    fill_value=np.nan,
+                    fill_value=0 if compact else np.nan,
                 )
 
     def write_block(self, start: int, block: Mapping[int, Mapping[str, np.ndarray]]) -> None:
-        """Rows start.. of every size: {size: {"image", "noise_free", "clean": (r,s,s), "pixel_size_A": (r,)}}."""
+        """Rows start.. of every size: {size: {"image", "noise_free", "clean": (r,s,s), "pixel_size_A": (r,)}},
+        and for compact storage "gain": (r, 3) brightness, contrast and background of those rows."""
         for s in self.sizes:
             rows = len(block[s]["image"])
+            if self.storage == "compact":
+                encoded, params = codec.encode(block[s], block[s]["gain"])
+                for name, values in params.items():
+                    self.encoding[s][name][start : start + rows] = values
+            else:
+                encoded = {kind: np.asarray(block[s][kind], np.float32) for kind in layout.IMAGE_KINDS}
             for kind in layout.IMAGE_KINDS:
-                self.group[layout.image_key(s, kind)][start : start + rows] = np.asarray(block[s][kind], np.float32)
+                self.group[layout.image_key(s, kind)][start : start + rows] = encoded[kind]
             self.pixel_size[s][start : start + rows] = block[s]["pixel_size_A"]
 
     def write_index(
@@ -126,6 +138,9 @@ class ShardWriter:
             _write_small(g, layout.label_key(name), np.asarray(values), n)
         for s in self.sizes:
             _write_small(g, layout.pixel_size_key(s), self.pixel_size[s], n)
+            if self.storage == "compact":
+                for name, values in self.encoding[s].items():
+                    _write_small(g, codec.encoding_key(s, name), values, n)
         self.index_written = True
 
 
@@ -140,7 +155,7 @@ def _write_small(group, name: str, values: np.ndarray, n: int) -> None:
 
 @contextlib.contextmanager
 def shard_writer(
-    out: Path, n: int, sizes: Sequence[int], rows_per_block: int, attrs: Mapping[str, Any]
+    out: Path, n: int, sizes: Sequence[int], rows_per_block: int, attrs: Mapping[str, Any], storage: str = "float32"
 ) -> Iterator[ShardWriter]:
     """Build a shard in a temporary sibling folder; on success mark it complete (last) and rename
     it to `out`. On any error nothing appears under `out` (an older complete store stays)."""
@@ -148,11 +163,12 @@ def shard_writer(
 
     with atomic_dir(Path(out)) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        writer = ShardWriter(group, n, sizes, rows_per_block)
+        writer = ShardWriter(group, n, sizes, rows_per_block, storage)
         yield writer
         if not writer.index_written:
             raise HrtemflowError(f"image shard {out}: the index (ids, params, labels) was never written")
-        group.attrs.update({**dict(attrs), layout.COMPLETE: False})
+        storage_attr = {layout.STORAGE: storage} if storage != "float32" else {}  # float32 shards as before
+        group.attrs.update({**dict(attrs), **storage_attr, layout.COMPLETE: False})
         group.attrs[layout.COMPLETE] = True  # last: a store is complete iff this is set
 
 
@@ -164,9 +180,11 @@ def write_image_shard(out: Path, arrays: Mapping[str, Any], attrs: Mapping[str, 
     """
     sizes = list(attrs[layout.SIZES])
     n = len(arrays[layout.SAMPLE_ID])
-    with shard_writer(out, n, sizes, rows_per_block=max(n, 1), attrs=attrs) as writer:
+    storage = attrs.get(layout.STORAGE, "float32")
+    with shard_writer(out, n, sizes, rows_per_block=max(n, 1), attrs=attrs, storage=storage) as writer:
         if n:
-            writer.write_block(0, {s: arrays[layout.size_group(s)] for s in sizes})
+            gain = np.stack([np.asarray(arrays[layout.PARAMS][k], np.float64) for k in layout.GAIN_PARAMS], axis=1)
+            writer.write_block(0, {s: {**arrays[layout.size_group(s)], "gain": gain} for s in sizes})
         writer.write_index(
             arrays[layout.SAMPLE_ID], arrays[layout.IMAGE_ID], arrays[layout.PARAMS], arrays.get(layout.LABELS, {})
         )
