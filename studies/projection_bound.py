@@ -68,7 +68,7 @@ from hrtemflow.learn.feed import ShardFeed, dihedral
 from hrtemflow.learn.preprocess import d4, normalise
 from hrtemflow.learn.table import load_table, split_table
 from hrtemflow.store import layout
-from hrtemflow.store.reader import read_arrays, read_rows, strings
+from hrtemflow.store.reader import images_of, read_arrays, read_rows, strings
 
 OVERSAMPLE = 4  # the projection is made on a 4x finer grid and averaged over each pixel
 KERNEL_RADIUS_A = 4.0
@@ -379,7 +379,7 @@ def _images(table, size: int, key: str, bin_by: int = 1) -> dict[str, np.ndarray
         if not len(m):
             continue
         g = zarr.open_group(path, mode="r")
-        rows = read_rows(g[f"s{size}/{key}"], table.row[m])
+        rows = read_rows(images_of(g, layout.image_key(size, key)), table.row[m])  # float32, any storage
         x.append(bin_pixels(rows, bin_by))
         euler.append(np.asarray(g["params/euler_rad"][:])[table.row[m]])
         order.append(m)

@@ -12,6 +12,7 @@ import json
 import struct
 import time
 import tracemalloc
+import warnings
 import zlib
 from pathlib import Path
 
@@ -794,9 +795,12 @@ def test_nan_data(tmp_path: Path, img: np.ndarray) -> None:
     some[0, :3] = np.nan
     p = tmp_path / "some.npy"
     np.save(p, some)
-    with pytest.warns(UserWarning, match="3 NaN/inf pixels"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the reader warns through metadata["warnings"], not Python warnings
         m = _one(p, pixel_size_nm=0.05)
     assert np.isfinite(m.data).all() and m.metadata["nonfinite_pixels_filled"] == 3
+    (note,) = m.metadata["warnings"]
+    assert "some.npy" in note and "3 NaN/inf pixels replaced by the median" in note and "\n" not in note
 
 
 def test_pickle_complex_and_1d_refused(tmp_path: Path) -> None:
