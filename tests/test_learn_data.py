@@ -22,6 +22,7 @@ from scipy.ndimage import gaussian_filter
 from zarr.codecs import BloscCodec
 
 from hrtemflow.imaging.optics import apply_gain
+from hrtemflow.store import layout
 
 CNT_CLASSES = ["10-0", "8-4", "7-5", "9-3"]
 ORDERINGS = ["core-shell", "janus", "disordered"]
@@ -34,25 +35,7 @@ TASK_GROUPS = {
     "structure": [("nanoalloy", f"nanoalloy-{o}") for o in ORDERINGS],
     "denoise": [("cnt", f"cnt-{c}") for c in CNT_CLASSES[:2]] + [("amorphous", "amorphous")],
 }
-PARAMS = (
-    "defocus_A",
-    "cs_A",
-    "c12_A",
-    "phi12_rad",
-    "c21_A",
-    "phi21_rad",
-    "c23_A",
-    "phi23_rad",
-    "focal_spread_A",
-    "convergence_mrad",
-    "dose_e_per_A2",
-    "energy_eV",
-    "fov_A",
-    "brightness",
-    "contrast",
-    "background",
-    "mtf_c50",
-)
+PARAMS = layout.SCALAR_PARAMS  # the shard layout's params, from its owner
 
 
 def fringes(size: int, freq: float, theta: float, phase: float, contrast: float = 0.35) -> np.ndarray:

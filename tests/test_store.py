@@ -15,30 +15,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import test_imaging as ti  # noqa: E402  (real structures and MD shards in the contract format)
 from hrtemflow.core.errors import HrtemflowError  # noqa: E402
 from hrtemflow.imaging.shard import run_shard as run_image_shard
+from hrtemflow.store import layout
 from hrtemflow.store.dataset import open_dataset
 from hrtemflow.store.reader import is_complete, read_arrays, strings
 from hrtemflow.store.splits import split_structures
 from hrtemflow.store.writer import labels_to_arrays, shard_writer, write_image_shard
 
-SCALARS = (
-    "defocus_A",
-    "cs_A",
-    "c12_A",
-    "phi12_rad",
-    "c21_A",
-    "phi21_rad",
-    "c23_A",
-    "phi23_rad",
-    "focal_spread_A",
-    "convergence_mrad",
-    "dose_e_per_A2",
-    "energy_eV",
-    "fov_A",
-    "brightness",
-    "contrast",
-    "background",
-    "mtf_c50",
-)
+SCALARS = layout.SCALAR_PARAMS  # the shard layout's params, from its owner
 ATTRS = (
     "schema_version",
     "kind",

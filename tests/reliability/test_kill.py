@@ -252,33 +252,13 @@ def test_replacing_a_store_is_atomic_even_when_killed_while_the_old_one_is_remov
     import shutil
 
     from hrtemflow.core import atomic as io
+    from hrtemflow.store import layout
     from hrtemflow.store.reader import is_complete
     from hrtemflow.store.writer import write_image_shard
 
     def shard(value: float) -> dict:
         img = np.full((2, 8, 8), value, np.float32)
-        params = {
-            k: np.zeros(2)
-            for k in (
-                "defocus_A",
-                "cs_A",
-                "c12_A",
-                "phi12_rad",
-                "c21_A",
-                "phi21_rad",
-                "c23_A",
-                "phi23_rad",
-                "focal_spread_A",
-                "convergence_mrad",
-                "dose_e_per_A2",
-                "energy_eV",
-                "fov_A",
-                "brightness",
-                "contrast",
-                "background",
-                "mtf_c50",
-            )
-        }
+        params = {k: np.zeros(2) for k in layout.SCALAR_PARAMS}
         params.update(euler_rad=np.zeros((2, 3)), shift_A=np.zeros((2, 2)))
         return {
             "sample_id": np.array(["a-0000000", "a-0000001"]),

@@ -176,6 +176,15 @@ class StageCost:
     device: str
     seconds: list[float] = field(default_factory=list)
     bytes: float = 0.0
+    #: seconds and bytes per family (md, image) or task (train, evaluate)
+    by: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, seconds: float, nbytes: float = 0.0) -> None:
+        self.seconds.append(seconds)
+        self.bytes += nbytes
+        entry = self.by.setdefault(key, [0.0, 0.0])
+        entry[0] += seconds
+        entry[1] += nbytes
 
     @property
     def core_hours(self) -> float:
@@ -204,20 +213,18 @@ def estimate(plan: Plan, costs: Mapping[str, Any] | None = None) -> dict[str, St
             md = md_spec(cfg, shard)
             by_group[key] = (md, image_spec(plan, shard) if img["enabled"] else None)
         md, im = by_group[key]
-        stages["md"].seconds.append(md_job_seconds(md, costs))
-        stages["md"].bytes += (
-            shard.n_samples * mean_atoms(shard.family, md["structure"]) * costs["storage"]["md_bytes_per_atom"]
-        )
+        md_bytes = shard.n_samples * mean_atoms(shard.family, md["structure"]) * costs["storage"]["md_bytes_per_atom"]
+        stages["md"].add(shard.family, md_job_seconds(md, costs), md_bytes)
         if im is not None:
-            stages["image"].seconds.append(image_job_seconds(im, md, costs))
-            stages["image"].bytes += image_bytes(im["imaging"], shard.n_samples * per_image, costs)
+            nbytes = image_bytes(im["imaging"], shard.n_samples * per_image, costs)
+            stages["image"].add(shard.family, image_job_seconds(im, md, costs), nbytes)
             images_of_family[shard.family] = images_of_family.get(shard.family, 0) + shard.n_samples * per_image
     for task in plan.tasks():
         spec = train_spec(plan, task)
         n = sum(images_of_family.get(f, 0) for f in spec["families"])
         t, e = train_seconds(spec, n, costs)
-        stages["train"].seconds.append(t)
-        stages["evaluate"].seconds.append(e)
+        stages["train"].add(task, t)
+        stages["evaluate"].add(task, e)
     return stages
 
 
@@ -246,8 +253,17 @@ def cost_summary(
         gpu = st.device == "gpu"
         job = JOBS[name]
         minutes = _minutes([s / speedup if gpu else s for s in st.seconds])
+        per = {
+            k: {
+                "core_hours": 0.0 if gpu else v[0] / 3600,
+                "gpu_hours": v[0] / 3600 / speedup if gpu else 0.0,
+                "bytes": v[1],
+            }
+            for k, v in st.by.items()
+        }
         rows.append(
             {
+                "by": per,
                 "stage": name,
                 "jobs": len(st.seconds),
                 "device": st.device,
@@ -260,17 +276,30 @@ def cost_summary(
         )
         over = sum(1 for s in st.seconds if (s / speedup if gpu else s) / 60 > job.runtime_min)
         if over:
+            fix = (
+                "lower the shard_size of their family (image shards are the MD shards)"
+                if name in ("md", "image")
+                else "train fewer epochs or images, or raise the runtime the rule requests (hrtemflow.campaign.jobs)"
+            )
             warnings.append(
                 f"{name}: {over} job(s) estimated over the {job.runtime_min} min the rule requests "
-                f"(longest {minutes[2]:,.0f} min): lower the shard_size of their family, or the work per job"
+                f"(longest {minutes[2]:,.0f} min): {fix}"
             )
         short = sum(1 for s in st.seconds if (s / speedup if gpu else s) / 60 < min_job_minutes)
-        if short and name in ("md", "image"):
-            factor = max(2, math.ceil(min(30.0, job.runtime_min / 2) / max(minutes[1], 1e-3)))
+        if short and name == "md":
+            factor = max(2, math.ceil(30.0 / max(minutes[1], 1e-3)))
             warnings.append(
-                f"{name}: {short} of {len(st.seconds)} job(s) estimated under {min_job_minutes:g} min "
+                f"md: {short} of {len(st.seconds)} job(s) estimated under {min_job_minutes:g} min "
                 f"(median {minutes[1]:.1f} min): on a cluster, raise shard_size about {factor}x so each runs "
-                f"~30 min (fine on a laptop)"
+                "~30 min (fine on a laptop)"
+            )
+        if short and name == "image":
+            group = max(2, math.ceil(30.0 / max(minutes[1], 1e-3)))
+            warnings.append(
+                f"image: {short} of {len(st.seconds)} job(s) estimated under {min_job_minutes:g} min "
+                f"(median {minutes[1]:.1f} min{' on a GPU' if gpu else ''}); image shards are the MD shards, so on a "
+                f"cluster submit them in groups: snakemake --groups image=imaging --group-components imaging={group} "
+                "(fine on a laptop)"
             )
     n_jobs = sum(r["jobs"] for r in rows)
     if n_jobs > submit_limit:
@@ -332,6 +361,11 @@ def format_costs(summary: Mapping[str, Any]) -> str:
             f"{m['min']:>13,.1f} / {m['median']:>8,.1f} / {m['max']:>9,.1f} {r['requested_minutes']:>6} min "
             f"{_bytes(r['bytes']):>10}"
         )
+        if len(r["by"]) > 1:
+            for key, b in r["by"].items():
+                lines.append(
+                    f"  {key:<22} {b['core_hours']:>11,.1f} {b['gpu_hours']:>10,.1f} {'':>54} {_bytes(b['bytes']):>10}"
+                )
     t = summary["total"]
     lines.append("-" * len(head))
     lines.append(

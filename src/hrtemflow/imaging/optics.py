@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from ..store.layout import SCALAR_PARAMS
+
 #: where an envelope is smaller than this, the wave is cut off (the image changes by less)
 ENVELOPE_CUTOFF = 1e-4
 
@@ -65,7 +67,8 @@ PHASE_PLATE_CUTON = 1.0 / 150.0
 #: the partial temporal coherence models (imaging.optics.temporal_coherence)
 TEMPORAL_COHERENCE = ("envelope", "defocus_average")
 
-#: parameter names of one image, in the order they are drawn (the shard's params/* arrays)
+#: parameter names `draw_variant` gives one image (the shard's params/* arrays but the view's energy and fov)
+PARAM_NAMES = tuple(name for name in SCALAR_PARAMS if name not in ("energy_eV", "fov_A"))
 PARAM_NAMES = (
     "defocus_A",
     "cs_A",
