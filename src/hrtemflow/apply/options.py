@@ -43,7 +43,9 @@ def check_options(opt: Options) -> None:
     if opt.window_px is not None and not lo <= opt.window_px <= hi:
         raise HrtemflowError(f"--window-px must be between {lo} and {hi} px, got {opt.window_px}")
     if opt.pixel_size_nm is not None and not (math.isfinite(opt.pixel_size_nm) and 1e-4 <= opt.pixel_size_nm <= 1e3):
-        raise HrtemflowError(f"--pixel-size must be a pixel size in nm (1e-4 to 1000), got {opt.pixel_size_nm}")
+        raise HrtemflowError(
+            f"--pixel-size must be a positive pixel size in nm (1e-4 to 1000), got {opt.pixel_size_nm}"
+        )
     if opt.table_rows < 0:
         raise HrtemflowError(f"--table-rows must be >= 0, got {opt.table_rows}")
     if opt.max_pixels < 64 * 64:

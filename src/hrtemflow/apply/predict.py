@@ -72,28 +72,39 @@ def resampled_shape(shape: tuple[int, int], pixel_A: float, target_A: float) -> 
     return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
 
 
-def check_size(shape: tuple[int, int], pixel_A: float, b: Bundle, source: str, max_pixels: int) -> tuple[int, int]:
+def check_size(
+    shape: tuple[int, int], pixel_A: float, card: ModelCard, source: str, max_pixels: int
+) -> tuple[int, int]:
     """Refuse, before any allocation, a micrograph whose image or resampled image is over `max_pixels`."""
-    rshape = resampled_shape(shape, pixel_A, b.pixel_size_A)
+    rshape = resampled_shape(shape, pixel_A, card.pixel_size_A)
     worst = max(shape[0] * shape[1], rshape[0] * rshape[1], rshape[0] * shape[1])  # resample goes axis by axis
     if worst > max_pixels:
         raise HrtemflowError(
-            f"{source}: {shape[1]} x {shape[0]} px at {pixel_A / 10:.4g} nm/px resampled to the {b.task} model's "
-            f"{b.pixel_size_A / 10:.4g} nm/px would be {rshape[1]:,} x {rshape[0]:,} px, over the limit of "
+            f"{source}: {shape[1]} x {shape[0]} px at {pixel_A / 10:.4g} nm/px resampled to the {card.task} model's "
+            f"{card.pixel_size_A / 10:.4g} nm/px would be {rshape[1]:,} x {rshape[0]:,} px, over the limit of "
             f"{max_pixels:,} px (--max-pixels); check --pixel-size, crop or bin the micrograph, or raise "
             "--max-pixels if the machine has the memory (about 30 bytes a pixel)"
         )
     return rshape
 
 
-def _check_fits(shape: tuple[int, int], pixel_A: float, rshape: tuple[int, int], b: Bundle, source: str) -> None:
-    if min(rshape) < b.size:
+def _check_fits(shape: tuple[int, int], pixel_A: float, rshape: tuple[int, int], card: ModelCard, source: str) -> None:
+    size = card.input_size
+    if min(rshape) < size:
         raise HrtemflowError(
             f"{source}: the image is {shape[1]} x {shape[0]} px at {pixel_A / 10:.4g} nm/px, i.e. {rshape[1]} x "
             f"{rshape[0]} px at "
-            f"the {b.task} model's {b.pixel_size_A / 10:.4g} nm/px: smaller than one {b.size} x {b.size} px window "
-            f"({b.size * b.pixel_size_A / 10:.2f} nm). Pass a larger image or check --pixel-size"
+            f"the {card.task} model's {card.pixel_size_A / 10:.4g} nm/px: smaller than one {size} x {size} px window "
+            f"({size * card.pixel_size_A / 10:.2f} nm). Pass a larger image or check --pixel-size"
         )
+
+
+def check_sizes(shape: tuple[int, int], pixel_A: float, cards: Sequence[ModelCard], source: str, opt: Options) -> None:
+    """Every model's size checks from the cards alone: a micrograph that cannot be done is refused before
+    any model loads (Keras alone is about 1 GB) and before anything is resampled."""
+    for card in cards:
+        rshape = check_size(shape, pixel_A, card, source, opt.max_pixels)
+        _check_fits(shape, pixel_A, rshape, card, source)
 
 
 def _predict_regions(
@@ -225,13 +236,11 @@ def analyse_micrograph(
     image, px = mic.data, float(mic.pixel_size_A)
     keys = list(keys) if keys is not None else bundle_keys([b.task for b in bundles], [b.path.name for b in bundles])
     key_of = {id(b): k for b, k in zip(bundles, keys)}
-    for b in bundles:  # every size first: nothing is allocated for a micrograph that cannot be done
-        check_size(image.shape, px, b, source, opt.max_pixels)
+    check_sizes(image.shape, px, [b.card for b in bundles], source, opt)  # nothing allocated before
     resampled: dict[float, tuple[np.ndarray, tuple[float, float]]] = {}
     for b in bundles:
         if b.pixel_size_A not in resampled:
             resampled[b.pixel_size_A] = resample(image, px, b.pixel_size_A)
-        _check_fits(image.shape, px, resampled[b.pixel_size_A][0].shape, b, source)
     predictors = [b for b in bundles if b.kind != "denoising"]
     cells = None
     if opt.regions is not None:
@@ -322,18 +331,23 @@ def analyse_micrograph(
     return record
 
 
-def _bundle_info(b: Bundle) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "path": str(b.path),
-        "task": b.task,
-        "kind": b.kind,
-        "input_size": b.size,
-        "pixel_size_nm": b.pixel_size_A / 10,
-        "dataset_sha256": b.card.dataset_sha256,
-        "ood_stats": b.ood is not None,
+def _card_info(path: Path, card: ModelCard) -> dict[str, Any]:
+    """What the card says (all a summary can say when no micrograph got as far as loading the models)."""
+    return {
+        "path": str(path),
+        "task": card.task,
+        "kind": card.kind,
+        "input_size": card.input_size,
+        "pixel_size_nm": card.pixel_size_A / 10,
+        "dataset_sha256": card.dataset_sha256,
         # what its training images were taken with: the micrographs it is for (None: an older card)
-        "trained_on": b.card.imaging,
+        "trained_on": card.imaging,
     }
+
+
+def _bundle_info(b: Bundle) -> dict[str, Any]:
+    info = _card_info(b.path, b.card)
+    info["ood_stats"] = b.ood is not None
     if b.kind == "classification":
         info["temperature"], info["temperature_source"] = b.temperature, b.temperature_source
     if b.ood is not None:
@@ -401,11 +415,18 @@ def predict_path(
     temps = dict(temperatures or {})
     cards = [ModelCard.read(d) for d in bundle_dirs]  # every card checked before any model loads
     check_temperatures(temps, cards)
-    bundles = [load_bundle(d, temperature=temps.get(c.task, temps.get("*"))) for d, c in zip(bundle_dirs, cards)]
-    for b in bundles:
-        for note in b.notes:
-            echo(f"warning: {note}", file=sys.stderr)
-    keys = bundle_keys([b.task for b in bundles], [b.path.name for b in bundles])
+    loaded: list[Bundle] = []
+
+    def bundles() -> list[Bundle]:
+        """Loaded when the first micrograph passes its size checks: a refusal never waits on Keras."""
+        if not loaded:
+            for d, c in zip(bundle_dirs, cards):
+                loaded.append(load_bundle(d, temperature=temps.get(c.task, temps.get("*"))))
+                for note in loaded[-1].notes:
+                    echo(f"warning: {note}", file=sys.stderr)
+        return loaded
+
+    keys = bundle_keys([c.task for c in cards], [Path(d).name for d in bundle_dirs])
     names = UniqueNames()
     folders = output_names(files, names)
     records = []
@@ -416,8 +437,12 @@ def predict_path(
             for mic in mics:
                 for warning in mic.metadata.get("warnings", []):
                     echo(f"warning: {warning}", file=sys.stderr)
+                source = mic.source + (f" (frame {mic.frame})" if mic.frame is not None else "")
+                check_sizes(mic.data.shape, float(mic.pixel_size_A), cards, source, opt)
+                for r in opt.regions or []:
+                    r.check(mic.data.shape, source)
                 sub = folders[f] if mic.frame is None else names.claim(f"{folders[f]}_f{mic.frame:03d}")
-                records.append(analyse_micrograph(mic, bundles, opt, out / sub, echo=echo, keys=keys))
+                records.append(analyse_micrograph(mic, bundles(), opt, out / sub, echo=echo, keys=keys))
         except (HrtemflowError, MemoryError) as exc:
             reason = (
                 str(exc)
@@ -435,7 +460,10 @@ def predict_path(
         "n_files": len(files),
         "n_micrographs": sum(r["status"] == "ok" for r in records),
         "n_failed": sum(r["status"] == "failed" for r in records),
-        "bundles": {k: _bundle_info(b) for b, k in zip(bundles, keys)},
+        "bundles": {
+            k: _bundle_info(b) if loaded else _card_info(Path(d), c)
+            for b, k, d, c in zip(loaded or cards, keys, bundle_dirs, cards)
+        },
         "micrographs": records,
     }
     write_json_atomic(out / "summary.json", plain_json(summary))

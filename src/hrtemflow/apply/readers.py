@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -1262,6 +1262,9 @@ def _emi_as_rsciio_reads_it(tmp: Path, k: int, index: int, ser: Path, objects: l
 _SER_DTYPES = {1: 1, 2: 2, 3: 4, 4: 1, 5: 2, 6: 4, 7: 4, 8: 8, 9: 8, 10: 16}
 
 
+_SER_MAX_DIMS = 4
+
+
 def _check_ser_header(p: Path, limits: SizeLimits) -> int:
     """Parse a TIA .ser header (rsciio reads all data before any check, so check here); its pixel count."""
     with open(p, "rb") as fh:
@@ -1278,6 +1281,7 @@ def _check_ser_header(p: Path, limits: SizeLimits) -> int:
         else:
             (offsets_at,) = struct.unpack("<Q", head[22:30])
             off_fmt, off_size = "<Q", 8
+        n_series = _ser_series_size(p, fh, 26 + off_size - 4)
         if data_type == 0x4120:
             raise HrtemflowError(f"{p} holds spectra, not images; pass an image file")
         if valid == 0:
@@ -1290,12 +1294,39 @@ def _check_ser_header(p: Path, limits: SizeLimits) -> int:
         dtype_code, nx, ny = struct.unpack("<HII", fh.read(10))
         if dtype_code not in _SER_DTYPES:
             raise HrtemflowError(f"cannot read {p}: unknown SER data type {dtype_code}; corrupt file")
-        _check_declared_size(p, ny, nx, valid, limits)
+        # rsciio allocates the series' declared shape (filled with NaN where images are missing)
+        _check_declared_size(p, ny, nx, max(valid, n_series), limits)
         _check_extent(p, offsets_at + valid * off_size, "offset table")
         fh.seek(offsets_at)
         offsets = np.frombuffer(fh.read(valid * off_size), dtype=off_fmt)
     _check_extent(p, int(offsets.max()) + 50 + nx * ny * _SER_DTYPES[dtype_code])
     return nx * ny * valid
+
+
+def _ser_series_size(p: Path, fh: BinaryIO, ndim_at: int) -> int:
+    """The series' declared element count from the dimension array (rsciio builds a record type from every
+    dimension's text lengths and allocates their product: a corrupt count would exhaust memory first)."""
+    fh.seek(ndim_at)
+    raw = fh.read(4)
+    (ndim,) = struct.unpack("<I", raw) if len(raw) == 4 else (0,)
+    if not 1 <= ndim <= _SER_MAX_DIMS:
+        raise HrtemflowError(
+            f"cannot read {p}: its header declares {ndim} series dimensions (TIA writes 1 or 2); the file is corrupt"
+        )
+    pos, n = ndim_at + 4, 1
+    for _ in range(ndim):
+        _check_extent(p, pos + 28, "dimension array")
+        fh.seek(pos)
+        (size,) = struct.unpack("<I", fh.read(4))
+        fh.seek(pos + 24)
+        (desc,) = struct.unpack("<I", fh.read(4))
+        _check_extent(p, pos + 32 + desc, "dimension array")
+        fh.seek(pos + 28 + desc)
+        (units,) = struct.unpack("<I", fh.read(4))
+        pos += 32 + desc + units
+        _check_extent(p, pos, "dimension array")
+        n *= max(int(size), 1)
+    return n
 
 
 def _read_rsciio(
