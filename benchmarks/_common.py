@@ -35,3 +35,24 @@ def run_worker(what: str, script: str, args: list[str], env: dict | None = None)
         print(f"{what} failed (exit {res.returncode}):\n{res.stderr[-3000:]}", file=sys.stderr)
         return None
     return json.loads(line[len("RESULT ") :])
+
+
+def run_campaign(cfg: dict, work: Path, *extra: str, cores: int = 2) -> float:
+    """Run the workflow on `cfg` in the folder `work` (its results under work/<campaign.results>), as
+    `make demo` would; return the wall seconds. Raises SystemExit with Snakemake's stderr if it fails."""
+    import time
+
+    import yaml
+
+    cfg = {**cfg, "potentials": {**cfg.get("potentials", {}), "directory": str(ROOT / "resources" / "potentials")}}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "campaign.yaml").write_text(yaml.safe_dump(cfg))
+    bindir = Path(sys.executable).parent
+    cmd = [str(bindir / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(work)]
+    cmd += ["--configfile", str(work / "campaign.yaml"), "--cores", str(cores), *extra]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env={"PATH": f"{bindir}:/usr/bin:/bin"})
+    wall = time.perf_counter() - t0
+    if res.returncode:
+        raise SystemExit(f"the campaign in {work} failed after {wall:.0f} s:\n{res.stderr[-4000:]}")
+    return wall

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
-import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
-from _common import ROOT, emit, header
+from _common import ROOT, emit, header, run_campaign
 
 
 def main() -> None:
@@ -27,28 +24,9 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=2)
     args = ap.parse_args()
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg.setdefault("potentials", {})["directory"] = str(ROOT / "resources" / "potentials")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "demo.yaml").write_text(yaml.safe_dump(cfg))
-        bindir = Path(sys.executable).parent
-        cmd = [
-            str(bindir / "snakemake"),
-            "-s",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(work),
-            "--configfile",
-            str(work / "demo.yaml"),
-            "--cores",
-            str(args.cores),
-        ]
-        env = {"PATH": f"{bindir}:/usr/bin:/bin"}
-        t0 = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t0
-        if res.returncode:
-            raise SystemExit(f"the demo failed after {wall:.0f} s:\n{res.stderr[-4000:]}")
+        wall = run_campaign(cfg, work, cores=args.cores)
         per_rule: dict[str, list[float]] = defaultdict(list)
         peak: dict[str, float] = defaultdict(float)
         for tsv in (work / "results" / "benchmarks").rglob("*.tsv"):

@@ -15,6 +15,7 @@ from hrtemflow.atomistic import structures
 from hrtemflow.atomistic.lammps_run import protocol
 from hrtemflow.campaign.config import load_config
 from hrtemflow.campaign.estimate import cost_summary, md_steps, mean_atoms
+from hrtemflow.campaign.jobs import JOBS
 from hrtemflow.campaign.plan import make_plan
 from hrtemflow.campaign.specs import md_spec
 
@@ -74,11 +75,11 @@ def test_warnings_name_short_and_long_jobs_submit_limit_and_quota(demo_cfg, repo
                     "shard_size": 2,
                     "samples": 4,
                     "structure": {"box_nm": [8.0, 8.0, 3.0]},
-                    "md": {"melt_ps": 50.0},
+                    "md": {"melt_ps": 200.0},
                 },
             },
         },
         base=repo_root,
     )
     long = cost_summary(make_plan(big))
-    assert any("md:" in w and "over the 120 min" in w for w in long["warnings"])
+    assert any("md:" in w and f"over the {JOBS['md'].runtime_min} min" in w for w in long["warnings"])

@@ -62,12 +62,17 @@ def test_complete_run_made_every_product(complete_run):
 
 
 def test_summary_puts_measured_cost_beside_the_estimate(complete_run):
-    """Every MD and imaging job ran before the summary: each has its measured CPU time from Snakemake's
-    benchmark file and the plan's estimate; `hrtemflow summary` run now sees the learning jobs too."""
+    """Every MD and imaging job ran before the summary: each ended its log with its own CPU time, which
+    the summary sums beside the plan's estimate; `hrtemflow summary` run now sees the learning jobs too."""
+    from hrtemflow.core.usage import read_usage
     from hrtemflow.report.cost import cost_report
 
     work, _ = complete_run
     cost = json.loads((work / "results" / "summary" / "campaign.json").read_text())["cost"]
+    md_logs = sorted((work / "results" / "logs" / "md").rglob("*.log"))
+    own = [read_usage(log) for log in md_logs]
+    assert md_logs and all(u is not None and u["command"] == "md" and u["cpu_s"] > 0 for u in own)
+    assert cost["md"]["measured_cpu_h"] * 3600 == pytest.approx(sum(u["cpu_s"] for u in own), rel=1e-6)
     for stage in ("md", "image"):
         c = cost[stage]
         assert c["jobs_done"] == c["jobs_planned"] > 0 and c["measured_cpu_h"] > 0 and c["estimated_cpu_h_done"] > 0

@@ -17,7 +17,7 @@ class Job:
 
 
 JOBS = {
-    "md": Job(runtime_min=120, mem_mb=2000, threads=1),
+    "md": Job(runtime_min=300, mem_mb=2000, threads=1),  # the seed campaign's MD jobs: 96-217 min
     "image": Job(runtime_min=120, mem_mb=4000, threads=1),  # on the GPU partition when imaging.device: gpu
     "train": Job(runtime_min=240, mem_mb=8000, threads=2, device="gpu"),
     "evaluate": Job(runtime_min=60, mem_mb=8000, threads=2, device="gpu"),

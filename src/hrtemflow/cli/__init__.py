@@ -15,6 +15,7 @@ import sys
 
 from .. import __version__
 from ..core.errors import HrtemflowError
+from ..core.usage import usage_line
 from . import commands
 
 
@@ -60,7 +61,7 @@ def os_error_message(exc: OSError) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
     except HrtemflowError as exc:
         print(f"hrtemflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -73,3 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hrtemflow {args.command}: interrupted", file=sys.stderr)
         return 130
+    if rc == 0 and getattr(args, "report_usage", False):  # a campaign job: its cost, for `hrtemflow summary`
+        sys.stdout.flush()
+        print(usage_line(args.command), file=sys.stderr, flush=True)
+    return rc

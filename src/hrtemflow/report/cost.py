@@ -1,9 +1,11 @@
 """What the jobs that ran cost, beside what the plan estimated, and what is left to run.
 
-Snakemake writes each job's wall and CPU seconds to <results>/benchmarks/<rule>/... (`benchmark:` in
-the rules); the specs in <results>/plan/ say what each job runs, from which `campaign.estimate` gives
-its estimated CPU seconds. Per stage: the jobs done and planned, measured against estimated CPU hours
-of the jobs done, and the rest projected at the measured ratio.
+Each job's wall and CPU seconds: the usage line its command ends its log with (`core.usage`: exact),
+else Snakemake's benchmark file <results>/benchmarks/<rule>/... (`benchmark:` in the rules; it misses the
+CPU time of up to 30 s of a job's end, so it reads low for jobs of a minute or two). The specs in
+<results>/plan/ say what each job runs, from which `campaign.estimate` gives its estimated CPU seconds.
+Per stage: the jobs done and planned, measured against estimated CPU hours of the jobs done, and the rest
+projected at the measured ratio.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..campaign.estimate import image_job_seconds, load_costs, md_job_seconds, train_seconds
+from ..core.errors import HrtemflowError
+from ..core.usage import read_usage
+from ..learn.card import ModelCard
 
 STAGES = ("md", "image", "train", "evaluate")
 
@@ -29,6 +34,35 @@ def _benchmark(path: Path) -> tuple[float, float] | None:
         return None
 
 
+#: where the rules put each stage's logs and benchmark files, under <results>/logs and <results>/benchmarks
+_FOLDERS = {
+    "md": ("md", "md"),
+    "image": ("images", "image"),
+    "train": ("train", "train"),
+    "evaluate": ("evaluate", "evaluate"),
+}
+
+
+def _measured(results: Path, stage: str, job: str) -> dict[str, Any]:
+    """A job's entry: "measured" (wall s, CPU s), or None where it has not run, and where that came from
+    (`job`: its path under the stage's folders, no suffix): its own usage line, else its benchmark file."""
+    logs, benchmarks = _FOLDERS[stage]
+    own = read_usage(results / "logs" / logs / f"{job}.log")
+    if own is not None:
+        return {"measured": (float(own["wall_s"]), float(own["cpu_s"])), "source": "log"}
+    bench = _benchmark(results / "benchmarks" / benchmarks / f"{job}.tsv")
+    return {"measured": bench, "source": "benchmark" if bench is not None else None}
+
+
+def _epochs_run(bundle: Path) -> int | None:
+    """The epochs a finished training ran (its model card), or None where no valid card says."""
+    try:
+        ran = ModelCard.read(bundle).epochs_run
+    except (HrtemflowError, OSError):
+        return None
+    return ran if ran > 0 else None
+
+
 def _spec(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -41,7 +75,6 @@ def job_costs(results: str | Path, costs: Mapping[str, Any] | None = None) -> di
     results = Path(results)
     costs = costs or load_costs()
     plan = results / "plan"
-    bench = results / "benchmarks"
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in STAGES}
     md_specs = {p.stem: s for p in sorted((plan / "md").rglob("*.json")) if (s := _spec(p)) is not None}
     for name, spec in md_specs.items():
@@ -49,7 +82,7 @@ def job_costs(results: str | Path, costs: Mapping[str, Any] | None = None) -> di
             {
                 "job": name,
                 "estimated_s": md_job_seconds(spec, costs),
-                "measured": _benchmark(bench / "md" / spec["group"] / f"{name}.tsv"),
+                **_measured(results, "md", f"{spec['group']}/{name}"),
             }
         )
     images_of: dict[str, int] = {}
@@ -64,7 +97,7 @@ def job_costs(results: str | Path, costs: Mapping[str, Any] | None = None) -> di
             {
                 "job": p.stem,
                 "estimated_s": image_job_seconds(spec, md_specs[p.stem], costs),
-                "measured": _benchmark(bench / "image" / spec["group"] / f"{p.stem}.tsv"),
+                **_measured(results, "image", f"{spec['group']}/{p.stem}"),
             }
         )
     for p in sorted((plan / "train").glob("*.json")):
@@ -73,11 +106,17 @@ def job_costs(results: str | Path, costs: Mapping[str, Any] | None = None) -> di
             continue
         n = sum(images_of.get(f, 0) for f in spec.get("families", []))
         t, e = train_seconds(spec, n, costs)
-        out["train"].append(
-            {"job": p.stem, "estimated_s": t, "measured": _benchmark(bench / "train" / f"{p.stem}.tsv")}
-        )
+        trained = _measured(results, "train", p.stem)
+        ran = _epochs_run(results / "models" / p.stem) if trained["measured"] is not None else None
+        if ran is not None:  # early stopping: judge the estimate on the epochs that ran, not those allowed
+            t = train_seconds({**spec, "hyper": {**spec["hyper"], "epochs": ran}}, n, costs)[0]
+        out["train"].append({"job": p.stem, "estimated_s": t, "epochs_run": ran, **trained})
         out["evaluate"].append(
-            {"job": p.stem, "estimated_s": e, "measured": _benchmark(bench / "evaluate" / f"{p.stem}.tsv")}
+            {
+                "job": p.stem,
+                "estimated_s": e,
+                **_measured(results, "evaluate", p.stem),
+            }
         )
     return out
 
@@ -97,6 +136,7 @@ def cost_report(results: str | Path, costs: Mapping[str, Any] | None = None) -> 
         report[stage] = {
             "jobs_done": len(done),
             "jobs_planned": len(jobs),
+            "jobs_measured_by_themselves": sum(j["source"] == "log" for j in done),
             "measured_cpu_h": measured / 3600,
             "measured_wall_h": sum(j["measured"][0] for j in done) / 3600,
             "estimated_cpu_h_done": estimated_done / 3600,
@@ -111,7 +151,11 @@ def format_cost_report(report: Mapping[str, Any]) -> str:
     head = (
         f"{'stage':<9} {'jobs done':>12} {'CPU h measured':>15} {'estimated':>10} {'ratio':>6} {'left, projected':>16}"
     )
-    lines = ["cost: measured (Snakemake's benchmark files) against the plan's estimate", head, "-" * len(head)]
+    lines = [
+        "cost: measured (the jobs' logs, else Snakemake's benchmark files) against the plan's estimate",
+        head,
+        "-" * len(head),
+    ]
     for stage, r in report.items():
         ratio = f"{r['measured_over_estimated']:.2f}" if r["measured_over_estimated"] is not None else "-"
         left = r["left_projected_cpu_h"] if r["left_projected_cpu_h"] is not None else r["left_estimated_cpu_h"]

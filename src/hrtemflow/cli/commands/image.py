@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output store, e.g. results/images/<group>/<shard>.zarr")
     p.add_argument("--threads", type=int, default=None, help="FFT threads (default: $HRTEMFLOW_THREADS, SLURM or 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_image)
+    p.set_defaults(func=_image, report_usage=True)
 
     f = subparsers.add_parser(
         "image-figure",

@@ -99,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sets to the rule's threads), else 1",
     )
     p.add_argument("--base", default=".", help="working directory the spec's shard paths refer to")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, report_usage=True)
 
     p = sub.add_parser("evaluate", help="evaluate a trained model on the test split: metrics.json and figures")
     p.add_argument("spec", help="the train spec the model was trained from")
@@ -109,4 +109,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--baseline-images", type=int, default=32, help="test images the classical denoisers run on (BM3D is slow)"
     )
     p.add_argument("--base", default=".", help="working directory the spec's shard paths refer to")
-    p.set_defaults(func=_evaluate)
+    p.set_defaults(func=_evaluate, report_usage=True)

@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--base", default=".", help="working directory the spec's potential path refers to")
-    p.set_defaults(func=_md)
+    p.set_defaults(func=_md, report_usage=True)
 
     p = sub.add_parser(
         "md-figure", help="a PNG of a few final structures of a family, titled with their measured labels"
