@@ -205,19 +205,21 @@ def test_a_coarse_pixel_is_refused_before_allocation_and_a_folder_goes_on(bundle
 
 
 def test_absurd_pixel_size_stays_under_two_gigabytes(bundle, tmp_path):
-    """In a fresh process: a 4k frame at --pixel-size 1000 times the bundle's is refused; the process's
-    peak memory stays far below 2 GiB (Keras included)."""
+    """In a fresh process: a 4k frame at --pixel-size 1000 times the bundle's is refused from the cards,
+    before Keras loads; the process's peak memory stays far below 2 GiB."""
     img = _image(tmp_path / "frame.npy", n=4096)
     code = (
-        "import resource, sys\nfrom hrtemflow.cli import main\n"
+        "import sys\nfrom hrtemflow.cli import main\nfrom hrtemflow.core.usage import peak_rss\n"
         f"rc = main(['predict', {str(img)!r}, '--bundles', {str(bundle)!r}, '--out', {str(tmp_path / 'o')!r}, "
         "'--pixel-size', '50', '--quiet'])\n"
-        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)"
+        "print('KERAS', 'keras' in sys.modules)\n"
+        "print('PEAK', peak_rss()); sys.exit(rc)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     peak = int(res.stdout.split("PEAK")[1])
     assert peak < 2 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
+    assert "KERAS False" in res.stdout, "the refusal waited on Keras: sizes are checked from the cards first"
     assert "--max-pixels" in res.stderr.strip().splitlines()[-1]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from hrtemflow.cli import main
 from hrtemflow.core.usage import PREFIX, read_usage, usage, usage_line
@@ -16,6 +18,19 @@ def test_usage_counts_this_process_cpu():
         x += i * i
     after = usage("md")
     assert after["cpu_s"] > before and after["wall_s"] > 0 and after["max_rss_mb"] > 10
+
+
+def test_peak_memory_is_the_programs_own_not_its_parents():
+    """A small child of a process that touched 600 MB reports its own peak (ru_maxrss would say 600 MB)."""
+    code = (
+        "import subprocess, sys\n"
+        "big = b'x' * (600 * 2**20)\n"
+        "out = subprocess.run([sys.executable, '-c', 'from hrtemflow.core.usage import peak_rss; print(peak_rss())'],"
+        " capture_output=True, text=True, check=True).stdout\n"
+        "print(int(out))\n"
+    )
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 5 * 2**20 < child < 300 * 2**20, child / 2**20
 
 
 def test_read_usage_takes_the_last_line_and_refuses_what_is_not_ours(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,23 @@ _TAIL_BYTES = 4096
 _STARTED = time.monotonic()
 
 
+def peak_rss() -> int:
+    """Peak resident bytes of this program since it started.
+
+    Linux keeps `ru_maxrss` across fork and exec: a command started by a 3 GB process (Snakemake, pytest)
+    reports 3 GB whatever it did. VmHWM in /proc/self/status is the high-water mark of this program's own
+    address space; elsewhere `ru_maxrss` is all there is.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, kilobytes elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def usage(command: str) -> dict[str, Any]:
     """CPU seconds of this process and the children it waited for, wall seconds since hrtemflow started,
     peak resident memory."""
@@ -30,7 +48,8 @@ def usage(command: str) -> dict[str, Any]:
         "command": command,
         "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 3),
         "wall_s": round(time.monotonic() - _STARTED, 3),
-        "max_rss_mb": round(max(me.ru_maxrss, kids.ru_maxrss) / 1024, 1),  # Linux: kilobytes
+        # children: their ru_maxrss, an upper bound (it starts from this process's size at the fork)
+        "max_rss_mb": round(max(peak_rss(), kids.ru_maxrss * 1024) / 2**20, 1),
     }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from keras import layers
 
 from ..core.tasks import TASKS, spectral_width_default
+from .table import STEMS
 
 
 def _conv_bn_relu(x, filters: int):
@@ -27,9 +28,6 @@ def _residual_block(x, filters: int):
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
     y = layers.BatchNormalization()(y)
     return layers.Activation("relu")(layers.Add()([shortcut, y]))
-
-
-STEMS = ("full", "patchify")
 
 
 def trunk(x, width: int, depth: int, pool_name: str | None = None, stem: str = "full"):

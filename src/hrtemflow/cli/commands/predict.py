@@ -170,7 +170,7 @@ def _check_inputs(args: argparse.Namespace) -> tuple[list[ModelCard], Options, d
 
 def _predict(args: argparse.Namespace) -> int:
     _, opt, temps = _check_inputs(args)
-    from ...apply.predict import predict_path  # noqa: PLC0415 (Keras and TensorFlow load with it)
+    from ...apply.predict import predict_path  # noqa: PLC0415 (the apply stage: numpy, scipy, readers)
 
     def echo(*parts, file=None) -> None:
         if file is sys.stderr or not args.quiet:
