@@ -18,11 +18,14 @@ HERE = Path(__file__).resolve().parent
 ALL = [
     "dag_scale",
     "md_throughput",
+    "cost_table",
+    "estimate_accuracy",
     "imaging_throughput",
     "feed_throughput",
     "backend_speed",
     "precision_speed",
     "demo_time",
+    "compact_store",
     "soak",
     "learning_accuracy",
 ]  # the research studies on the benches it makes are in studies/

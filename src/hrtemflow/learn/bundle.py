@@ -86,6 +86,8 @@ def load_checked(model_dir: str | Path) -> tuple[Any, ModelCard]:
     if not (d / MODEL_FILE).is_file():
         raise HrtemflowError(f"{where}: {MODEL_FILE} is missing; run `hrtemflow train` for this task first")
     card = ModelCard.read(d)
+    from . import models  # noqa: F401, PLC0415 (registers the custom layers a saved model names)
+
     try:
         model = keras.saving.load_model(d / MODEL_FILE, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 (Keras raises ValueError/OSError/zipfile errors for a bad file)
