@@ -419,11 +419,11 @@ def predict_path(
 
     def bundles() -> list[Bundle]:
         """Loaded when the first micrograph passes its size checks: a refusal never waits on Keras."""
-        if not loaded:
-            for d, c in zip(bundle_dirs, cards):
-                loaded.append(load_bundle(d, temperature=temps.get(c.task, temps.get("*"))))
-                for note in loaded[-1].notes:
-                    echo(f"warning: {note}", file=sys.stderr)
+        if not loaded:  # all or none: a bundle that fails to load leaves nothing half-loaded for the next file
+            new = [load_bundle(d, temperature=temps.get(c.task, temps.get("*"))) for d, c in zip(bundle_dirs, cards)]
+            for note in (n for b in new for n in b.notes):
+                echo(f"warning: {note}", file=sys.stderr)
+            loaded.extend(new)
         return loaded
 
     keys = bundle_keys([c.task for c in cards], [Path(d).name for d in bundle_dirs])
