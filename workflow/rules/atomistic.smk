@@ -11,9 +11,9 @@ rule md:
     params:
         spec=lambda wc: spec_hash(f"{R}/plan/md/{wc.group}/{wc.shard}.json"),
     log:
-        f"{R}/logs/md/{{group}}/{{shard}}.log",
+        hpaths.job_log(R, "md", "{group}/{shard}"),
     benchmark:
-        f"{R}/benchmarks/md/{{group}}/{{shard}}.tsv"
+        hpaths.job_benchmark(R, "md", "{group}/{shard}")
     threads: hjobs.JOBS["md"].threads
     resources:
         mem_mb=hjobs.JOBS["md"].mem_mb,

@@ -9,9 +9,9 @@ rule image:
     params:
         spec=lambda wc: spec_hash(f"{R}/plan/images/{wc.group}/{wc.shard}.json"),
     log:
-        f"{R}/logs/images/{{group}}/{{shard}}.log",
+        hpaths.job_log(R, "image", "{group}/{shard}"),
     benchmark:
-        f"{R}/benchmarks/image/{{group}}/{{shard}}.tsv"
+        hpaths.job_benchmark(R, "image", "{group}/{shard}")
     threads: hjobs.JOBS["image"].threads
     resources:
         mem_mb=hjobs.JOBS["image"].mem_mb,

@@ -16,9 +16,9 @@ rule train:
         spec=lambda wc: spec_hash(f"{R}/plan/train/{wc.task}.json"),
         out_dir=lambda wc: f"{R}/models/{wc.task}",
     log:
-        f"{R}/logs/train/{{task}}.log",
+        hpaths.job_log(R, "train", "{task}"),
     benchmark:
-        f"{R}/benchmarks/train/{{task}}.tsv"
+        hpaths.job_benchmark(R, "train", "{task}")
     threads: hjobs.JOBS["train"].threads
     resources:
         mem_mb=hjobs.JOBS["train"].mem_mb,
@@ -51,9 +51,9 @@ rule evaluate:
         model_dir=lambda wc: f"{R}/models/{wc.task}",
         out_dir=lambda wc: f"{R}/reports/{wc.task}",
     log:
-        f"{R}/logs/evaluate/{{task}}.log",
+        hpaths.job_log(R, "evaluate", "{task}"),
     benchmark:
-        f"{R}/benchmarks/evaluate/{{task}}.tsv"
+        hpaths.job_benchmark(R, "evaluate", "{task}")
     threads: hjobs.JOBS["evaluate"].threads
     resources:
         mem_mb=hjobs.JOBS["evaluate"].mem_mb,

@@ -43,6 +43,26 @@ def train_paths(cfg: dict, task: str) -> dict[str, str]:
     }
 
 
+#: each campaign job's folder under <results>/logs and under <results>/benchmarks, by stage
+_JOB_FOLDERS = {
+    "md": ("md", "md"),
+    "image": ("images", "image"),
+    "train": ("train", "train"),
+    "evaluate": ("evaluate", "evaluate"),
+}
+
+
+def job_log(results: str, stage: str, job: str) -> str:
+    """A campaign job's log (`job`: "<group>/<shard>" or "<task>", wildcards allowed), which ends with the
+    job's usage line (`core.usage`)."""
+    return f"{results}/logs/{_JOB_FOLDERS[stage][0]}/{job}.log"
+
+
+def job_benchmark(results: str, stage: str, job: str) -> str:
+    """Snakemake's benchmark file of a campaign job."""
+    return f"{results}/benchmarks/{_JOB_FOLDERS[stage][1]}/{job}.tsv"
+
+
 def plan_dir(cfg: dict) -> str:
     return f"{results_dir(cfg)}/plan"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..campaign.estimate import image_job_seconds, load_costs, md_job_seconds, train_seconds
+from ..campaign.paths import job_benchmark, job_log
 from ..core.errors import HrtemflowError
 from ..core.usage import read_usage
 from ..learn.card import ModelCard
@@ -34,23 +35,13 @@ def _benchmark(path: Path) -> tuple[float, float] | None:
         return None
 
 
-#: where the rules put each stage's logs and benchmark files, under <results>/logs and <results>/benchmarks
-_FOLDERS = {
-    "md": ("md", "md"),
-    "image": ("images", "image"),
-    "train": ("train", "train"),
-    "evaluate": ("evaluate", "evaluate"),
-}
-
-
 def _measured(results: Path, stage: str, job: str) -> dict[str, Any]:
     """A job's entry: "measured" (wall s, CPU s), or None where it has not run, and where that came from
     (`job`: its path under the stage's folders, no suffix): its own usage line, else its benchmark file."""
-    logs, benchmarks = _FOLDERS[stage]
-    own = read_usage(results / "logs" / logs / f"{job}.log")
+    own = read_usage(job_log(str(results), stage, job))
     if own is not None:
         return {"measured": (float(own["wall_s"]), float(own["cpu_s"])), "source": "log"}
-    bench = _benchmark(results / "benchmarks" / benchmarks / f"{job}.tsv")
+    bench = _benchmark(Path(job_benchmark(str(results), stage, job)))
     return {"measured": bench, "source": "benchmark" if bench is not None else None}
 
 
