@@ -2,7 +2,9 @@
 
 Validation happens once, before any job: the JSON schema (types, ranges, enums, defaults) and then
 the checks a schema cannot express (reversed ranges, n < m, a field of view larger than the tube,
-a potential file that is not there). Every error names the key and what is allowed.
+a potential file that is not there). Every error names the key and what is allowed. A diameter range of
+CNT chiralities (families.cnt.chiralities_in_range_nm) is written out here as the explicit list, so no
+reader after this one ever sees a range.
 
 A config may be hostile or broken in ways a schema does not see: a file too large to read, YAML whose
 aliases expand into billions of values or nest thousands deep, duplicate keys (`core.safe_yaml`),
@@ -33,6 +35,7 @@ from ..core.atomic import canonical_json
 from ..core.errors import ConfigError
 from ..core.families import FAMILIES, ORDERINGS
 from ..core.tasks import TASKS
+from ..core.tubes import GRAPHENE_A, tube_diameter_A, tubes_in_diameter_range
 
 SECTION_FILES = {
     "families": "families.schema.yaml",
@@ -49,10 +52,16 @@ MAX_LINE = 200
 MAX_LISTED = 5
 #: the longest ConfigError message (UTF-8 bytes)
 MAX_MESSAGE = 1000
-#: items in one list of a config (the seed campaign's longest has 30): bounds jsonschema's uniqueItems, quadratic
+#: items in one list of a config (a written-out chirality range has at most MAX_RANGE_TUBES): bounds jsonschema's
+#: uniqueItems, quadratic
 MAX_ITEMS = 1000
 #: whole numbers must fit 64 bits (a seed, a count); beyond that they are a typo or an attack
 INT_LIMIT = 2**63
+#: tubes a diameter range (families.cnt.chiralities_in_range_nm) may expand into: each is a class and a group;
+#: [0.8, 1.4] nm holds 71, [0, 3] nm 475, and beyond a few hundred classes a range is a typo, not a campaign
+MAX_RANGE_TUBES = 500
+#: the range's key, as messages name it
+RANGE_KEY = "families.cnt.chiralities_in_range_nm"
 #: folders results may never be written to or under (unless the working directory itself is under one)
 SYSTEM_DIRS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys", "/dev", "/boot", "/var")
 
@@ -274,6 +283,57 @@ def _walk_ranges(schema: Mapping, inst: Any, path: tuple) -> Iterator[tuple[tupl
                 yield from _walk_ranges(sub, inst[name], (*path, name))
 
 
+def _gives(raw: Any, *path: str) -> bool:
+    """Whether the config as written has the key at `path`: asked before the schema fills in defaults, which
+    cannot be told from a value the user wrote afterwards."""
+    node = raw
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _expand_chirality_range(cfg: dict, listed: bool) -> list[str]:
+    """Write families.cnt.chiralities_in_range_nm out as the explicit families.cnt.chiralities (by diameter,
+    then chiral angle: `core.tubes.tubes_in_diameter_range`), so that the plan, the task registry, the cost
+    estimate and the specs read one explicit list, and a range writes the very specs of its list.
+
+    `listed`: the config as written gives chiralities too. That is refused unless the list is the range's own
+    (a validated config read again), so which tubes are made is never ambiguous. Returns the problems found.
+    """
+    cnt = cfg["families"]["cnt"]
+    span = cnt.get("chiralities_in_range_nm")
+    if span is None:
+        return []
+    d_min, d_max = span
+    if d_min > d_max:
+        return []  # reported with every other reversed x-range
+    tubes = [[n, m] for n, m in tubes_in_diameter_range(d_min, d_max)]
+    if listed and cnt["chiralities"] != tubes:
+        return [
+            "families.cnt: both chiralities and chiralities_in_range_nm are given; remove one (chiralities to make "
+            "every tube in the range, chiralities_in_range_nm to make only the listed tubes)"
+        ]
+    if not tubes:
+        return [f"{RANGE_KEY}: no tube (n, m) has a diameter in [{d_min}, {d_max}] nm{_neighbours(d_min, d_max)}"]
+    if len(tubes) > MAX_RANGE_TUBES:
+        return [
+            f"{RANGE_KEY}: [{d_min}, {d_max}] nm holds {len(tubes):,} tubes, more than the {MAX_RANGE_TUBES} classes "
+            "a range may make; narrow the range or list the tubes in families.cnt.chiralities"
+        ]
+    cnt["chiralities"] = tubes
+    return []
+
+
+def _neighbours(d_min: float, d_max: float) -> str:
+    """The tubes just outside an empty diameter range, the fix an error offers ('; widen it (nearest: ...)')."""
+    below = tubes_in_diameter_range(max(0.0, d_min - 0.3), d_min)
+    above = tubes_in_diameter_range(d_max, d_max + 0.3)
+    near = [f"({n},{m}) at {tube_diameter_A(n, m, GRAPHENE_A) / 10:.3f} nm" for n, m in (below[-1:] + above[:1])]
+    return f"; widen it (nearest: {' and '.join(near)})" if near else "; widen it"
+
+
 def _semantic_errors(cfg: dict, base: Path) -> list[str]:
     """Checks across keys that a JSON schema cannot express."""
     errors = []
@@ -478,9 +538,10 @@ def load_config(source: str | os.PathLike | Mapping, *, base: str | os.PathLike 
     errors = _value_errors(raw)
     if not errors:
         raw.setdefault("campaign", {})
+        listed = _gives(raw, "families", "cnt", "chiralities")
         errors = _schema_errors(raw)
     if not errors:
-        errors = _semantic_errors(raw, Path(base))
+        errors = [_clip(e) for e in _expand_chirality_range(raw, listed)] + _semantic_errors(raw, Path(base))
     if errors:
         raise ConfigError(_listing(where, errors))
     return raw

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.families import FAMILIES
-from ..core.ids import chirality_label, group_name, shard_name
+from ..core.ids import chirality_label, group_name, parse_chirality, shard_name
 from ..core.tasks import TASKS
+from ..core.tubes import GRAPHENE_A, tube_chiral_angle_deg, tube_diameter_A
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,74 @@ def summary_rows(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
+def class_rows(plan: Plan) -> list[dict[str, Any]]:
+    """The classes of each classification task the plan trains, in the order the network numbers them, and the
+    config key they come from: what a user checks before a campaign, e.g. that a diameter range holds the tubes
+    meant. A chirality class carries its tube's diameter (at a C-C bond of 1.42 Å) and chiral angle."""
+    rows = []
+    for task in plan.tasks():
+        entry = TASKS[task]
+        if entry.kind != "classification" or entry.classes is None:
+            continue
+        source, span = entry.classes_from, None
+        if entry.class_label == "chirality":
+            span = plan.cfg["families"]["cnt"].get("chiralities_in_range_nm")
+            source = "families.cnt.chiralities_in_range_nm" if span is not None else source
+        rows.append(
+            {
+                "task": task,
+                "from": source,
+                "range_nm": span,
+                "classes": [_class_detail(entry.class_label, c) for c in entry.classes(plan.cfg)],
+            }
+        )
+    return rows
+
+
+def _class_detail(label: str | None, name: str) -> dict[str, Any]:
+    """One class as the summary lists it: its name, and for a chirality its tube's geometry."""
+    if label != "chirality":
+        return {"name": name}
+    n, m = parse_chirality(name)
+    return {
+        "name": name,
+        "diameter_nm": round(tube_diameter_A(n, m, GRAPHENE_A) / 10, 4),
+        "chiral_angle_deg": round(tube_chiral_angle_deg(n, m), 2),
+    }
+
+
+def format_classes(rows: list[dict[str, Any]], width: int = 100) -> list[str]:
+    """`class_rows` as text: a head line per task saying where its classes come from, then one wrapped list."""
+    lines = []
+    for r in rows:
+        where = r["from"] + (f" = {r['range_nm']} nm" if r["range_nm"] is not None else "")
+        tubes = any("diameter_nm" in c for c in r["classes"])
+        note = "; tube diameter at a C-C bond of 1.42 Å, chiral angle" if tubes else ""
+        lines.append(f"{r['task']} classes ({len(r['classes'])}, from {where}{note}):")
+        lines += _wrap([_class_text(c) for c in r["classes"]], width)
+    return lines
+
+
+def _wrap(items: list[str], width: int) -> list[str]:
+    """Items joined by commas into indented lines of at most `width` characters, never breaking an item."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += ", " + item
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append("  " + item)
+    return lines
+
+
+def _class_text(c: dict[str, Any]) -> str:
+    """'7-5 (0.82 nm, 24.5°)' for a tube, the bare name otherwise."""
+    if "diameter_nm" not in c:
+        return c["name"]
+    return f"{c['name']} ({c['diameter_nm']:.2f} nm, {c['chiral_angle_deg']:.1f}°)"
+
+
 def format_summary(plan: Plan) -> str:
     rows = summary_rows(plan)
     head = (
@@ -194,4 +263,5 @@ def format_summary(plan: Plan) -> str:
     )
     n_jobs = tot["md_jobs"] + tot["image_jobs"] + 2 * len(tasks)
     lines.append(f"jobs in the DAG (before reporting rules): {n_jobs:,}")
+    lines += format_classes(class_rows(plan))
     return "\n".join(lines)

@@ -25,7 +25,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from ...campaign.config import load_config  # noqa: PLC0415
     from ...campaign.estimate import cost_summary, format_costs  # noqa: PLC0415
-    from ...campaign.plan import format_summary, make_plan, summary_rows  # noqa: PLC0415
+    from ...campaign.plan import class_rows, format_summary, make_plan, summary_rows  # noqa: PLC0415
     from ...campaign.specs import write_plan  # noqa: PLC0415
 
     if args.submit_limit < 1 or (
@@ -44,6 +44,7 @@ def _plan(args: argparse.Namespace) -> int:
                             "campaign": cfg["campaign"]["name"],
                             "families": summary_rows(plan),
                             "tasks": plan.tasks(),
+                            "classes": class_rows(plan),
                             **costs,
                         }
                     ),
@@ -128,8 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--summary",
         action="store_true",
-        help="print samples, shards and jobs per family and stage, and the estimated cost: core-hours, GPU-hours, "
-        "bytes and job lengths per stage, with warnings",
+        help="print samples, shards and jobs per family and stage, each classifier's classes (a tube's with its "
+        "diameter and chiral angle), and the estimated cost: core-hours, GPU-hours, bytes and job lengths per stage, "
+        "with warnings",
     )
     p.add_argument("--json", action="store_true", help="the summary and its estimated cost as JSON, for scripts")
     p.add_argument("--submit-limit", type=int, default=5000, help="warn above this many jobs (default 5,000)")
