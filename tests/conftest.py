@@ -24,6 +24,16 @@ def repo_root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="session")
+def cnt_bundles(tmp_path_factory) -> dict:
+    """Chirality, aberration and denoise bundles trained on real simulated (8,0), (8,8), (12,12) tubes, with
+    their OOD statistics (`tests/cnt_bundles.py`): shared by every predict test, trained once."""
+    pytest.importorskip("abtem")
+    from cnt_bundles import make_cnt_bundles  # noqa: PLC0415
+
+    return make_cnt_bundles(tmp_path_factory.mktemp("cnt_bundles"))
+
+
 @pytest.fixture
 def demo_cfg() -> dict:
     """The demo config as a plain dict (unvalidated), with the potentials folder made absolute."""

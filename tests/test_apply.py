@@ -31,7 +31,6 @@ from hrtemflow.apply.resample import resample
 from hrtemflow.cli import main  # noqa: E402
 from hrtemflow.core.errors import HrtemflowError  # noqa: E402
 from hrtemflow.core.tasks import TASKS
-from hrtemflow.imaging.shard import run_shard as run_image_shard
 from hrtemflow.learn.bundle import Bundle, _table_images, find_temperature, load_bundle
 from hrtemflow.learn.card import ModelCard
 from hrtemflow.learn.feed import dihedral
@@ -39,8 +38,6 @@ from hrtemflow.learn.inference import make_net, run_net, softmax
 from hrtemflow.learn.ood import structure_ratio, vacuum_gate
 from hrtemflow.learn.preprocess import D4, NORMALISATION, astig_signs, d4
 from hrtemflow.learn.table import prepare
-from test_imaging import make_spec as imaging_spec  # noqa: E402
-from test_imaging import tubes, write_md_shard  # noqa: E402
 
 # TensorFlow tensors lack the numpy-2 `copy` keyword; Keras converts them many times a step
 pytestmark = pytest.mark.filterwarnings(
@@ -49,93 +46,12 @@ pytestmark = pytest.mark.filterwarnings(
 
 SOOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "soot_hrtem.tif"
 SOOT_NM = 0.055496
-CHIRALITIES = ((8, 0), (8, 8), (12, 12))
-SIZE = 32
-STRUCTURES = 14  # per chirality: 7 train, 3 validation, 4 test (x 16 images)
-
-
-def train_spec(task: str, shards: list[str], **hyper) -> dict:
-    h = {
-        "enabled": True,
-        "epochs": 4,
-        "batch_size": 16,
-        "learning_rate": 3e-3,
-        "width": 8,
-        "depth": 2,
-        "patience": 10,
-        "augment": True,
-    }
-    h.update(hyper)
-    return {
-        "kind": "train",
-        "spec_version": 1,
-        "campaign_seed": 7,
-        "task": task,
-        "families": ["cnt"],
-        "classes": [f"{n}-{m}" for n, m in CHIRALITIES] if task == "chirality" else None,
-        "image_size": SIZE,
-        "split": {"val": 0.2, "test": 0.3},
-        "hyper": h,
-        "shards": shards,
-    }
+from cnt_bundles import CHIRALITIES, SIZE, STRUCTURES, train_spec  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory) -> dict:
-    """Image shards from the imaging stage, chirality + denoise bundles, the classifier's ood.npz."""
-    from hrtemflow.learn import train as tr
-
-    root = tmp_path_factory.mktemp("apply")
-    t0 = time.perf_counter()
-    shards = []
-    for n, m in CHIRALITIES:
-        group = f"cnt-{n}-{m}"
-        md = write_md_shard(root / "md" / group, "cnt", group, tubes(*[(n, m)] * STRUCTURES))
-        spec = imaging_spec(
-            "cnt",
-            group,
-            md,
-            views=4,
-            variants=4,
-            sizes=(SIZE, 48),
-            physics={"sampling_A": 0.2, "fov_nm": [2.6, 2.6]},
-            noise={"dose_e_per_A2": [1000, 5000]},
-        )
-        rel = f"results/images/{group}/{group}-s00000.zarr"
-        run_image_shard(spec, root / rel, progress=False)
-        shards.append(rel)
-    t_img = time.perf_counter() - t0
-    specs = {
-        "chirality": train_spec("chirality", shards, epochs=30, width=16, depth=3),
-        "denoise": train_spec("denoise", shards, epochs=4),
-        "aberrations": train_spec("aberrations", shards, epochs=4),
-    }
-    models = {}
-    for task, spec in specs.items():
-        (root / "results" / "plan").mkdir(parents=True, exist_ok=True)
-        (root / "results" / "plan" / f"{task}.json").write_text(json.dumps(spec))
-        models[task] = root / "results" / "models" / task
-        tr.train(spec, models[task], base=root, progress=False)
-    t_train = time.perf_counter() - t0 - t_img
-    for task in ("chirality", "aberrations"):
-        assert (
-            main(
-                [
-                    "fit-ood",
-                    str(root / "results" / "plan" / f"{task}.json"),
-                    "--model-dir",
-                    str(models[task]),
-                    "--base",
-                    str(root),
-                ]
-            )
-            == 0
-        )
-    print(
-        f"\ncampaign: imaging {t_img:.1f} s, training {t_train:.1f} s, fit-ood "
-        f"{time.perf_counter() - t0 - t_img - t_train:.1f} s"
-    )
-    return {"root": root, "specs": specs, "models": models}
+def campaign(cnt_bundles) -> dict:
+    return cnt_bundles
 
 
 # ------------------------------------------------------------------------------ the real micrograph

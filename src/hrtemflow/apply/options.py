@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..core.errors import HrtemflowError
 from ..learn.card import ModelCard
 from .regions import Region
+from .tubes import Tube
 
 DEFAULT_STRIDE = 0.5
 #: the largest image (pixels) predict resamples or analyses, before and after resampling: the
@@ -31,6 +32,9 @@ class Options:
     tta: bool = True
     table_rows: int = 40
     max_pixels: int = MAX_PIXELS
+    #: tubes the user gave (--tube); when None and find_tubes, a nanotube classifier's tubes are found
+    tubes: tuple[Tube, ...] | None = None
+    find_tubes: bool = True
 
 
 def check_options(opt: Options) -> None:

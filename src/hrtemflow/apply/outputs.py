@@ -182,8 +182,9 @@ def csv_rows(regions: Sequence[Region], per_task: Mapping[str, Sequence[Mapping[
     return out
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    cols: list[str] = []
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()) -> None:
+    """Rows under the union of their keys, `columns` first (so an empty table still has its header)."""
+    cols: list[str] = list(columns)
     for r in rows:
         cols += [k for k in r if k not in cols]
     buf = io.StringIO()
@@ -204,7 +205,7 @@ def jsonable(res: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: the files predict writes at the top of its output folder: no micrograph's folder takes these names
-RESERVED_NAMES = ("summary.json", "summary.csv")
+RESERVED_NAMES = ("summary.json", "summary.csv", "tubes.csv")
 #: a folder name of at most this many bytes (file systems allow 255, and frames add "_f000")
 MAX_NAME_BYTES = 160
 
@@ -271,3 +272,133 @@ def summary_row(r: Mapping[str, Any]) -> dict[str, Any]:
         else:
             row[f"{task}_tiff"] = s["tiff"]
     return row
+
+
+#: the per-tube table's columns (tubes.csv, per micrograph and for a whole run), in order
+TUBE_COLUMNS = (
+    "source",
+    "frame",
+    "tube",
+    "from",
+    "task",
+    "x0_px",
+    "y0_px",
+    "x1_px",
+    "y1_px",
+    "length_nm",
+    "windows",
+    "windows_used",
+    "top1",
+    "p1",
+    "top2",
+    "p2",
+    "top3",
+    "p3",
+    "ood",
+)
+
+
+def tube_records(
+    tubes: Sequence[Any], per_tube: Mapping[str, Sequence[Mapping[str, Any]]], pixel_A: float
+) -> list[dict[str, Any]]:
+    """The JSON of each tube: its polyline (original pixels), length, and per task its combined answer."""
+    out = []
+    for i, t in enumerate(tubes):
+        rec: dict[str, Any] = {
+            "tube": t.name,
+            "from": t.source,
+            "polyline_xy": [[round(x, 2), round(y, 2)] for x, y in t.points],
+            "length_nm": round(t.length_px * pixel_A / 10.0, 3),
+        }
+        for task, results in per_tube.items():
+            rec[task] = jsonable(results[i])
+        out.append(rec)
+    return out
+
+
+def tube_rows(records: Sequence[Mapping[str, Any]], source: str, frame: int | None) -> list[dict[str, Any]]:
+    """tubes.csv rows: one per tube and classifier, the end points and the top-3 with probabilities."""
+    rows = []
+    for rec in records:
+        (x0, y0), (x1, y1) = rec["polyline_xy"][0], rec["polyline_xy"][-1]
+        for task, res in rec.items():
+            if not isinstance(res, Mapping):
+                continue
+            row: dict[str, Any] = {
+                "source": source,
+                "frame": frame,
+                "tube": rec["tube"],
+                "from": rec["from"],
+                "task": task,
+                "x0_px": x0,
+                "y0_px": y0,
+                "x1_px": x1,
+                "y1_px": y1,
+                "length_nm": rec["length_nm"],
+                "windows": res["windows"],
+                "windows_used": res.get("windows_used", 0),
+            }
+            for j in range(3):
+                top = res.get("top") or []
+                row[f"top{j + 1}"] = top[j]["class"] if j < len(top) else None
+                row[f"p{j + 1}"] = round(top[j]["probability"], 4) if j < len(top) else None
+            row["ood"] = res.get("ood", "")
+            rows.append({k: row.get(k) for k in TUBE_COLUMNS})
+    return rows
+
+
+def tube_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The terminal table a microscopist reads per tube: top-3 chiralities with probabilities, the
+    windows combined, the OOD flag."""
+    header = ["tube", "task", "from", "length nm", "windows", "1", "p1", "2", "p2", "3", "p3", "OOD"]
+    body = [
+        [
+            str(r["tube"]),
+            str(r["task"]),
+            str(r["from"]),
+            f"{r['length_nm']:.1f}",
+            f"{r['windows_used']}/{r['windows']}",
+            *[s for j in (1, 2, 3) for s in (r[f"top{j}"] or "-", "-" if r[f"p{j}"] is None else f"{r[f'p{j}']:.2f}")],
+            r["ood"] or "no",
+        ]
+        for r in rows
+    ]
+    return header, body
+
+
+def write_tube_overlay(path: Path, image: np.ndarray, records: Sequence[Mapping[str, Any]], task: str) -> None:
+    """The micrograph with each tube's axis and its top-1 chirality and probability (grey when flagged)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    lo, hi = _display_range(image)
+    ny, nx = image.shape
+    inches = float(np.clip(max(ny, nx) / 64, 3, 8))
+    fig = plt.figure(figsize=(inches * nx / max(ny, nx), inches * ny / max(ny, nx) + 0.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+    for rec in records:
+        res = rec.get(task) or {}
+        pts = np.asarray(rec["polyline_xy"], dtype=float)
+        flagged = bool(res.get("ood"))
+        colour = "0.6" if flagged else "yellow"
+        ax.plot(pts[:, 0], pts[:, 1], "-", color=colour, linewidth=1.5, alpha=0.8)
+        top = res.get("top") or []
+        label = (f"{rec['tube']}: {top[0]['class']} {top[0]['probability']:.2f}" if top else f"{rec['tube']}: -") + (
+            f" ({res['ood']})" if flagged else ""
+        )
+        ax.text(
+            pts[0, 0],
+            pts[0, 1],
+            label,
+            fontsize=7,
+            color="white",
+            bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
+        )
+    ax.set_title(f"{task}: one answer per tube")
+    ax.set_axis_off()
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

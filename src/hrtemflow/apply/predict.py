@@ -37,6 +37,7 @@ from ..learn.ood import ood_scores, structure_ratio, vacuum_gate
 from ..learn.preprocess import normalise
 from .options import Options, check_options, check_temperatures
 from .outputs import (
+    TUBE_COLUMNS,
     UniqueNames,
     bundle_keys,
     csv_rows,
@@ -45,14 +46,19 @@ from .outputs import (
     output_names,
     summary_row,
     table_rows,
+    tube_records,
+    tube_rows,
+    tube_table,
     write_calibrated_tiff,
     write_csv,
     write_overlay,
     write_preview,
+    write_tube_overlay,
 )
 from .readers import list_micrographs, read_micrograph
 from .regions import Region, sliding_regions, window_starts, windows_in
 from .resample import resample
+from .tubes import Tube, axis_centres, combine, find_tubes, scaled, window_origins
 
 TOP_K = 3
 WINDOW_CHUNK = 4096  # windows cut, normalised and predicted at a time
@@ -107,6 +113,26 @@ def check_sizes(shape: tuple[int, int], pixel_A: float, cards: Sequence[ModelCar
         _check_fits(shape, pixel_A, rshape, card, source)
 
 
+def _run_windows(b: Bundle, image: np.ndarray, starts: Sequence[tuple[int, int]], tta: bool) -> tuple[np.ndarray, dict]:
+    """The network's outputs (windows, G, k) and the OOD checks of the windows at `starts` (row, col)."""
+    w = b.size
+    outputs, features, ratio = [], [], []
+    for c in range(0, len(starts), WINDOW_CHUNK):  # bounded memory on large micrographs
+        raw = np.stack([image[y : y + w, x : x + w] for y, x in starts[c : c + WINDOW_CHUNK]])
+        res = run_net(b.net, normalise_windows(raw, b.net), tta=tta)
+        outputs.append(res["outputs"])
+        features.append(res["features"])
+        ratio.append(structure_ratio(raw))
+    out = np.concatenate(outputs)
+    ood = ood_scores(b.ood, b.kind, b.size, out, [np.concatenate(f) for f in zip(*features)], np.concatenate(ratio))
+    return out, ood
+
+
+def _class_probabilities(b: Bundle, outputs: np.ndarray) -> np.ndarray:
+    """Per window, temperature-scaled class probabilities averaged over the symmetry elements."""
+    return softmax(outputs / (b.temperature or 1.0)).mean(axis=1)
+
+
 def _predict_regions(
     b: Bundle,
     image: np.ndarray,
@@ -126,15 +152,7 @@ def _predict_regions(
             for x in windows_in(r.x0 * sx, r.x1 * sx, image.shape[1], w, stride):
                 starts.append((y, x))
                 owner.append(i)
-    outputs, features, ratio = [], [], []
-    for c in range(0, len(starts), WINDOW_CHUNK):  # bounded memory on large micrographs
-        raw = np.stack([image[y : y + w, x : x + w] for y, x in starts[c : c + WINDOW_CHUNK]])
-        res = run_net(b.net, normalise_windows(raw, b.net), tta=tta)
-        outputs.append(res["outputs"])
-        features.append(res["features"])
-        ratio.append(structure_ratio(raw))
-    res = {"outputs": np.concatenate(outputs), "features": [np.concatenate(f) for f in zip(*features)]}
-    ood = ood_scores(b.ood, b.kind, b.size, res["outputs"], res["features"], np.concatenate(ratio))
+    all_outputs, ood = _run_windows(b, image, starts, tta)
     owner_arr = np.array(owner)
     results = []
     for i in range(len(regions)):
@@ -155,15 +173,63 @@ def _predict_regions(
         for key in ("feature_z", "energy_z", "structure_ratio"):
             if key in ood:
                 out[key] = _f(np.median(ood[key][m]))
-        outputs = res["outputs"][m]  # (windows, G, k)
+        outputs = all_outputs[m]  # (windows, G, k)
         if b.kind == "classification":
-            t = b.temperature or 1.0
-            probs = softmax(outputs / t).mean(axis=(0, 1))
+            probs = _class_probabilities(b, outputs).mean(axis=0)
             order = np.argsort(-probs)[:TOP_K]
             out["top"] = [(b.card.classes[j], float(probs[j])) for j in order]
             out["probabilities"] = {c: float(p) for c, p in zip(b.card.classes, probs)}
         else:
             out["values"] = _regression_values(b, outputs)
+        results.append(out)
+    return results
+
+
+def tube_bundle(b: Bundle) -> bool:
+    """A bundle that answers per tube: a classifier of nanotube images (the chirality task)."""
+    return b.kind == "classification" and b.task in TASKS and "cnt" in TASKS[b.task].families
+
+
+def _predict_tubes(
+    b: Bundle,
+    image: np.ndarray,
+    pixel_yx: tuple[float, float],
+    tubes: Sequence[Tube],
+    orig_pixel_A: float,
+    stride_fraction: float,
+    tta: bool,
+) -> list[dict[str, Any]]:
+    """One result per tube: the windows centred on its axis (`tubes.axis_centres`), combined into one
+    top-3 (`tubes.combine`), with how many windows were combined and the tube's OOD flag."""
+    w = b.size
+    sy, sx = orig_pixel_A / pixel_yx[0], orig_pixel_A / pixel_yx[1]
+    starts, owner = [], []
+    for i, t in enumerate(tubes):
+        centres = axis_centres(scaled(t, sx, sy), w, max(1.0, stride_fraction * w))
+        origins, _ = window_origins(centres, w, image.shape)
+        starts += origins
+        owner += [i] * len(origins)
+    if starts:
+        outputs, ood = _run_windows(b, image, starts, tta)
+        probs = _class_probabilities(b, outputs)
+    owner_arr = np.array(owner, dtype=int)
+    results = []
+    for i in range(len(tubes)):
+        m = np.flatnonzero(owner_arr == i)
+        out: dict[str, Any] = {"windows": len(m)}
+        if len(m) == 0:
+            out.update(windows_used=0, ood="off the image", top=[], probabilities={})
+            results.append(out)
+            continue
+        p, flag, used = combine(probs[m], ood["flag"][m])
+        order = np.argsort(-p)[:TOP_K]
+        out.update(
+            windows_used=used,
+            ood=flag,
+            ood_score=_f(np.median(ood["score"][m])),
+            top=[(b.card.classes[j], float(p[j])) for j in order],
+            probabilities={c: float(v) for c, v in zip(b.card.classes, p)},
+        )
         results.append(out)
     return results
 
@@ -298,6 +364,8 @@ def analyse_micrograph(
             "pixel_size_nm": [pyx[0] / 10, pyx[1] / 10],
             "shape": list(den.shape),
         }
+    tubes, per_tube = _tubes_of(image, px, [b for b in predictors if tube_bundle(b)], resampled, key_of, opt, source)
+    tube_json = tube_records(tubes, per_tube, px)
     if per_task:
         rows = csv_rows(regions, per_task)
         write_csv(out_dir / "predictions.csv", rows)
@@ -320,15 +388,57 @@ def analyse_micrograph(
                         }
                         for i, r in enumerate(regions)
                     ],
+                    "tubes_from": _tubes_from(opt) if per_tube else None,
+                    "tubes": tube_json,
                 }
             ),
         )
         header, trows = table_rows(regions, per_task)
         echo(f"\n{source}: {len(regions)} region(s) at {px / 10:.4g} nm/px")
         echo(format_table(header, trows, opt.table_rows))
+    if per_tube:
+        trows_ = tube_rows(tube_json, mic.source, mic.frame)
+        write_csv(out_dir / "tubes.csv", trows_, TUBE_COLUMNS)
+        for key in per_tube:
+            write_tube_overlay(out_dir / f"tubes_{key}.png", image, tube_json, key)
+        echo(f"\n{source}: {len(tubes)} tube(s) ({_tubes_from(opt)})")
+        if trows_:
+            echo(format_table(*tube_table(trows_), opt.table_rows))
     record["n_regions"] = len(regions)
+    if per_tube:
+        record["n_tubes"] = len(tubes)
+        record["tubes"] = tube_json
     record["status"] = "ok"
     return record
+
+
+def _tubes_from(opt: Options) -> str:
+    return "user (--tube)" if opt.tubes else "found automatically" if opt.find_tubes else "off"
+
+
+def _tubes_of(
+    image: np.ndarray,
+    px: float,
+    bundles: Sequence[Bundle],
+    resampled: Mapping[float, tuple[np.ndarray, tuple[float, float]]],
+    key_of: Mapping[int, str],
+    opt: Options,
+    source: str,
+) -> tuple[list[Tube], dict[str, list[dict[str, Any]]]]:
+    """The micrograph's tubes (the user's, else found) and each nanotube classifier's answer per tube."""
+    if not bundles or not (opt.tubes or opt.find_tubes):
+        return [], {}
+    if opt.tubes:
+        tubes = list(opt.tubes)
+        for t in tubes:
+            t.check(image.shape, source)
+    else:
+        tubes = find_tubes(image, px)
+    per_tube = {}
+    for b in bundles:
+        img_b, pyx = resampled[b.pixel_size_A]
+        per_tube[key_of[id(b)]] = _predict_tubes(b, img_b, pyx, tubes, px, opt.stride_fraction, opt.tta)
+    return tubes, per_tube
 
 
 def _card_info(path: Path, card: ModelCard) -> dict[str, Any]:
@@ -441,6 +551,8 @@ def predict_path(
                 check_sizes(mic.data.shape, float(mic.pixel_size_A), cards, source, opt)
                 for r in opt.regions or []:
                     r.check(mic.data.shape, source)
+                for t in opt.tubes or []:
+                    t.check(mic.data.shape, source)
                 sub = folders[f] if mic.frame is None else names.claim(f"{folders[f]}_f{mic.frame:03d}")
                 records.append(analyse_micrograph(mic, bundles(), opt, out / sub, echo=echo, keys=keys))
         except (HrtemflowError, MemoryError) as exc:
@@ -468,6 +580,9 @@ def predict_path(
     }
     write_json_atomic(out / "summary.json", plain_json(summary))
     write_csv(out / "summary.csv", [summary_row(r) for r in records])
+    if any("tubes" in r for r in records):
+        rows = [row for r in records for row in tube_rows(r.get("tubes") or [], r["source"], r["frame"])]
+        write_csv(out / "tubes.csv", rows, TUBE_COLUMNS)
     if summary["n_micrographs"] == 0:
         raise HrtemflowError(
             f"no micrograph of {src} could be analysed ({summary['n_failed']} failed; reasons in "

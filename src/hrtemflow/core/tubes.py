@@ -58,3 +58,11 @@ def tubes_in_diameter_range(d_min_nm: float, d_max_nm: float, a: float = GRAPHEN
             if d_min_nm - 1e-9 <= d <= d_max_nm + 1e-9:
                 out.append((n, m))
     return sorted(out, key=lambda nm: (round(tube_diameter_A(*nm, a), 9), tube_chiral_angle_deg(*nm)))
+
+
+def chirality_difference(
+    true: tuple[int, int], predicted: tuple[int, int], a: float = GRAPHENE_A
+) -> tuple[float, float]:
+    """(Δd in nm, Δθ in degrees) from the true tube to the predicted one: how far apart a confused pair is."""
+    d = (tube_diameter_A(*predicted, a) - tube_diameter_A(*true, a)) / 10.0
+    return d, tube_chiral_angle_deg(*predicted) - tube_chiral_angle_deg(*true)

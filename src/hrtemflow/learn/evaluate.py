@@ -19,8 +19,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ..core.atomic import write_json_atomic
 from ..core.errors import HrtemflowError
-from ..core.ids import families_of, views_of
+from ..core.ids import families_of, parse_chirality, views_of
 from ..core.tasks import TASKS
+from ..core.tubes import chirality_difference
 from ..store import layout
 from . import baselines
 from .baselines import match_affine
@@ -210,6 +211,52 @@ def view_ids(table: Table) -> np.ndarray:
     return views_of(table.column(layout.IMAGE_ID, object))
 
 
+#: confused pairs listed in a chirality report, most frequent first
+MAX_PAIRS = 25
+
+
+def chirality_confusions(confusion: np.ndarray, classes: list[str]) -> dict | None:
+    """Which neighbours a chirality classifier confuses and how far apart they are: every off-diagonal
+    pair with its count, its share of the true class, and the pair's diameter and chiral-angle
+    differences; and the errors' share by those differences. None for classes that are not (n, m)."""
+    try:
+        nm = [parse_chirality(c) for c in classes]
+    except (ValueError, HrtemflowError):
+        return None
+    pairs = []
+    for i, j in zip(*np.nonzero(confusion)):
+        if i != j:
+            dd, dt = chirality_difference(nm[i], nm[j])
+            pairs.append((int(confusion[i, j]), i, j, dd, dt))
+    pairs.sort(key=lambda p: -p[0])
+    errors = sum(p[0] for p in pairs)
+    support = confusion.sum(axis=1)
+
+    def share(cond) -> float | None:
+        return _num(sum(c for c, _, _, dd, dt in pairs if cond(abs(dd), abs(dt))) / errors) if errors else None
+
+    return {
+        "errors": int(errors),
+        "pairs": [
+            {
+                "true": classes[i],
+                "predicted": classes[j],
+                "count": c,
+                "share_of_true": _num(c / support[i]),
+                "delta_diameter_nm": round(dd, 4),
+                "delta_angle_deg": round(dt, 2),
+            }
+            for c, i, j, dd, dt in pairs[:MAX_PAIRS]
+        ],
+        "share_of_errors": {
+            "diameter within 0.01 nm": share(lambda dd, dt: dd < 0.01),
+            "diameter within 0.03 nm": share(lambda dd, dt: dd < 0.03),
+            "angle within 5 deg": share(lambda dd, dt: dt < 5),
+            "diameter within 0.03 nm and angle within 5 deg": share(lambda dd, dt: dd < 0.03 and dt < 5),
+        },
+    }
+
+
 def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -> dict:
     """Metrics of what `hrtemflow predict` reports (8-fold test-time augmentation, temperature fitted
     the same way on the validation split), and of a single forward pass beside them."""
@@ -273,6 +320,7 @@ def _classification(model, card, splits, spec, figures: Path, feed_args: dict) -
             "classes": classes,
             "counts": confusion.tolist(),
         },
+        "confused_pairs": chirality_confusions(confusion, classes) if card.task == "chirality" else None,
         "ece_bins": ECE_BINS,
         "chance_accuracy": _num(np.bincount(y_test, minlength=n).max() / len(y_test)),
     }

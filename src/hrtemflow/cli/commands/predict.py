@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ...apply.options import MAX_PIXELS, Options, check_options, check_temperatures
 from ...apply.regions import parse_box, read_regions_csv
+from ...apply.tubes import parse_tube
 from ...core.errors import HrtemflowError
 from ...learn.card import ModelCard
 from ...learn.ood import MAX_FIT_IMAGES
@@ -24,7 +25,9 @@ def register(subparsers) -> None:
         "as in training, and predict per region: top-3 classes (classifiers), estimates with a spread over the 8 "
         "flips/rotations (regressors), an out-of-distribution flag, and a denoised image (denoisers). Writes "
         "OUT/<file stem>/ (predictions.csv/.json, overlay_<task>.png, denoised.tif/.png) and OUT/summary.json + "
-        "summary.csv.",
+        "summary.csv. A nanotube classifier (chirality) also answers per tube: the windows centred along each tube "
+        "(found automatically, or given with --tube) combined into one top-3 (OUT/tubes.csv, <file stem>/tubes.csv, "
+        "tubes_<task>.png).",
     )
     p.add_argument(
         "input", type=Path, help="a micrograph file or a folder of them (dm3 dm4 emd ser emi mrc tif png npy)"
@@ -63,6 +66,21 @@ def register(subparsers) -> None:
         default=None,
         metavar="x0,y0,x1,y1",
         help="one region in pixels of the original image (repeatable)",
+    )
+    tubes = p.add_mutually_exclusive_group()
+    tubes.add_argument(
+        "--tube",
+        action="append",
+        default=None,
+        metavar="x0,y0,x1,y1[,x2,y2...]",
+        help="a nanotube's two end points, or a polyline along a bent one, in pixels of the original image "
+        "(repeatable); the chirality is then answered for these tubes instead of the tubes found automatically",
+    )
+    tubes.add_argument(
+        "--no-tubes",
+        action="store_true",
+        help="no per-tube answers (by default a nanotube classifier's windows along each tube found are combined "
+        "into one top-3 per tube: tubes.csv, tubes_<task>.png)",
     )
     p.add_argument(
         "--window-px",
@@ -161,6 +179,8 @@ def _check_inputs(args: argparse.Namespace) -> tuple[list[ModelCard], Options, d
         tta=not args.no_tta,
         table_rows=args.table_rows,
         max_pixels=args.max_pixels,
+        tubes=tuple(parse_tube(t, f"u{i + 1:02d}") for i, t in enumerate(args.tube)) if args.tube else None,
+        find_tubes=not args.no_tubes,
     )
     check_options(opt)
     temps = parse_temperatures(args.temperature)
