@@ -29,14 +29,21 @@ from .regions import MAX_COORDINATE
 
 #: a polyline of more points than this is not a tube a person drew
 MAX_TUBE_POINTS = 1000
-#: map scales (Å): noise smoothing, background, contrast neighbourhood
-SMOOTH_A, BACKGROUND_A, NEIGHBOURHOOD_A = 1.0, 25.0, 4.0
-#: the map is computed on pixels binned to at least this size (Å): the scales above do not need finer
-MAP_PIXEL_A = 0.5
+#: map scales (Å): noise smoothing, background, the line average along a direction, the smoothing after
+SMOOTH_A, BACKGROUND_A, ALONG_A, AFTER_A = 0.7, 25.0, 15.0, 3.0
+#: directions the line average tries (a 15 Å line of 1 Å walls needs steps under 4°... 7.5° keeps most of it)
+N_DIRECTIONS = 24
+#: the map is computed on pixels binned to about this size (Å): the scales above do not need finer
+MAP_PIXEL_A = 0.7
 #: an object is a tube when it is at least this long (Å) and this many times longer than wide
 MIN_TUBE_LENGTH_A, MIN_ASPECT = 20.0, 2.0
-#: an object's contrast must be this many times the vacuum's to count (noise never gets there)
-MIN_CONTRAST = 3.0
+#: the map's threshold: its median (vacuum) plus this many robust standard deviations
+THRESHOLD_SIGMAS = 8.0
+#: pieces of one tube (a stretch of weak contrast between them) are joined when they point the same way
+#: within this angle (deg), lie on one line within this distance (Å) and leave a gap under this length (Å)
+JOIN_ANGLE_DEG, JOIN_OFFSET_A, JOIN_GAP_A = 8.0, 6.0, 100.0
+#: how far the found ends are moved in (Å)
+END_INSET_A = 0.5 * ALONG_A
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,13 @@ def _binned(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def contrast_map(image: np.ndarray, pixel_A: float) -> tuple[np.ndarray, int]:
-    """Local contrast on binned pixels, and the binning factor."""
+    """Line contrast on binned pixels, and the binning factor: the image's detail (smoothed over
+    SMOOTH_A against its background over BACKGROUND_A) averaged along a line of ALONG_A, squared, for
+    each of N_DIRECTIONS directions; the largest. A tube's walls are straight lines along its axis: the
+    line average adds them up and averages the noise away, which an isotropic neighbourhood cannot."""
     from scipy import ndimage  # noqa: PLC0415
 
-    factor = max(1, int(MAP_PIXEL_A / pixel_A))
+    factor = max(1, int(round(MAP_PIXEL_A / pixel_A)))
     img = _binned(image, factor)
     p = pixel_A * factor
     # a plane off first: the background filter mirrors the image at its edges, which turns a gradient
@@ -108,20 +118,53 @@ def contrast_map(image: np.ndarray, pixel_A: float) -> tuple[np.ndarray, int]:
     coef, *_ = np.linalg.lstsq(a, img.ravel(), rcond=None)
     img = img - (a @ coef).reshape(img.shape)
     detail = ndimage.gaussian_filter(img, SMOOTH_A / p) - ndimage.gaussian_filter(img, BACKGROUND_A / p)
-    return ndimage.gaussian_filter(detail * detail, NEIGHBOURHOOD_A / p), factor
+    best = np.zeros_like(detail)
+    for angle in np.arange(N_DIRECTIONS) * 180.0 / N_DIRECTIONS:
+        r = ndimage.rotate(detail, angle, reshape=True, order=1, mode="constant")
+        r = ndimage.gaussian_filter1d(r, ALONG_A / p, axis=1)
+        r = ndimage.gaussian_filter(r * r, AFTER_A / p)
+        back = ndimage.rotate(r, -angle, reshape=True, order=1, mode="constant")
+        oy, ox = ((b - s) // 2 for b, s in zip(back.shape, detail.shape))
+        np.maximum(best, back[oy : oy + detail.shape[0], ox : ox + detail.shape[1]], out=best)
+    return best, factor
 
 
 def _threshold(cmap: np.ndarray) -> float:
-    """Above vacuum: Otsu's split of log contrast, never below MIN_CONTRAST x the vacuum (median) level."""
-    from skimage.filters import threshold_otsu  # noqa: PLC0415
+    """Above vacuum: the map's median (vacuum is most of a CNT micrograph) plus THRESHOLD_SIGMAS robust
+    standard deviations."""
+    med = float(np.median(cmap))
+    mad = 1.4826 * float(np.median(np.abs(cmap - med)))
+    return med + THRESHOLD_SIGMAS * mad if mad > 0 else math.inf
 
-    floor = float(np.median(cmap)) * MIN_CONTRAST
-    logc = np.log(np.maximum(cmap, 1e-300))
-    try:
-        otsu = float(np.exp(threshold_otsu(logc)))
-    except ValueError:  # a constant map
-        return math.inf
-    return max(otsu, floor)
+
+def _join(segments: list[tuple[np.ndarray, np.ndarray]], p: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pieces of one tube joined (see JOIN_*): at low contrast a tube's map breaks into collinear parts."""
+    segs = [(np.asarray(a, float), np.asarray(b, float)) for a, b in segments]
+    joined = True
+    while joined:
+        joined = False
+        for i in range(len(segs)):
+            for j in range(i + 1, len(segs)):
+                (a, b), (c, d) = segs[i], segs[j]
+                u, v = (b - a) / np.hypot(*(b - a)), (d - c) / np.hypot(*(d - c))
+                if math.degrees(math.acos(min(1.0, abs(float(u @ v))))) > JOIN_ANGLE_DEG:
+                    continue
+                normal = np.array([-u[1], u[0]])
+                if max(abs(float((q - a) @ normal)) for q in (c, d)) * p > JOIN_OFFSET_A:
+                    continue
+                t = sorted(float((q - a) @ u) for q in (c, d))
+                length = float(np.hypot(*(b - a)))
+                gap = max(t[0] - length, -t[1], 0.0)
+                if gap * p > JOIN_GAP_A:
+                    continue
+                ts = [0.0, length, *t]
+                segs[i] = (a + min(ts) * u, a + max(ts) * u)
+                del segs[j]
+                joined = True
+                break
+            if joined:
+                break
+    return segs
 
 
 def find_tubes(image: np.ndarray, pixel_A: float, *, min_length_A: float = MIN_TUBE_LENGTH_A) -> list[Tube]:
@@ -131,29 +174,39 @@ def find_tubes(image: np.ndarray, pixel_A: float, *, min_length_A: float = MIN_T
 
     cmap, factor = contrast_map(image, pixel_A)
     thr = _threshold(cmap)
-    if not math.isfinite(thr) or float(np.median(cmap)) <= 0:
+    if not math.isfinite(thr):
         return []
     mask = ndimage.binary_opening(cmap > thr, iterations=1)
     p = pixel_A * factor
-    found = []
+    pieces = []
     for part in regionprops(label(mask)):
         rows, cols = part.coords[:, 0].astype(np.float64), part.coords[:, 1].astype(np.float64)
         centre = np.array([cols.mean(), rows.mean()])
         xy = np.stack([cols, rows], axis=1) - centre
-        _, s, vt = np.linalg.svd(xy, full_matrices=False)
-        direction = vt[0]
-        along = xy @ direction
-        across = xy @ vt[1]
+        _, _, vt = np.linalg.svd(xy, full_matrices=False)
+        along = xy @ vt[0]
         lo, hi = np.percentile(along, [0.5, 99.5])
-        length, width = (hi - lo) * p, max(math.sqrt(12.0) * float(np.std(across)), 1.0) * p  # a band's full width
-        if length < min_length_A or length < MIN_ASPECT * width:
+        width = max(math.sqrt(12.0) * float(np.std(xy @ vt[1])), 1.0) * p  # a band's full width
+        if (hi - lo) * p < MIN_ASPECT * width or (hi - lo) * p < 0.5 * min_length_A:
             continue
-        ends = [centre + t * direction for t in (lo, hi)]
-        # back to original pixels (a binned pixel's centre)
-        pts = tuple((float(x * factor + (factor - 1) / 2), float(y * factor + (factor - 1) / 2)) for x, y in ends)
-        found.append((length, pts))
-    found.sort(key=lambda t: -t[0])
-    return [Tube(f"t{i + 1:02d}", "auto", pts) for i, (_, pts) in enumerate(found)]
+        pieces.append((centre + lo * vt[0], centre + hi * vt[0]))
+    found = []
+    for a, b in _join(pieces, p):
+        # the line average carries a tube's contrast past its ends by about its length: come in by half
+        # of it, so that the first and last windows sit on the tube, not half in vacuum
+        u = (b - a) / np.hypot(*(b - a))
+        a, b = a + u * END_INSET_A / p, b - u * END_INSET_A / p
+        found.append((float((b - a) @ u) * p, (a, b)))
+    found = sorted((f for f in found if f[0] >= min_length_A), key=lambda f: -f[0])
+    # back to original pixels (a binned pixel's centre)
+    return [
+        Tube(
+            f"t{i + 1:02d}",
+            "auto",
+            tuple((float(x * factor + (factor - 1) / 2), float(y * factor + (factor - 1) / 2)) for x, y in ends),
+        )
+        for i, (_, ends) in enumerate(found)
+    ]
 
 
 def axis_centres(points: Sequence[tuple[float, float]], window: int, step: float) -> np.ndarray:

@@ -172,8 +172,6 @@ def make_view(
     films: Sequence[Any] = (),
 ):
     """Place one structure for one view (orientation, position, zoom), with a support film if given."""
-    from ase import Atoms  # noqa: PLC0415
-
     fov = 10.0 * optics.uniform(rng, physics["fov_nm"])
     euler = draw_orientation(family, physics, rng)
     frac = float(physics["shift_fraction"])
@@ -199,7 +197,22 @@ def make_view(
             layer.positions[:, 2] += height + FILM_GAP_A
             height = float(layer.positions[:, 2].max())
             obj = obj + layer
-    obj.positions[:, 2] += Z_MARGIN_A
-    placed = Atoms(numbers=obj.numbers, positions=obj.positions, cell=[fov, fov, height + 2.0 * Z_MARGIN_A], pbc=True)
     gpts = optics.nice_size(fov / float(physics["sampling_A"]))
-    return View(placed, fov, gpts, tuple(float(e) for e in euler), (float(shift[0]), float(shift[1])), phonon_seed)
+    return View(
+        in_cell(obj, fov, height),
+        fov,
+        gpts,
+        tuple(float(e) for e in euler),
+        (float(shift[0]), float(shift[1])),
+        phonon_seed,
+    )
+
+
+def in_cell(obj, fov: float, height: float):
+    """Placed atoms (z from 0 to `height`) in the multislice cell: (fov, fov, height + 2 margins), periodic,
+    with Z_MARGIN_A of vacuum above and below."""
+    from ase import Atoms  # noqa: PLC0415
+
+    pos = obj.get_positions()
+    pos[:, 2] += Z_MARGIN_A
+    return Atoms(numbers=obj.numbers, positions=pos, cell=[fov, fov, height + 2.0 * Z_MARGIN_A], pbc=True)

@@ -1,0 +1,178 @@
+"""Whole-tube micrographs (`hrtemflow.imaging.micrograph`) and the per-tube scorer of
+`benchmarks/tube_micrographs.py`: one small real micrograph of an MD-like periodic tube (abTEM, coarse
+sampling), its TIFF read back by predict's reader, its labelled end points on the tube, its optics from
+the campaign's draws; the scorer's matching and metrics against a hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("abtem")
+
+from benchmarks import tube_micrographs as bench  # noqa: E402
+
+from hrtemflow.apply.readers import read_micrograph  # noqa: E402
+from hrtemflow.imaging import optics  # noqa: E402
+from hrtemflow.imaging.views import variant_rng  # noqa: E402
+from test_imaging import make_spec, nanotube, write_md_shard  # noqa: E402
+
+SEED = 11
+PIXEL_A = 0.375
+
+
+@pytest.fixture(scope="module")
+def micrograph(tmp_path_factory):
+    """A 3 nm (6,6) tube tiled from a 1.2 nm periodic cell, in a 5 nm field at 0.2 Å, through the
+    benchmark's own writer (`make_one`: MD shard in, calibrated TIFF and labels row out)."""
+    root = tmp_path_factory.mktemp("tube")
+    tube = nanotube(6, 6, min_length=10.0)
+    tube.info["nm"] = (6, 6)
+    md = write_md_shard(root / "md", "cnt", "cnt-6-6", [tube])
+    spec = make_spec(
+        "cnt",
+        "cnt-6-6",
+        md,
+        sizes=[64],
+        physics={"fov_nm": [2.4, 2.4]},
+        optics_cfg={"defocus_nm": [3, 20], "c12_nm": [0, 2]},
+        noise={"dose_e_per_A2": [2e5, 4e5]},  # high dose: the tube stands out of the noise in every pixel
+    )
+    job = {"md": md["structures"], "structure": "cnt-6-6-0000000", "imaging": spec["imaging"], "chirality": "6-6"}
+    options = {"length_nm": (2.8, 3.2), "field_nm": 5.0, "pixel_size_A": PIXEL_A, "sampling_A": 0.2}
+    row = bench.make_one({**job, "seed": SEED, "repeat": 0}, str(root), options)
+    from hrtemflow.imaging.micrograph import tube_micrograph
+    from hrtemflow.imaging.shard import read_frames
+
+    image, label = tube_micrograph(read_frames(md["structures"])[0], spec["imaging"], SEED, **options)
+    return {"root": root, "row": row, "image": image, "label": label, "spec": spec, "cell": tube.cell.lengths()[2]}
+
+
+def test_image_shape_and_calibrated_tiff(micrograph):
+    image, label, row = micrograph["image"], micrograph["label"], micrograph["row"]
+    size = optics.nice_size(50.0 / PIXEL_A)
+    assert image.shape == (size, size) and label["size_px"] == size
+    assert label["field_nm"] == pytest.approx(size * PIXEL_A / 10.0)
+    assert label["sampling_A"] <= 0.2 and label["chirality"] == "6-6" and label["structure"] == "cnt-6-6-0000000"
+    assert 2.8 <= label["length_nm"] <= 3.2 and label["length_nm"] > 2 * micrograph["cell"] / 10.0  # tiled
+    (mic,) = read_micrograph(micrograph["root"] / row["file"])
+    assert mic.pixel_size_A == pytest.approx(PIXEL_A, rel=1e-6)
+    np.testing.assert_array_equal(mic.data, image)  # same seed, same micrograph
+    assert row["x0"] == label["x0"] and row["pixel_size_nm"] == pytest.approx(PIXEL_A / 10.0)
+
+
+def _local_std(image: np.ndarray, xy: np.ndarray, half: int = 3) -> float:
+    c, r = int(round(xy[0])), int(round(xy[1]))
+    return float(image[r - half : r + half + 1, c - half : c + half + 1].std())
+
+
+def test_labelled_end_points_lie_on_the_tube(micrograph):
+    """Along the labelled axis the image has the tube's walls and fringes; 1 nm beyond either end, 1.5 nm to
+    either side, and along the same segment with x and y swapped (a wrong [x, y] vs [row, col]), vacuum."""
+    image, lab = micrograph["image"], micrograph["label"]
+    a, b = np.array([lab["x0"], lab["y0"]]), np.array([lab["x1"], lab["y1"]])
+    axis = (b - a) / np.linalg.norm(b - a)
+    normal = np.array([-axis[1], axis[0]])
+    nm = 10.0 / PIXEL_A
+    vacuum = np.median([_local_std(image, p) for p in (np.array([8.0, 8.0]), np.array([125.0, 8.0]))])
+    on = [_local_std(image, a + t * (b - a)) for t in np.linspace(0.1, 0.9, 9)]
+    beyond = [_local_std(image, p) for p in (a - 1.0 * nm * axis, b + 1.0 * nm * axis)]
+    side = [_local_std(image, 0.5 * (a + b) + s * 1.5 * nm * normal) for s in (-1, 1)]
+    swapped = [_local_std(image, (a + t * (b - a))[::-1]) for t in np.linspace(0.1, 0.9, 9)]
+    assert min(on) > 3.0 * vacuum, (on, vacuum)
+    assert max(beyond + side) < 1.5 * vacuum, (beyond, side, vacuum)
+    assert np.linalg.norm((a - b)[::-1] - (a - b)) > 1.0 * nm  # the swap test below means something
+    assert np.median(swapped) < 1.5 * vacuum, swapped
+    projected = np.linalg.norm(b - a) / nm
+    assert projected == pytest.approx(lab["projected_length_nm"], rel=1e-6)
+    assert projected == pytest.approx(lab["length_nm"] * math.cos(math.radians(lab["tilt_deg"])), rel=1e-6)
+
+
+def test_optics_are_the_campaigns_draw(micrograph):
+    lab, img = micrograph["label"], micrograph["spec"]["imaging"]
+    p = optics.draw_variant(variant_rng(SEED, 0, 0), img["optics"], img["detector"], img["noise"])
+    assert lab["optics"] == pytest.approx(p)
+    assert 3 <= lab["defocus_nm"] <= 20 and -20 <= lab["cs_um"] <= 20 and 0 <= lab["c12_nm"] <= 2
+    assert 2e5 <= lab["dose_e_per_A2"] <= 4e5
+    assert abs(lab["tilt_deg"]) <= img["physics"]["tilt_deg"] + 1e-9
+    assert lab["energy_kV"] == img["physics"]["energy_kV"]
+
+
+# ---------------------------------------------------------------------------------------------
+# scorer
+
+
+def _label(file: str, chirality: str, x0: float, y0: float, x1: float, y1: float) -> dict:
+    return {"file": file, "chirality": chirality, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "pixel_size_nm": 0.0375}
+
+
+def _tube(source: str, task: str, x0, y0, x1, y1, top: list[tuple[str, float]], ood: str = "") -> dict:
+    row = {"source": f"/some/folder/{source}", "frame": "", "tube": 0, "from": "auto", "task": task, "ood": ood}
+    row.update(x0_px=x0, y0_px=y0, x1_px=x1, y1_px=y1, length_nm=10.0, windows=20)
+    for k, (label, p) in enumerate(top, 1):
+        row[f"top{k}"], row[f"p{k}"] = label, p
+    return {k: str(v) for k, v in row.items()}  # as csv.DictReader gives them
+
+
+def _d_nm(n: int, m: int) -> float:
+    return math.sqrt(3) * 1.42 / math.pi * math.sqrt(n * n + n * m + m * m) / 10.0
+
+
+def _theta(n: int, m: int) -> float:
+    return math.degrees(math.atan2(math.sqrt(3) * m, 2 * n + m))
+
+
+def test_scorer_matches_and_scores_as_by_hand(tmp_path):
+    """Four tubes: A right (predicted axis 0.2 nm off, 10 px longer at each end), B wrong top-1 with the truth second, C missed (the only
+    predicted tube 3 nm away), D: the far tube says 12-0, the near one (the match) 11-1; a row of another task on
+    C's axis is ignored."""
+    labels = [
+        _label("a.tif", "8-4", 100, 100, 400, 100),
+        _label("b.tif", "10-10", 100, 100, 100, 400),
+        _label("c.tif", "6-6", 100, 100, 400, 400),
+        _label("d.tif", "12-0", 50, 300, 350, 300),
+    ]
+    off = 0.2 / 0.0375  # 0.2 nm in px
+    tubes = [
+        _tube("a.tif", "chirality", 90, 100 + off, 410, 100 + off, [("8-4", 0.9), ("9-3", 0.05), ("7-5", 0.02)]),
+        _tube("b.tif", "chirality", 100, 95, 100, 405, [("11-9", 0.6), ("10-10", 0.3), ("12-8", 0.05)], ood="ood"),
+        _tube("c.tif", "chirality", 100 + 80, 100, 400 + 80, 400, [("6-6", 0.99), ("7-5", 0.005), ("8-4", 0.001)]),
+        _tube("c.tif", "other", 100, 100, 400, 400, [("6-6", 0.99), ("7-5", 0.005), ("8-4", 0.001)]),
+        _tube("d.tif", "chirality", 50, 200, 350, 200, [("12-0", 0.95), ("11-1", 0.03), ("13-0", 0.01)]),
+        _tube("d.tif", "chirality", 52, 301, 348, 301, [("11-1", 0.7), ("10-2", 0.2), ("11-0", 0.05)]),
+    ]
+    m = bench.score(labels, tubes, "chirality", match_nm=1.0, resamples=200)
+    assert m["tubes"] == 4 and m["found"] == 3 and m["found_rate"] == pytest.approx(0.75)
+    assert m["top1"] == pytest.approx(0.25) and m["top3"] == pytest.approx(0.5)
+    # ECE over the found tubes: bins of 1/15 hold 0.9 (right), 0.6 and 0.7 (wrong), one each
+    assert m["ece"] == pytest.approx((abs(1 - 0.9) + 0.6 + 0.7) / 3)
+    assert m["ood_flagged"] == 1 and m["top1_in_distribution"] == pytest.approx(0.5)
+    assert [x["file"] for x in m["missed"]] == ["c.tif"] and m["missed"][0]["nearest_nm"] > 1.0
+    for key in ("top1_ci95", "top3_ci95", "found_rate_ci95", "ece_ci95"):
+        lo, hi = m[key]
+        assert lo <= m[key.removesuffix("_ci95")] <= hi
+    matches = bench.match_tubes(labels, tubes, "chirality", 1.0)
+    # the farther predicted end: 10 px past the labelled end and 0.2 nm off the axis
+    assert matches[0]["distance_nm"] == pytest.approx(float(np.hypot(10, off)) * 0.0375, abs=1e-9)
+    assert matches[0]["coverage"] == pytest.approx(320 / 300)
+    assert matches[3]["tube"]["top1"] == "11-1"  # the near tube, not the far one that says 12-0
+    errors = {e["true"]: e for e in m["confusions"]}
+    assert set(errors) == {"10-10", "12-0"}
+    assert errors["10-10"]["predicted"] == "11-9" and errors["12-0"]["predicted"] == "11-1"
+    assert errors["10-10"]["delta_d_nm"] == pytest.approx(abs(_d_nm(11, 9) - _d_nm(10, 10)), abs=1e-4)
+    assert errors["10-10"]["delta_theta_deg"] == pytest.approx(30.0 - _theta(11, 9), abs=1e-3)
+    assert errors["12-0"]["delta_d_nm"] == pytest.approx(_d_nm(12, 0) - _d_nm(11, 1), abs=1e-4)
+    assert errors["12-0"]["delta_theta_deg"] == pytest.approx(_theta(11, 1), abs=1e-3)
+    s = m["confusion_summary"]
+    assert (s["errors"], s["delta_d_lt_0.01nm"], s["delta_d_lt_0.05nm"], s["delta_theta_lt_5deg"]) == (2, 1, 2, 2)
+    assert s["delta_d_lt_0.01nm_and_delta_theta_lt_5deg"] == 1
+    assert "top-1" in bench.table(m)
+
+
+def test_segment_distance_clips_to_the_segment():
+    d = bench.segment_distance(
+        np.array([[0.0, 3.0], [-4.0, 3.0], [14.0, 0.0]]), np.array([0.0, 0.0]), np.array([10.0, 0])
+    )
+    np.testing.assert_allclose(d, [3.0, 5.0, 4.0])
