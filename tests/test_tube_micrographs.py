@@ -125,7 +125,8 @@ def _theta(n: int, m: int) -> float:
 
 
 def test_scorer_matches_and_scores_as_by_hand(tmp_path):
-    """Four tubes: A right (predicted axis 0.2 nm off, 10 px longer at each end), B wrong top-1 with the truth second, C missed (the only
+    """Four tubes: A right (predicted axis 0.2 nm off, 10 px longer at each end), B wrong top-1 with the truth
+    second, C missed (the only
     predicted tube 3 nm away), D: the far tube says 12-0, the near one (the match) 11-1; a row of another task on
     C's axis is ignored."""
     labels = [
