@@ -152,11 +152,19 @@ def test_predict_answers_per_tube_in_the_table_csv_and_json(cnt_bundles, two_tub
     folder.mkdir()
     np.save(folder / "two_tubes.npy", img)
     np.save(folder / "vacuum.npy", np.random.default_rng(1).poisson(1900, img.shape).astype(np.float32))
+    # the same tubes at 150 e-/Å², below the classifier's 1000-5000: flagged with the range it is outside of
+    low = np.random.default_rng(2).poisson(img * (150.0 / 3000.0)).astype(np.float32)
+    np.save(folder / "low_dose.npy", low)
     model = cnt_bundles["models"]["chirality"]
     out = tmp_path / "out"
     summary = predict_path(folder, [model], out, Options(pixel_size_nm=PX_A / 10), progress=False)
     printed = capsys.readouterr().out
-    assert summary["n_micrographs"] == 2
+    assert summary["n_micrographs"] == 3
+    flags = {Path(r["source"]).stem: r["out_of_training_ranges"] for r in _read_csv(out / "summary.csv")}
+    assert "dose" in flags["low_dose"] and "1000" in flags["low_dose"], flags
+    assert "dose" not in flags["two_tubes"], flags
+    dose = next(r for r in summary["micrographs"] if "low_dose" in r["source"])["conditions"]["estimated"]
+    assert dose["dose_e_per_A2"]["value"] == pytest.approx(150.0, rel=0.1)
 
     rows = _read_csv(out / "tubes.csv")
     assert list(rows[0]) == [

@@ -262,6 +262,8 @@ def summary_row(r: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         k: r.get(k) for k in ("source", "frame", "status", "reason", "out_dir", "pixel_size_nm", "n_regions")
     }
+    ranges = r.get("out_of_training_ranges") or {}
+    row["out_of_training_ranges"] = " | ".join(f"{k}: {reason}" for k, rs in ranges.items() for reason in rs)
     for task, s in (r.get("tasks") or {}).items():
         if s["kind"] == "classification":
             row[f"{task}_majority"] = s["majority"]

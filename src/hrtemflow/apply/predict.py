@@ -35,6 +35,7 @@ from ..learn.card import ModelCard
 from ..learn.inference import IMG_BYTES_PER_BATCH, Net, run_net, softmax
 from ..learn.ood import ood_scores, structure_ratio, vacuum_gate
 from ..learn.preprocess import normalise
+from .conditions import assess
 from .options import Options, check_options, check_temperatures
 from .outputs import (
     TUBE_COLUMNS,
@@ -364,6 +365,13 @@ def analyse_micrograph(
             "pixel_size_nm": [pyx[0] / 10, pyx[1] / 10],
             "shape": list(den.shape),
         }
+    conditions = assess(image, px, mic.metadata, {key_of[id(b)]: b.card for b in bundles})
+    out_of_range = {k: v["out_of_range"] for k, v in conditions["per_task"].items() if v["out_of_range"]}
+    for key, reasons in out_of_range.items():
+        for reason in reasons:
+            echo(f"warning: {source}: {key}: {reason}", file=sys.stderr)
+    record["conditions"] = conditions
+    record["out_of_training_ranges"] = out_of_range
     tubes, per_tube = _tubes_of(image, px, [b for b in predictors if tube_bundle(b)], resampled, key_of, opt, source)
     tube_json = tube_records(tubes, per_tube, px)
     if per_task:
@@ -388,6 +396,8 @@ def analyse_micrograph(
                         }
                         for i, r in enumerate(regions)
                     ],
+                    "conditions": conditions,
+                    "out_of_training_ranges": out_of_range,
                     "tubes_from": _tubes_from(opt) if per_tube else None,
                     "tubes": tube_json,
                 }
