@@ -446,9 +446,10 @@ def table(m: Mapping[str, Any]) -> str:
 
 
 def run_predict(micrographs: Path, model: Path, out: Path) -> float:
-    """`hrtemflow predict` on the folder (a subprocess, as a user runs it); returns the wall seconds."""
+    """`hrtemflow predict --tubes-only` on the folder (a subprocess, as a user runs it; the per-tube answers
+    without the sliding-window regions, which this benchmark does not score); returns the wall seconds."""
     exe = Path(sys.executable).parent / "hrtemflow"
-    cmd = [str(exe), "predict", str(micrographs), "--bundles", str(model), "--out", str(out), "--quiet"]
+    cmd = [str(exe), "predict", str(micrographs), "--bundles", str(model), "--out", str(out), "--tubes-only", "--quiet"]
     print(" ".join(cmd), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)

@@ -212,6 +212,14 @@ def test_predict_answers_per_tube_in_the_table_csv_and_json(cnt_bundles, two_tub
                "--pixel-size", str(PX_A / 10), "--tube", "10,10,5000,10", "--quiet"])  # fmt: skip
     assert rc != 0
     assert "tube u01" in capsys.readouterr().err
+    # --tubes-only: the same answers per tube, no sliding-window regions
+    rc = main(["predict", str(folder / "two_tubes.npy"), "--bundles", str(model), "--out", str(tmp_path / "t"),
+               "--pixel-size", str(PX_A / 10), "--tubes-only", "--quiet"])  # fmt: skip
+    assert rc == 0
+    only = _read_csv(tmp_path / "t" / "tubes.csv")
+    assert [(r["tube"], r["top1"]) for r in only] == [(r["tube"], r["top1"]) for r in own]
+    assert not (tmp_path / "t" / "two_tubes" / "predictions.csv").exists()
+    assert json.loads((tmp_path / "t" / "two_tubes" / "predictions.json").read_text())["regions"] == []
     # --no-tubes: no per-tube answer
     rc = main(["predict", str(folder / "two_tubes.npy"), "--bundles", str(model), "--out", str(tmp_path / "n"),
                "--pixel-size", str(PX_A / 10), "--no-tubes", "--quiet"])  # fmt: skip

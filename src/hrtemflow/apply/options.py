@@ -35,6 +35,8 @@ class Options:
     #: tubes the user gave (--tube); when None and find_tubes, a nanotube classifier's tubes are found
     tubes: tuple[Tube, ...] | None = None
     find_tubes: bool = True
+    #: the sliding window's regions (off with --tubes-only: a chirality bundle answers per tube only)
+    sliding: bool = True
 
 
 def check_options(opt: Options) -> None:

@@ -314,7 +314,7 @@ def analyse_micrograph(
         regions = list(opt.regions)
         for r in regions:
             r.check(image.shape, source)
-    elif predictors:
+    elif predictors and opt.sliding:
         ref = max(predictors, key=lambda b: (opt.window_px or b.size) * b.pixel_size_A)
         window = max(1, int(round((opt.window_px or ref.size) * ref.pixel_size_A / px)))
         window = min(window, *image.shape)
@@ -343,7 +343,7 @@ def analyse_micrograph(
         "calibration": mic.metadata.get("calibration"),
         "tasks": {},
     }
-    for b in predictors:
+    for b in predictors if regions else []:  # --tubes-only: no regions
         img_b, pyx = resampled[b.pixel_size_A]
         key = key_of[id(b)]
         per_task[key] = _predict_regions(b, img_b, pyx, regions, px, opt.stride_fraction, opt.tta)
@@ -374,9 +374,9 @@ def analyse_micrograph(
     record["out_of_training_ranges"] = out_of_range
     tubes, per_tube = _tubes_of(image, px, [b for b in predictors if tube_bundle(b)], resampled, key_of, opt, source)
     tube_json = tube_records(tubes, per_tube, px)
-    if per_task:
-        rows = csv_rows(regions, per_task)
-        write_csv(out_dir / "predictions.csv", rows)
+    if per_task or per_tube:
+        if per_task:
+            write_csv(out_dir / "predictions.csv", csv_rows(regions, per_task))
         write_json_atomic(
             out_dir / "predictions.json",
             plain_json(
@@ -403,9 +403,10 @@ def analyse_micrograph(
                 }
             ),
         )
-        header, trows = table_rows(regions, per_task)
-        echo(f"\n{source}: {len(regions)} region(s) at {px / 10:.4g} nm/px")
-        echo(format_table(header, trows, opt.table_rows))
+        if per_task:
+            header, trows = table_rows(regions, per_task)
+            echo(f"\n{source}: {len(regions)} region(s) at {px / 10:.4g} nm/px")
+            echo(format_table(header, trows, opt.table_rows))
     if per_tube:
         trows_ = tube_rows(tube_json, mic.source, mic.frame)
         write_csv(out_dir / "tubes.csv", trows_, TUBE_COLUMNS)
