@@ -242,3 +242,19 @@ def test_confused_chiralities_are_reported_with_their_distance():
     assert rep["share_of_errors"]["diameter within 0.01 nm"] == pytest.approx(0.5)
     assert rep["share_of_errors"]["angle within 5 deg"] == pytest.approx(0.5)
     assert chirality_confusions(confusion, ["core-shell", "janus", "random"]) is None
+
+
+def test_the_regressors_verdict_goes_to_the_conditions_check():
+    from hrtemflow.apply.predict import _regressed
+
+    def region(d, c, ood=""):
+        return {"ood": ood, "values": {"defocus_nm": (d, 1.0, "nm"), "c12_nm": (c, 0.1, "nm")}}
+
+    per_task = {
+        "chirality": [{"ood": "", "top": [("8-8", 0.9)]}],
+        "aberrations": [region(10.0, 1.0), region(14.0, 2.0), region(90.0, 9.0, ood="ood")],
+    }
+    v = _regressed(per_task)
+    assert v["defocus_nm"] == pytest.approx((12.0, 2.0, "nm")) and v["c12_nm"] == pytest.approx((1.5, 0.5, "nm"))
+    assert _regressed({"aberrations": [region(10.0, 1.0, ood="ood")]}) is None
+    assert _regressed({"chirality": per_task["chirality"]}) is None

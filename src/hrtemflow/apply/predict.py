@@ -365,7 +365,9 @@ def analyse_micrograph(
             "pixel_size_nm": [pyx[0] / 10, pyx[1] / 10],
             "shape": list(den.shape),
         }
-    conditions = assess(image, px, mic.metadata, {key_of[id(b)]: b.card for b in bundles})
+    conditions = assess(
+        image, px, mic.metadata, {key_of[id(b)]: b.card for b in bundles}, aberrations=_regressed(per_task)
+    )
     out_of_range = {k: v["out_of_range"] for k, v in conditions["per_task"].items() if v["out_of_range"]}
     for key, reasons in out_of_range.items():
         for reason in reasons:
@@ -421,6 +423,21 @@ def analyse_micrograph(
         record["tubes"] = tube_json
     record["status"] = "ok"
     return record
+
+
+def _regressed(per_task: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, tuple] | None:
+    """The aberration regressor's verdict on the micrograph, for `conditions.assess`: per quantity the mean
+    and spread of its in-distribution regions' estimates (None without such a regressor or region)."""
+    for results in per_task.values():
+        keep = [r["values"] for r in results if "values" in r and r["ood"] in ("", "?")]
+        if keep and "defocus_nm" in keep[0]:
+            out = {}
+            for name in ("defocus_nm", "c12_nm"):
+                v = [k[name][0] for k in keep if name in k and k[name][0] is not None]
+                if v:
+                    out[name] = (float(np.mean(v)), float(np.std(v)), "nm")
+            return out or None
+    return None
 
 
 def _tubes_from(opt: Options) -> str:
