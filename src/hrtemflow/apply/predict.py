@@ -33,7 +33,7 @@ from ..core.tasks import TASKS
 from ..learn.bundle import Bundle, load_bundle
 from ..learn.card import ModelCard
 from ..learn.inference import IMG_BYTES_PER_BATCH, Net, run_net, softmax
-from ..learn.ood import ood_scores, structure_ratio, vacuum_gate
+from ..learn.ood import majority_flag, ood_scores, structure_ratio, vacuum_gate
 from ..learn.preprocess import normalise
 from .conditions import assess
 from .options import Options, check_options, check_temperatures
@@ -160,16 +160,7 @@ def _predict_regions(
         m = np.flatnonzero(owner_arr == i)
         out: dict[str, Any] = {"windows": len(m)}
         flags = ood["flag"][m]
-        n_vac, n_ood = int((flags == "vacuum").sum()), int((flags == "ood").sum())
-        out["ood"] = (
-            "vacuum"
-            if n_vac * 2 > len(m)
-            else "ood"
-            if (n_vac + n_ood) * 2 > len(m)
-            else "?"
-            if (flags == "?").all()
-            else ""
-        )
+        out["ood"] = majority_flag(flags)
         out["ood_score"] = _f(np.median(ood["score"][m]))
         for key in ("feature_z", "energy_z", "structure_ratio"):
             if key in ood:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import HrtemflowError
+from ..learn.ood import majority_flag
 from .regions import MAX_COORDINATE
 
 #: a polyline of more points than this is not a tube a person drew
@@ -263,9 +264,7 @@ def combine(probabilities: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray, s
     n = len(flags)
     if n == 0:
         return np.full(probabilities.shape[-1], np.nan), "no window", 0
-    n_vac = int((flags == "vacuum").sum())
-    n_ood = int((flags == "ood").sum())
-    flag = "vacuum" if 2 * n_vac > n else "ood" if 2 * (n_vac + n_ood) > n else ""
+    flag = majority_flag(flags)
     keep = (flags == "") | (flags == "?")
     if not keep.any():
         keep = np.ones(n, dtype=bool)

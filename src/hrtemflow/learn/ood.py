@@ -269,3 +269,15 @@ def ood_scores(
     out["score"] = (out["combined"] - stats["score_q50"]) / max(stats["score_q"] - stats["score_q50"], 1e-9)
     out["flag"] = np.where(vacuum, "vacuum", np.where(out["score"] > 1.0, "ood", ""))
     return out
+
+
+def majority_flag(flags: np.ndarray) -> str:
+    """One flag for a group of windows (a region, a tube) from theirs: "vacuum" when most are vacuum, "ood" when
+    most are vacuum or out of distribution, "?" when none could be checked, else "" (in distribution)."""
+    flags = np.asarray(flags)
+    n_vac, n_ood = int((flags == "vacuum").sum()), int((flags == "ood").sum())
+    if 2 * n_vac > len(flags):
+        return "vacuum"
+    if 2 * (n_vac + n_ood) > len(flags):
+        return "ood"
+    return "?" if (flags == "?").all() else ""
