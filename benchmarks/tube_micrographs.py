@@ -17,6 +17,14 @@ per-tube table predict writes (`<predict out>/tubes.csv`):
   probability), found rate, with 95 % bootstrap intervals (tubes resampled by structure);
 - every wrong top-1 with the true and predicted (n, m), their diameter and chiral-angle differences.
 
+Per-tube calibration: `--split val --calibrate` makes the same micrographs of the VALIDATION tubes, runs
+predict, and fits the exponent that tempers a tube's mean window probabilities (`hrtemflow fit-tubes`,
+`hrtemflow.apply.tube_calibration`), written into the bundle; a later run on the test split is then scored
+with it (tube_metrics.json records the exponent predict applied):
+
+    python benchmarks/tube_micrographs.py config/bench-chirality-all.yaml --split val --calibrate --out DIR_VAL
+    python benchmarks/tube_micrographs.py config/bench-chirality-all.yaml --out DIR_TEST
+
 Writes DIR/micrographs/*.tif + labels.csv (+ generation.json), DIR/predict/ (predict's output) and
 DIR/tube_metrics.json. A rerun reuses what exists: micrographs are not made again when labels.csv exists
 (--predict-only requires it), predict is not run again with --score-only.
@@ -55,7 +63,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 TASK = "chirality"
-MATCH_NM = 1.0
+from hrtemflow.apply.tube_calibration import MATCH_NM  # noqa: E402 (after the sys.path line)
+
 #: multislice sampling (Å) of the micrographs: 4x faster than the bench's 0.1 Å, same windows (docstring)
 SAMPLING_A = 0.15
 ECE_BINS = 15
@@ -86,10 +95,10 @@ LABEL_COLUMNS = (
 # the campaign's test tubes
 
 
-def campaign_test_tubes(config: str | os.PathLike, base: Path = Path(".")) -> dict[str, Any]:
-    """The campaign's classes, and per class its test-split tubes (sample id, MD file, imaging spec section),
-    split as the training split them: by structure over each group's ok MD samples. Groups whose MD is not
-    complete are listed under "missing"."""
+def campaign_tubes(config: str | os.PathLike, base: Path = Path("."), split: str = "test") -> dict[str, Any]:
+    """The campaign's classes, and per class its tubes of one split (`split`: test or val; sample id, MD file,
+    imaging spec section), split as the training split them: by structure over each group's ok MD samples.
+    Groups whose MD is not complete are listed under "missing"."""
     from hrtemflow.campaign.config import load_config
     from hrtemflow.campaign.plan import make_plan
     from hrtemflow.campaign.specs import image_spec, train_spec
@@ -116,7 +125,7 @@ def campaign_test_tubes(config: str | os.PathLike, base: Path = Path(".")) -> di
     side = split_structures(ok, spec["split"]["val"], spec["split"]["test"])
     per_class: dict[str, list[dict]] = {}
     for s in sorted(ok):
-        if side[s] == "test":
+        if side[s] == split:
             path, imaging = where[s]
             label = group_of(s).split("-", 1)[1]  # "cnt-8-4" -> "8-4"
             per_class.setdefault(label, []).append({"structure": s, "md": path, "imaging": imaging})
@@ -226,62 +235,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # scoring
 
 
-def segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance of points p (k, 2) to the segment a-b."""
-    ab = b - a
-    t = np.clip(((p - a) @ ab) / max(float(ab @ ab), 1e-12), 0.0, 1.0)
-    return np.hypot(*(p - (a + t[:, None] * ab)).T)
-
-
 def _num(v: Any) -> float:
     try:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
-
-
-def match_tubes(
-    labels: Sequence[Mapping[str, Any]],
-    tubes: Sequence[Mapping[str, Any]],
-    task: str = TASK,
-    match_nm: float = MATCH_NM,
-) -> list[dict[str, Any]]:
-    """Per labelled tube, the predicted tube of the same micrograph (tubes.csv `source`, by file name) and task
-    that lies on it: both predicted end points within `match_nm` of the labelled axis (predict finds tubes a
-    little short, by design, so its windows stay on the tube); the longest such tube when there are several
-    pieces. None (missed) when none lies on it. `coverage`: the found length over the labelled length."""
-    by_file: dict[str, list[Mapping[str, Any]]] = {}
-    for t in tubes:
-        if t.get("task", task) == task:
-            by_file.setdefault(Path(str(t["source"])).name, []).append(t)
-    out = []
-    for lab in labels:
-        a0 = np.array([_num(lab["x0"]), _num(lab["y0"])])
-        b0 = np.array([_num(lab["x1"]), _num(lab["y1"])])
-        px_nm = _num(lab["pixel_size_nm"])
-        best, best_key, best_d = None, None, math.inf
-        for t in by_file.get(Path(str(lab["file"])).name, []):
-            ends = np.array([[_num(t["x0_px"]), _num(t["y0_px"])], [_num(t["x1_px"]), _num(t["y1_px"])]])
-            d = float(segment_distance(ends, a0, b0).max()) * px_nm
-            length = float(np.hypot(*(ends[1] - ends[0])))
-            key = (d < match_nm, length if d < match_nm else -d)
-            if best_key is None or key > best_key:
-                best, best_key, best_d = t, key, d
-        found = best is not None and best_d < match_nm
-        coverage = None
-        if found:
-            dx, dy = _num(best["x1_px"]) - _num(best["x0_px"]), _num(best["y1_px"]) - _num(best["y0_px"])
-            length = float(np.hypot(dx, dy))
-            coverage = length / max(float(np.hypot(*(b0 - a0))), 1e-9)
-        out.append(
-            {
-                "label": lab,
-                "tube": best if found else None,
-                "distance_nm": best_d if best is not None else None,
-                "coverage": coverage,
-            }
-        )
-    return out
 
 
 def _nm(label: str) -> tuple[int, int]:
@@ -327,6 +285,7 @@ def score(
     resamples: int = 2000,
 ) -> dict[str, Any]:
     """Per-tube metrics of predict's tubes.csv rows against the labels (see the module docstring)."""
+    from hrtemflow.apply.tube_calibration import match_tubes
     from hrtemflow.learn.evaluate import structure_ci
 
     matches = match_tubes(labels, tubes, task, match_nm)
@@ -464,7 +423,11 @@ def _sampling(text: str) -> float | None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="the campaign config (its MD and its chirality model are read, never written)")
+    p.add_argument(
+        "config",
+        help="the campaign config (its MD and its chirality model are read; only --calibrate writes, "
+        "tube_calibration.json into the bundle)",
+    )
     p.add_argument("--n", type=int, default=142, help="micrographs, n // n_classes per class (default 142)")
     p.add_argument("--out", type=Path, required=True, help="output folder (outside the campaign's results)")
     p.add_argument("--model", type=Path, default=None, help="chirality bundle (default <results>/models/chirality)")
@@ -481,6 +444,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="processes making micrographs (1 FFT thread each)")
     p.add_argument("--match-nm", type=float, default=MATCH_NM, help="largest axis distance of a match (nm)")
     p.add_argument("--seed", type=int, default=None, help="seed of the draws (default: the campaign's)")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="whose tubes: the test split's (scored, default) or the validation split's (for --calibrate)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="after scoring, fit the per-tube calibration on these tubes (`hrtemflow fit-tubes`) and write it into "
+        "the bundle; only with --split val (the test tubes must stay unseen)",
+    )
     reuse = p.add_mutually_exclusive_group()
     reuse.add_argument("--predict-only", action="store_true", help="use the micrographs made before; run predict")
     reuse.add_argument("--score-only", action="store_true", help="use the micrographs and predict output made before")
@@ -501,12 +476,19 @@ def _pixel_size_A(args: argparse.Namespace, model: Path, tubes: Mapping[str, Any
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.calibrate and args.split != "val":
+        raise SystemExit("--calibrate fits on the tubes it is given: use it with --split val, never on the test tubes")
     out: Path = args.out
     micrographs, predicted = out / "micrographs", out / "predict"
     labels_csv = micrographs / "labels.csv"
-    tubes = campaign_test_tubes(args.config)
+    tubes = campaign_tubes(args.config, split=args.split)
     model = args.model or Path(tubes["results"]) / "models" / TASK
-    info: dict[str, Any] = {"config": str(args.config), "model": str(model), "missing_groups": tubes["missing"]}
+    info: dict[str, Any] = {
+        "config": str(args.config),
+        "model": str(model),
+        "split": args.split,
+        "missing_groups": tubes["missing"],
+    }
     if tubes["missing"]:
         print(f"MD not complete for {len(tubes['missing'])} group(s), left out: {', '.join(tubes['missing'])}")
     if labels_csv.is_file():
@@ -545,9 +527,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{tubes_csv} does not exist: this hrtemflow predict writes no per-tube table")
     metrics = score(labels, read_csv(tubes_csv), TASK, args.match_nm)
     metrics.update(info)
+    metrics["tube_exponent"] = _applied_exponent(predicted)
+    if args.calibrate:
+        from hrtemflow.apply.tube_calibration import fit_tubes
+
+        metrics["calibration"] = fit_tubes(predicted, labels_csv, model, TASK, args.match_nm)
+        c = metrics["calibration"]
+        print(
+            f"calibrated on {c['tubes_fitted']} validation tubes: exponent {c['exponent']:.3g}, ECE "
+            f"{100 * c['ece_mean']:.1f} % -> {100 * c['ece_tempered']:.1f} % (saved in {model})"
+        )
     (out / "tube_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     print(table(metrics))
     return metrics
+
+
+def _applied_exponent(predicted: Path) -> Any:
+    """The per-tube exponent predict applied (None: the uncalibrated mean), from its summary."""
+    summary = predicted / "summary.json"
+    if not summary.is_file():
+        return None
+    info = json.loads(summary.read_text(encoding="utf-8")).get("bundles", {}).get(TASK, {})
+    return info.get("tube_exponent")
 
 
 if __name__ == "__main__":

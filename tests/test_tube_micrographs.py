@@ -15,6 +15,7 @@ pytest.importorskip("abtem")
 from benchmarks import tube_micrographs as bench  # noqa: E402
 
 from hrtemflow.apply.readers import read_micrograph  # noqa: E402
+from hrtemflow.apply.tube_calibration import match_tubes  # noqa: E402
 from hrtemflow.imaging import optics  # noqa: E402
 from hrtemflow.imaging.views import variant_rng  # noqa: E402
 from test_imaging import make_spec, nanotube, write_md_shard  # noqa: E402
@@ -154,7 +155,7 @@ def test_scorer_matches_and_scores_as_by_hand(tmp_path):
     for key in ("top1_ci95", "top3_ci95", "found_rate_ci95", "ece_ci95"):
         lo, hi = m[key]
         assert lo <= m[key.removesuffix("_ci95")] <= hi
-    matches = bench.match_tubes(labels, tubes, "chirality", 1.0)
+    matches = match_tubes(labels, tubes, "chirality", 1.0)
     # the farther predicted end: 10 px past the labelled end and 0.2 nm off the axis
     assert matches[0]["distance_nm"] == pytest.approx(float(np.hypot(10, off)) * 0.0375, abs=1e-9)
     assert matches[0]["coverage"] == pytest.approx(320 / 300)
@@ -170,10 +171,3 @@ def test_scorer_matches_and_scores_as_by_hand(tmp_path):
     assert (s["errors"], s["delta_d_lt_0.01nm"], s["delta_d_lt_0.05nm"], s["delta_theta_lt_5deg"]) == (2, 1, 2, 2)
     assert s["delta_d_lt_0.01nm_and_delta_theta_lt_5deg"] == 1
     assert "top-1" in bench.table(m)
-
-
-def test_segment_distance_clips_to_the_segment():
-    d = bench.segment_distance(
-        np.array([[0.0, 3.0], [-4.0, 3.0], [14.0, 0.0]]), np.array([0.0, 0.0]), np.array([10.0, 0])
-    )
-    np.testing.assert_allclose(d, [3.0, 5.0, 4.0])

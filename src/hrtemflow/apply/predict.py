@@ -59,6 +59,7 @@ from .outputs import (
 from .readers import list_micrographs, read_micrograph
 from .regions import Region, sliding_regions, window_starts, windows_in
 from .resample import resample
+from .tube_calibration import find_exponent
 from .tubes import Tube, axis_centres, combine, find_tubes, scaled, window_origins
 
 TOP_K = 3
@@ -213,12 +214,13 @@ def _predict_tubes(
             out.update(windows_used=0, ood="off the image", top=[], probabilities={})
             results.append(out)
             continue
-        p, flag, used = combine(probs[m], ood["flag"][m])
+        p, flag, used = combine(probs[m], ood["flag"][m], b.tube_exponent)
         order = np.argsort(-p)[:TOP_K]
         out.update(
             windows_used=used,
             ood=flag,
             ood_score=_f(np.median(ood["score"][m])),
+            exponent=b.tube_exponent or 1.0,
             top=[(b.card.classes[j], float(p[j])) for j in order],
             probabilities={c: float(v) for c, v in zip(b.card.classes, p)},
         )
@@ -479,6 +481,8 @@ def _bundle_info(b: Bundle) -> dict[str, Any]:
     info["ood_stats"] = b.ood is not None
     if b.kind == "classification":
         info["temperature"], info["temperature_source"] = b.temperature, b.temperature_source
+    if tube_bundle(b):
+        info["tube_exponent"], info["tube_exponent_source"] = b.tube_exponent, b.tube_exponent_source
     if b.ood is not None:
         info["ood_threshold"] = "score > 1: beyond the validation images' 99th percentile"
     if b.kind != "denoising":
@@ -550,6 +554,11 @@ def predict_path(
         """Loaded when the first micrograph passes its size checks: a refusal never waits on Keras."""
         if not loaded:  # all or none: a bundle that fails to load leaves nothing half-loaded for the next file
             new = [load_bundle(d, temperature=temps.get(c.task, temps.get("*"))) for d, c in zip(bundle_dirs, cards)]
+            for b in new:
+                if tube_bundle(b) and (opt.tubes or opt.find_tubes):
+                    b.tube_exponent, b.tube_exponent_source = find_exponent(b.path, b.temperature)
+                    if b.tube_exponent is None:
+                        b.notes.append(f"{b.path}: {b.tube_exponent_source}")
             for note in (n for b in new for n in b.notes):
                 echo(f"warning: {note}", file=sys.stderr)
             loaded.extend(new)

@@ -27,6 +27,7 @@ import numpy as np
 from ..core.errors import HrtemflowError
 from ..learn.ood import majority_flag
 from .regions import MAX_COORDINATE
+from .tube_calibration import temper
 
 #: a polyline of more points than this is not a tube a person drew
 MAX_TUBE_POINTS = 1000
@@ -43,8 +44,14 @@ THRESHOLD_SIGMAS = 8.0
 #: pieces of one tube (a stretch of weak contrast between them) are joined when they point the same way
 #: within this angle (deg), lie on one line within this distance (Å) and leave a gap under this length (Å)
 JOIN_ANGLE_DEG, JOIN_OFFSET_A, JOIN_GAP_A = 8.0, 6.0, 100.0
-#: how far the found ends are moved in (Å)
+#: two parallel pieces this close (Å) that overlap along the axis by this fraction of the shorter are the
+#: two walls of one tube (a 1.4 nm tube near focus shows its walls as two lines 1.2-1.4 nm apart); tubes
+#: in contact (a bundle) are at least their diameter + 0.34 nm apart and should be given with --tube
+WALLS_A, WALLS_OVERLAP = 16.0, 0.5
+#: how far the found ends are moved in (Å) where their contrast profile cannot place them
 END_INSET_A = 0.5 * ALONG_A
+#: how far beyond the thresholded part's ends the contrast profile is searched for the true end (Å)
+END_SEARCH_A = 30.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,8 @@ def _threshold(cmap: np.ndarray) -> float:
 
 
 def _join(segments: list[tuple[np.ndarray, np.ndarray]], p: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pieces of one tube joined (see JOIN_*): at low contrast a tube's map breaks into collinear parts."""
+    """Pieces of one tube joined (see JOIN_* and WALLS_*): at low contrast a tube's map breaks into collinear
+    parts, and near focus a wide tube's two walls come as two parallel lines."""
     segs = [(np.asarray(a, float), np.asarray(b, float)) for a, b in segments]
     joined = True
     while joined:
@@ -151,14 +159,25 @@ def _join(segments: list[tuple[np.ndarray, np.ndarray]], p: float) -> list[tuple
                 if math.degrees(math.acos(min(1.0, abs(float(u @ v))))) > JOIN_ANGLE_DEG:
                     continue
                 normal = np.array([-u[1], u[0]])
-                if max(abs(float((q - a) @ normal)) for q in (c, d)) * p > JOIN_OFFSET_A:
-                    continue
+                offsets = [float((q - a) @ normal) for q in (c, d)]
                 t = sorted(float((q - a) @ u) for q in (c, d))
                 length = float(np.hypot(*(b - a)))
                 gap = max(t[0] - length, -t[1], 0.0)
-                if gap * p > JOIN_GAP_A:
+                overlap = min(t[1], length) - max(t[0], 0.0)
+                if max(abs(o) for o in offsets) * p <= JOIN_OFFSET_A:
+                    if gap * p > JOIN_GAP_A:
+                        continue
+                    shift = 0.0  # collinear pieces: one axis
+                elif (
+                    max(abs(o) for o in offsets) * p <= WALLS_A
+                    and abs(offsets[0] - offsets[1]) * p <= JOIN_OFFSET_A
+                    and overlap >= WALLS_OVERLAP * min(length, t[1] - t[0])
+                ):
+                    shift = 0.5 * float(np.mean(offsets))  # the two walls of one wide tube: its midline
+                else:
                     continue
                 ts = [0.0, length, *t]
+                a = a + shift * normal
                 segs[i] = (a + min(ts) * u, a + max(ts) * u)
                 del segs[j]
                 joined = True
@@ -166,6 +185,43 @@ def _join(segments: list[tuple[np.ndarray, np.ndarray]], p: float) -> list[tuple
             if joined:
                 break
     return segs
+
+
+def _refined_ends(
+    cmap: np.ndarray, vacuum: float, a: np.ndarray, b: np.ndarray, p: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tube's ends where its contrast falls to half of its level along the axis.
+
+    The map spreads a tube's contrast past its ends, by the line average and, at large defocus, by the
+    lens's delocalisation (a nanometre at 20 nm underfocus): the thresholded part overshoots by an
+    amount that grows with both, so no fixed inset fits every micrograph. Both blurs are symmetric about
+    the true end, so the half-level crossing of the contrast amplitude (the root of the map above
+    vacuum), averaged across the axis over AFTER_A and searched from outside in, lands on it. Falls back
+    to the fixed inset END_INSET_A when the profile has no clear level (a tube too short or too faint)."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    length = float(np.hypot(*(b - a)))
+    u = (b - a) / max(length, 1e-9)
+    normal = np.array([-u[1], u[0]])
+    reach = END_SEARCH_A / p
+    t = np.arange(-reach, length + reach + 0.5, 0.5)
+    offsets = np.linspace(-AFTER_A / p, AFTER_A / p, 5)
+    pts = a[None, None, :] + t[:, None, None] * u + offsets[None, :, None] * normal  # (t, offset, xy)
+    vals = ndimage.map_coordinates(cmap, [pts[..., 1].ravel(), pts[..., 0].ravel()], order=1, mode="nearest")
+    amp = np.sqrt(np.maximum(vals.reshape(pts.shape[:2]).mean(axis=1) - vacuum, 0.0))
+    inside = (t >= 0.2 * length) & (t <= 0.8 * length)
+    level = float(np.median(amp[inside])) if inside.any() else 0.0
+    fallback = (a + u * END_INSET_A / p, b - u * END_INSET_A / p)
+    if level <= 0 or length * p < 2 * END_INSET_A:
+        return fallback
+    # from the outside in, so that a faint stretch inside a tube (pieces joined across it) does not cut it
+    above = np.flatnonzero(amp >= 0.5 * level)
+    if not len(above) or above[0] == 0 or above[-1] == len(t) - 1:  # no fall to half within the search
+        return fallback
+    t0, t1 = t[above[0]] - 0.25, t[above[-1]] + 0.25  # the crossings, to half a step
+    if t1 - t0 < 0.5 * length:
+        return fallback
+    return a + u * t0, a + u * t1
 
 
 def find_tubes(image: np.ndarray, pixel_A: float, *, min_length_A: float = MIN_TUBE_LENGTH_A) -> list[Tube]:
@@ -192,11 +248,10 @@ def find_tubes(image: np.ndarray, pixel_A: float, *, min_length_A: float = MIN_T
             continue
         pieces.append((centre + lo * vt[0], centre + hi * vt[0]))
     found = []
+    vacuum = float(np.median(cmap))
     for a, b in _join(pieces, p):
-        # the line average carries a tube's contrast past its ends by about its length: come in by half
-        # of it, so that the first and last windows sit on the tube, not half in vacuum
-        u = (b - a) / np.hypot(*(b - a))
-        a, b = a + u * END_INSET_A / p, b - u * END_INSET_A / p
+        a, b = _refined_ends(cmap, vacuum, a, b, p)
+        u = (b - a) / max(float(np.hypot(*(b - a))), 1e-9)
         found.append((float((b - a) @ u) * p, (a, b)))
     found = sorted((f for f in found if f[0] >= min_length_A), key=lambda f: -f[0])
     # back to original pixels (a binned pixel's centre)
@@ -252,13 +307,15 @@ def scaled(tube: Tube, sx: float, sy: float) -> list[tuple[float, float]]:
     return [((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5) for x, y in tube.points]
 
 
-def combine(probabilities: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray, str, int]:
+def combine(probabilities: np.ndarray, flags: np.ndarray, exponent: float | None = None) -> tuple[np.ndarray, str, int]:
     """One tube's class probabilities from its windows' (already temperature-scaled) probabilities:
-    the mean over the windows in distribution (all windows when none is), its flag, and how many
-    windows were combined.
+    the mean over the windows in distribution (all windows when none is), tempered by the bundle's
+    fitted `exponent` (`tube_calibration`; None: the mean as it is), its flag, and how many windows
+    were combined.
 
     The mean, not the product: windows of one tube share its structure and the micrograph's optics,
     so their errors are not independent, and a product of overconfident windows is overconfident.
+    The mean alone is under-confident; the exponent, fitted on labelled tubes, corrects that.
     """
     flags = np.asarray(flags)
     n = len(flags)
@@ -268,4 +325,5 @@ def combine(probabilities: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray, s
     keep = (flags == "") | (flags == "?")
     if not keep.any():
         keep = np.ones(n, dtype=bool)
-    return probabilities[keep].mean(axis=0), flag, int(keep.sum())
+    p = probabilities[keep].mean(axis=0)
+    return (temper(p, exponent) if exponent is not None else p), flag, int(keep.sum())

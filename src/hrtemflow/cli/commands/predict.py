@@ -1,5 +1,6 @@
-"""`hrtemflow predict` (trained bundles on real micrographs) and `hrtemflow fit-ood` (a bundle's
-out-of-distribution statistics from its training data)."""
+"""`hrtemflow predict` (trained bundles on real micrographs), `hrtemflow fit-ood` (a bundle's
+out-of-distribution statistics from its training data) and `hrtemflow fit-tubes` (the calibration of a
+nanotube classifier's per-tube answers, from predict's answers on labelled micrographs)."""
 
 from __future__ import annotations
 
@@ -142,6 +143,32 @@ def register(subparsers) -> None:
     )
     f.set_defaults(func=_fit_ood)
 
+    t = subparsers.add_parser(
+        "fit-tubes",
+        help="calibrate a nanotube classifier's per-tube probabilities on labelled micrographs (tube_calibration.json)",
+        description="Reads the output of `hrtemflow predict` on micrographs of known tubes (not the ones the network "
+        "trained on) and a CSV of their labels, matches each labelled tube to the tube predict answered on it, and "
+        "fits the exponent that tempers a tube's mean window probabilities (p ∝ mean^exponent) by likelihood; saved "
+        "as tube_calibration.json in the bundle, which predict then applies. Top-1 and top-3 do not change.",
+    )
+    t.add_argument("predict_dir", type=Path, help="the --out folder of `hrtemflow predict` on the labelled micrographs")
+    t.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="CSV, one row per tube: file (micrograph file name), chirality (a class of the bundle, e.g. 11-6), "
+        "x0,y0,x1,y1 (its axis ends, pixels of the original image)",
+    )
+    t.add_argument("--model-dir", type=Path, required=True, help="the bundle predict ran (model.keras + card.json)")
+    t.add_argument("--task", default="chirality", help="the bundle's name in predict's output (default chirality)")
+    t.add_argument(
+        "--match-nm",
+        type=float,
+        default=1.0,
+        help="a predicted tube answers a labelled one when both its ends are this close to the labelled axis (nm)",
+    )
+    t.set_defaults(func=_fit_tubes)
+
 
 def parse_temperatures(values: list[str] | None) -> dict[str, float]:
     """'T' (every classifier) or 'TASK=T' -> {task or '*': T}."""
@@ -228,6 +255,22 @@ def _fit_ood(args: argparse.Namespace) -> int:
     print(
         f"fit-ood: {spec.get('task')}: {stats['n_train']} training / {stats['n_val']} validation images, features of "
         f"{', '.join(stats['feature_layers'])}; saved {args.model_dir / 'ood.npz'}",
+        flush=True,
+    )
+    return 0
+
+
+def _fit_tubes(args: argparse.Namespace) -> int:
+    from ...apply.tube_calibration import CALIBRATION_FILE, fit_tubes  # noqa: PLC0415
+
+    if not (math.isfinite(args.match_nm) and args.match_nm > 0):
+        raise HrtemflowError(f"--match-nm {args.match_nm}: must be a positive distance in nm")
+    r = fit_tubes(args.predict_dir, args.labels, args.model_dir, args.task, args.match_nm)
+    print(
+        f"fit-tubes: {r['tubes_fitted']} of {r['tubes_labelled']} labelled tubes found; exponent {r['exponent']:.3g}: "
+        f"ECE {100 * r['ece_mean']:.1f} % -> {100 * r['ece_tempered']:.1f} %, NLL {r['nll_mean']:.3f} -> "
+        f"{r['nll_tempered']:.3f} (top-1 {100 * r['top1']:.1f} %, unchanged); "
+        f"saved {args.model_dir / CALIBRATION_FILE}",
         flush=True,
     )
     return 0
