@@ -10,6 +10,9 @@ writes them as calibrated TIFFs with a `labels.csv` per set, and scores a bundle
 through the `hrtemflow predict` command line (`score`), writing `factor_table.md` and
 `factor_table.json`: what each factor costs against the bundle's own test split.
 
-Objects are CNTs for now; `generate.BUILDERS` maps a family to its scene builder, so a particle
-builder is one more entry (its labels name a box instead of a tube's end points).
+Objects are whole CNTs (`family: cnt`, scored with a chirality bundle) or Ag/Co nanoalloy particles
+(`family: nanoalloy`, built by ASE without MD on an amorphous film, scored with an ordering bundle);
+`generate.BUILDERS` maps a family to its scene builder. A tube's label row names its end points, a
+particle's its centre and radius; the scorer's regions are boxes along the tube or one box round the
+particle.
 """

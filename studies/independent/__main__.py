@@ -5,7 +5,9 @@
 Writes <dir>/sets/<set>/ (mic_NNNN.tif, labels.csv, set.json), <dir>/predictions/<set>/ (the regions
 and what `hrtemflow predict` wrote) and <dir>/factor_table.md + factor_table.json. Micrographs and
 predictions already there are kept, so an interrupted run resumes. `--sets all` is every set of the
-factors file; the set with every factor together is `all_factors`.
+bundle's family (a chirality bundle: the CNT sets; an ordering bundle: the nanoalloy sets), or every set
+of the factors file without a bundle; `--sets cnt` or `--sets nanoalloy` is every set of that family. The
+set with every factor together is `all_factors` (CNT) or `na_all_factors` (nanoalloy).
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ from . import generate, score
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m studies.independent", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, help="chirality classifier bundle (model.keras + card.json)")
-    ap.add_argument("--sets", nargs="+", default=["all"], help="set names of the factors file, or all (default)")
+    ap.add_argument("--bundle", type=Path, help="chirality or ordering classifier bundle (model.keras + card.json)")
+    ap.add_argument(
+        "--sets",
+        nargs="+",
+        default=["all"],
+        help="set names, a family (cnt, nanoalloy: its sets), or all (default: the bundle's family)",
+    )
     ap.add_argument("--n", type=int, default=200, help="micrographs per set (default 200)")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--factors", type=Path, default=generate.FACTORS_FILE, help="factors file (default: factors.yaml)")
@@ -44,14 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def pick_sets(factors: dict, asked: list[str], card: dict | None) -> list[str]:
+    """The set names asked for: names, family names (that family's sets) and `all` (the bundle's family's
+    sets, every set without a bundle), in the factors file's order, each once."""
+    family_of = {name: generate.set_family(factors, name) for name in factors["sets"]}
+    names: list[str] = []
+    for item in asked:
+        if item == "all":
+            wants = generate.TASK_FAMILY.get(str(card.get("task"))) if card else None
+            group = [n for n, f in family_of.items() if wants is None or f == wants]
+        elif item in generate.BUILDERS:
+            group = [n for n, f in family_of.items() if f == item]
+        elif item in factors["sets"]:
+            group = [item]
+        else:
+            raise SystemExit(
+                f"unknown set {item!r}; the factors file has {', '.join(factors['sets'])} "
+                f"(or name a family: {', '.join(generate.BUILDERS)}, or all)"
+            )
+        names += [n for n in group if n not in names]
+    if not names:
+        raise SystemExit(f"no set of the factors file matches {' '.join(asked)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     factors = generate.load_factors(args.factors)
-    names = list(factors["sets"]) if args.sets == ["all"] else args.sets
-    unknown = [s for s in names if s not in factors["sets"]]
-    if unknown:
-        raise SystemExit(f"unknown set(s) {', '.join(unknown)}; the factors file has {', '.join(factors['sets'])}")
     card = generate.read_card(args.bundle) if args.bundle else None
+    names = pick_sets(factors, args.sets, card)
     if not args.generate_only and card is None:
         raise SystemExit("scoring needs --bundle (or pass --generate-only)")
     overrides = generate.parse_overrides(args.param)

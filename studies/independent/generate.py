@@ -28,6 +28,17 @@ One micrograph (`make_micrograph`):
    `labels.csv`: the tube's end points in pixels of the written image (x = column, y = row, from the
    top-left corner: pixel k spans [k, k + 1)) and every drawn value.
 
+Nanoalloy particles (`family: nanoalloy`, `particle_scene`) take the place of step 1: an Ag/Co particle
+built by `ase.cluster` (icosahedron, Marks decahedron, truncated octahedron) or cut from an fcc lattice
+(`fcc_sphere`), of the motif size nearest an atom count drawn from `n_atoms`, on one Vegard's-law lattice
+(no MD, no relaxation), with `co_fraction` of its sites Co in an `ordering`: core-shell (Co on the sites
+nearest its centroid), janus (Co on the sites furthest along a random direction: one plane splits the two
+metals) or disordered (Co on random sites); turned to a uniformly random orientation, its centroid at least
+`centre_margin_nm` from the field's edges, optionally inside a ligand-like shell of light atoms
+(`ligand_shell`), on a support film as above. Its label row (`PARTICLE_COLUMNS`) holds its centre and
+projected radius in pixels of the written image, its ordering (the ordering bundle's class name), motif,
+composition and every drawn value.
+
 Seconds per micrograph on 2 cores: see docs/results/independent-images.md.
 """
 
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import math
 import time
@@ -59,6 +71,34 @@ VDW_GAP_A = 3.35
 Z_MARGIN_A = 4.0
 #: room around the tube's ends inside the field (Å)
 FIELD_MARGIN_A = 10.0
+#: fcc lattice constants (Å) at room temperature (Ag; fcc Co), mixed by Vegard's law for an alloy particle
+FCC_LATTICE_A = {"Ag": 4.0853, "Co": 3.5447}
+#: the chemical orderings of the nanoalloy family (the ordering bundle's class names)
+ORDERINGS = ("core-shell", "janus", "disordered")
+#: particle shapes: ase.cluster motifs, or an fcc ball (the sites of an fcc lattice nearest a random point)
+MOTIFS = ("icosahedron", "decahedron", "truncated_octahedron", "fcc_sphere")
+#: the largest particle (atoms) the motif search goes to
+MAX_PARTICLE_ATOMS = 20000
+#: family of the structures each classification task of a bundle names
+TASK_FAMILY = {"chirality": "cnt", "ordering": "nanoalloy"}
+
+#: the columns every family's row ends with: the support, the camera and the run
+_SCENE_COLUMNS = (
+    "support_nm",
+    "support_atoms",
+    "drift_A",
+    "drift_deg",
+    "gradient_percent",
+    "gradient_deg",
+    "gain_sigma",
+    "dark_offset_counts",
+    "read_noise_counts",
+    "mtf_on_noise",
+    "atoms",
+    "grid",
+    "seed",
+    "seconds",
+)
 
 LABEL_COLUMNS = (
     "file",
@@ -90,21 +130,51 @@ LABEL_COLUMNS = (
     "frozen_phonons",
     "adsorbate_clusters",
     "adsorbate_atoms",
-    "support_nm",
-    "support_atoms",
-    "drift_A",
-    "drift_deg",
-    "gradient_percent",
-    "gradient_deg",
-    "gain_sigma",
-    "dark_offset_counts",
-    "read_noise_counts",
-    "mtf_on_noise",
-    "atoms",
-    "grid",
-    "seed",
-    "seconds",
+    *_SCENE_COLUMNS,
 )
+
+#: a nanoalloy row: the particle's centre (cx = column, cy = row) and projected radius in pixels of the
+#: written image, its ordering, shape, composition and every drawn value
+PARTICLE_COLUMNS = (
+    "file",
+    "family",
+    "label",
+    "ordering",
+    "motif",
+    "motif_params",
+    "n_atoms",
+    "n_ag",
+    "n_co",
+    "co_fraction",
+    "cx",
+    "cy",
+    "radius_px",
+    "particle_radius_nm",
+    "orientation_quat",
+    "janus_axis",
+    "width_px",
+    "height_px",
+    "pixel_size_nm",
+    "field_nm",
+    "energy_kV",
+    "defocus_nm",
+    "cs_um",
+    "c12_nm",
+    "phi12_deg",
+    "focal_spread_nm",
+    "convergence_mrad",
+    "mtf_c50",
+    "dose",
+    "outside",
+    "parametrization",
+    "frozen_phonons",
+    "ligand_nm",
+    "ligand_atoms",
+    *_SCENE_COLUMNS,
+)
+
+#: the label columns of each family's labels.csv
+COLUMNS = {"cnt": LABEL_COLUMNS, "nanoalloy": PARTICLE_COLUMNS}
 
 
 # ----------------------------------------------------------------------------------------- parameters
@@ -169,13 +239,24 @@ def resolve_set(
     card: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every parameter of one set: base, then the card's ranges, then the set's own, then overrides."""
+    """Every parameter of one set: base, then its family's base (`families`, for a family other than the
+    base's), then the card's ranges, then the set's own, then overrides."""
     if name not in factors["sets"]:
         raise SystemExit(f"no set {name!r} in the factors file; sets: {', '.join(factors['sets'])}")
+    family = set_family(factors, name, overrides)
     p = copy.deepcopy(dict(factors["base"]))
+    if family != p.get("family", "cnt"):
+        _merge(p, (factors.get("families") or {}).get(family) or {})
+    p["family"] = family
     if card is not None:
+        wants = TASK_FAMILY.get(str(card.get("task")))
+        if wants is not None and wants != family:
+            raise SystemExit(
+                f"set {name!r} makes {family} micrographs, but the bundle's task {card.get('task')!r} reads {wants} "
+                f"ones: pick the bundle's sets (--sets all picks them) or another bundle"
+            )
         if p.get("ranges_from_card", True):
-            im = card_imaging(card, p.get("family", "cnt"))
+            im = card_imaging(card, family)
             if im:
                 optics = im.get("optics") or {}
                 for key in ("defocus_nm", "cs_um", "c12_nm", "focal_spread_nm", "convergence_mrad"):
@@ -189,6 +270,8 @@ def resolve_set(
                     p["energy_kV"] = im["energy_kV"]
         if card.get("task") == "chirality" and card.get("classes"):
             p["chiralities"] = [[int(v) for v in c.split("-")] for c in card["classes"]]
+        if card.get("task") == "ordering" and card.get("classes"):
+            p["orderings"] = list(card["classes"])
         if p.get("pixel_size_A") == "bundle":
             p["pixel_size_A"] = float(card["pixel_size_A"])
     _merge(p, factors["sets"][name] or {})
@@ -196,7 +279,51 @@ def resolve_set(
     if p.get("pixel_size_A") == "bundle":
         raise SystemExit("pixel_size_A is 'bundle' but no bundle was given: pass --bundle or --param pixel_size_A=...")
     p["set"] = name
+    if family == "nanoalloy":
+        check_particle_params(p)
     return p
+
+
+def set_family(factors: Mapping[str, Any], name: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """The family a set makes (the override's, else the set's own, else the base's), refused when no
+    builder makes it."""
+    own = factors["sets"].get(name) or {}
+    family = str((overrides or {}).get("family") or own.get("family") or factors["base"].get("family", "cnt"))
+    if family not in BUILDERS:
+        raise SystemExit(f"set {name!r}: family {family!r} has no scene builder; families: {', '.join(BUILDERS)}")
+    return family
+
+
+def check_particle_params(p: Mapping[str, Any]) -> None:
+    """Refuse a nanoalloy set whose orderings, motifs, sizes or composition this generator cannot build."""
+    where = f"set {p.get('set')!r}"
+    orderings = list(p.get("orderings") or [])
+    bad = [o for o in orderings if o not in ORDERINGS]
+    if not orderings or bad:
+        raise SystemExit(f"{where}: orderings {orderings} must be a non-empty list of {', '.join(ORDERINGS)}")
+    motifs = list(p.get("motifs") or [])
+    bad = [m for m in motifs if m not in MOTIFS]
+    if not motifs or bad:
+        raise SystemExit(f"{where}: motifs {motifs} must be a non-empty list of {', '.join(MOTIFS)}")
+    n = p.get("n_atoms")
+    if not (isinstance(n, (list, tuple)) and len(n) == 2 and all(isinstance(v, int) for v in n)):
+        raise SystemExit(f"{where}: n_atoms must be [lo, hi], two whole numbers of atoms, not {n!r}")
+    if not 13 <= n[0] <= n[1] <= MAX_PARTICLE_ATOMS:
+        raise SystemExit(f"{where}: n_atoms {list(n)} must satisfy 13 <= lo <= hi <= {MAX_PARTICLE_ATOMS}")
+    x = p.get("co_fraction")
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    if not all(isinstance(v, (int, float)) and 0.0 < float(v) < 1.0 for v in xs) or float(xs[0]) > float(xs[-1]):
+        raise SystemExit(f"{where}: co_fraction {x!r} must be a fraction or a range [lo, hi] inside (0, 1)")
+    if lig := p.get("ligand_shell"):
+        from ase.data import atomic_numbers
+
+        elements = lig.get("elements") or {}
+        weights = [w for w in elements.values() if isinstance(w, (int, float)) and w >= 0]
+        bad = [e for e in elements if e not in atomic_numbers]
+        if not elements or bad or len(weights) != len(elements) or sum(weights) <= 0:
+            raise SystemExit(f"{where}: ligand_shell.elements {elements!r} must map element symbols to weights > 0")
+        if "thickness_nm" not in lig:
+            raise SystemExit(f"{where}: ligand_shell needs thickness_nm (a number or a range [lo, hi])")
 
 
 def _uniform(rng: np.random.Generator, v: Any) -> float:
@@ -217,6 +344,17 @@ def _outside(rng: np.random.Generator, v: Any, frac: float, relative: bool) -> t
     return (lo - u * span if side == "low" else hi + u * span), side
 
 
+def _at_edge(rng: np.random.Generator, v: Any, frac: float) -> tuple[float, str]:
+    """A value inside the range v but within frac of its span of an end: the range's edges, where a
+    network had training images on one side only."""
+    if not isinstance(v, (list, tuple)) or not 0.0 < frac <= 0.5:
+        raise SystemExit(f"edge: needs a range [lo, hi] and a fraction of its span in (0, 0.5], not {v!r} and {frac}")
+    lo, hi = float(v[0]), float(v[-1])
+    side = "low" if rng.random() < 0.5 else "high"
+    u = float(rng.uniform(0.0, frac)) * (hi - lo)
+    return (lo + u if side == "low" else hi - u), side
+
+
 def fft_size(n: int) -> int:
     """The smallest 2^a 3^b 5^c 7^d >= n (fast FFTs)."""
     n = max(int(n), 1)
@@ -230,8 +368,8 @@ def fft_size(n: int) -> int:
         n += 1
 
 
-def draw(p: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    """One micrograph's values from a resolved set."""
+def draw_tube(p: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """A tube's values: its chirality, length and orientation."""
     d: dict[str, Any] = {}
     n, m = (int(v) for v in p["chiralities"][int(rng.integers(len(p["chiralities"])))])
     d["n"], d["m"] = n, m
@@ -239,6 +377,40 @@ def draw(p: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     d["tilt_deg"] = float(rng.uniform(-1.0, 1.0)) * float(p["tilt_deg"])
     d["angle_deg"] = float(rng.uniform(0.0, 180.0))
     d["spin_rad"] = float(rng.uniform(0.0, 2.0 * math.pi))
+    return d
+
+
+def draw_particle(p: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """A particle's values: its ordering, motif, target size, Co fraction and orientation (a uniformly
+    random rotation: a unit quaternion from four normal draws), and its ligand shell if the set has one."""
+    d: dict[str, Any] = {}
+    d["ordering"] = str(p["orderings"][int(rng.integers(len(p["orderings"])))])
+    d["motif"] = str(p["motifs"][int(rng.integers(len(p["motifs"])))])
+    lo, hi = (int(v) for v in p["n_atoms"])
+    d["n_atoms_target"] = int(rng.integers(lo, hi + 1))
+    d["co_fraction"] = _uniform(rng, p["co_fraction"])
+    q = rng.normal(size=4)
+    q = q / np.linalg.norm(q)
+    d["quaternion"] = (q if q[0] >= 0 else -q).tolist()
+    d["centre_margin_A"] = 10.0 * float(p.get("centre_margin_nm", 0.0))
+    if lig := p.get("ligand_shell"):
+        d["ligand_A"] = 10.0 * _uniform(rng, lig["thickness_nm"])
+        d["ligand_density"] = _uniform(rng, lig.get("density_g_cm3", 1.0))
+        d["ligand_gap_A"] = float(lig.get("gap_A", 2.0))
+        d["ligand_elements"] = {str(k): float(v) for k, v in lig["elements"].items()}
+    return d
+
+
+#: the object's own values per family (the rest of `draw` is the same for every family)
+DRAWS: dict[str, Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]]] = {
+    "cnt": draw_tube,
+    "nanoalloy": draw_particle,
+}
+
+
+def draw(p: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """One micrograph's values from a resolved set: its object's, then the field, optics and factors."""
+    d = DRAWS[p.get("family", "cnt")](p, rng)
     d["pixel_A"] = _uniform(rng, p["pixel_size_A"]) * _uniform(rng, p.get("pixel_scale", 1.0))
     d["field_A"] = 10.0 * _uniform(rng, p["field_nm"])
     o = p["optics"]
@@ -262,6 +434,17 @@ def draw(p: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
             d["dose"], side = _outside(rng, p["dose_e_per_A2"], float(out.get("dose_e_per_A2", 0.5)), relative=True)
             notes.append(f"dose-{side}")
         d["outside"] = "+".join(notes)
+    if edge := p.get("edge"):
+        which = ("defocus", "dose", "both")[int(rng.integers(3))]
+        notes = [d["outside"]] if d["outside"] else []
+        if which in ("defocus", "both"):
+            value, side = _at_edge(rng, o["defocus_nm"], float(edge.get("defocus_nm", 0.1)))
+            d["defocus_A"] = 10.0 * value
+            notes.append(f"defocus-{side}-edge")
+        if which in ("dose", "both"):
+            d["dose"], side = _at_edge(rng, p["dose_e_per_A2"], float(edge.get("dose_e_per_A2", 0.1)))
+            notes.append(f"dose-{side}-edge")
+        d["outside"] = "+".join(notes)
     d["parametrization"] = str(p.get("parametrization", "lobato"))
     d["frozen_phonons"] = int(p.get("frozen_phonons") or 0)
     d["phonon_sigma_A"] = float(p.get("phonon_sigma_A", 0.08))
@@ -271,7 +454,7 @@ def draw(p: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         d["adsorbate_density"] = float(a.get("density_g_cm3", 2.0))
     if f := p.get("support_film"):
         d["support_A"] = 10.0 * _uniform(rng, f["thickness_nm"])
-        d["support_density"] = float(f.get("density_g_cm3", 2.0))
+        d["support_density"] = _uniform(rng, f.get("density_g_cm3", 2.0))
     if dr := p.get("drift"):
         d["drift_A"] = _uniform(rng, dr["length_A"])
         d["drift_deg"] = float(rng.uniform(0.0, 180.0))
@@ -383,6 +566,159 @@ def rotation(angle_deg: float, tilt_deg: float, spin_rad: float) -> np.ndarray:
     return rz(math.radians(angle_deg)) @ ry(math.radians(90.0 - tilt_deg)) @ rz(spin_rad)
 
 
+def quaternion_matrix(q: Sequence[float]) -> np.ndarray:
+    """The rotation of a unit quaternion (w, x, y, z)."""
+    w, x, y, z = (float(v) for v in q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def motif_positions(motif: str, params: tuple[int, ...], lattice_A: float) -> np.ndarray:
+    """Positions (Å) of one ase.cluster motif: Icosahedron(shells), Decahedron(p, q, r) (a Marks
+    decahedron), Octahedron(length, cutoff) (truncated at its corners)."""
+    from ase.cluster import Decahedron, Icosahedron, Octahedron
+
+    if motif == "icosahedron":
+        atoms = Icosahedron("Ag", params[0], latticeconstant=lattice_A)
+    elif motif == "decahedron":
+        atoms = Decahedron("Ag", *params, latticeconstant=lattice_A)
+    elif motif == "truncated_octahedron":
+        atoms = Octahedron("Ag", params[0], params[1], latticeconstant=lattice_A)
+    else:
+        raise ValueError(f"no ase.cluster motif {motif!r}; motifs: {', '.join(MOTIFS)}")
+    return atoms.positions.astype(np.float64)
+
+
+@functools.cache
+def _motif_count(motif: str, params: tuple[int, ...]) -> int:
+    return len(motif_positions(motif, params, 4.0))
+
+
+def motif_sizes(motif: str, most: int) -> list[tuple[int, tuple[int, ...]]]:
+    """(atoms, parameters) of the motif's sizes, from the smallest up to the first of each kind above
+    `most` atoms: icosahedra of 2, 3, ... shells; octahedra of edge length L cut at (L - 1) / 3
+    rounded down and up (the truncated octahedron and its neighbours); decahedra (p, q, r) with
+    q = p - 1, p, p + 1 (q >= 1) and r = 0, 1, 2 re-entrant layers."""
+    out: list[tuple[int, tuple[int, ...]]] = []
+    if motif == "icosahedron":
+        k = 2
+        while not out or out[-1][0] <= most:
+            out.append((_motif_count(motif, (k,)), (k,)))
+            k += 1
+    elif motif == "truncated_octahedron":
+        length = 3
+        while not out or min(n for n, _ in out[-2:]) <= most:
+            for cut in sorted({(length - 1) // 3, -(-(length - 1) // 3)}):
+                out.append((_motif_count(motif, (length, cut)), (length, cut)))
+            length += 1
+    elif motif == "decahedron":
+        p = 2
+        while p == 2 or _motif_count(motif, (p, max(1, p - 1), 0)) <= most:
+            for q in range(max(1, p - 1), p + 2):
+                out += [(_motif_count(motif, (p, q, r)), (p, q, r)) for r in (0, 1, 2)]
+            p += 1
+    else:
+        raise ValueError(f"no ase.cluster motif {motif!r}; motifs: {', '.join(MOTIFS)}")
+    return sorted(out)
+
+
+def fcc_ball(n: int, lattice_A: float, rng: np.random.Generator) -> np.ndarray:
+    """The n sites of an fcc lattice nearest a random point of its unit cell: a roughly spherical
+    particle of exactly n atoms with the facets and steps a cut crystal has."""
+    radius = (3.0 * n / (4.0 * math.pi) * lattice_A**3 / 4.0) ** (1.0 / 3.0)
+    m = int(math.ceil(radius / lattice_A)) + 2
+    cells = np.stack(np.meshgrid(*[np.arange(-m, m + 1)] * 3, indexing="ij"), axis=-1).reshape(-1, 1, 3)
+    basis = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]])
+    sites = ((cells + basis[None]).reshape(-1, 3)) * lattice_A
+    origin = rng.random(3) * lattice_A
+    return sites[np.argsort(np.linalg.norm(sites - origin, axis=1), kind="stable")[:n]]
+
+
+def particle_sites(motif: str, target: int, lattice_A: float, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Positions (Å) of a particle of `motif` (the motif size nearest `target` atoms, the smaller on a tie;
+    an fcc ball has exactly `target`), and its size parameters as text."""
+    if motif == "fcc_sphere":
+        return fcc_ball(target, lattice_A, rng), str(target)
+    _, params = min(motif_sizes(motif, target), key=lambda c: (abs(c[0] - target), c[0]))
+    return motif_positions(motif, params, lattice_A), "-".join(str(v) for v in params)
+
+
+def order_sites(
+    pos: np.ndarray, n_co: int, ordering: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which sites are Co, and the Janus axis (None for the others): core-shell, the n_co sites nearest
+    the centroid; janus, the n_co sites furthest along a random direction (one plane splits the metals);
+    disordered, n_co random sites. Ties (a symmetric motif has whole shells at one distance) go at random."""
+    n = len(pos)
+    axis = None
+    if ordering == "core-shell":
+        key = np.linalg.norm(pos - pos.mean(axis=0), axis=1)
+    elif ordering == "janus":
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        key = -(pos - pos.mean(axis=0)) @ axis
+    elif ordering == "disordered":
+        key = rng.random(n)
+    else:
+        raise ValueError(f"unknown ordering {ordering!r}; orderings: {', '.join(ORDERINGS)}")
+    order = np.lexsort((rng.permutation(n), np.round(key, 6)))
+    is_co = np.zeros(n, dtype=bool)
+    is_co[order[:n_co]] = True
+    return is_co, axis
+
+
+def alloy_particle(d: Mapping[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """An Ag/Co particle on one Vegard's-law lattice (no MD: ideal sites): positions (Å, its centroid at
+    the origin), atomic numbers, and what was built (motif parameters, counts, Janus axis)."""
+    x = float(d["co_fraction"])
+    lattice = (1.0 - x) * FCC_LATTICE_A["Ag"] + x * FCC_LATTICE_A["Co"]
+    pos, params = particle_sites(d["motif"], int(d["n_atoms_target"]), lattice, rng)
+    pos = pos - pos.mean(axis=0)
+    n = len(pos)
+    n_co = min(max(int(round(x * n)), 1), n - 1)
+    is_co, axis = order_sites(pos, n_co, d["ordering"], rng)
+    built = {"motif_params": params, "n_atoms": n, "n_co": n_co, "n_ag": n - n_co, "lattice_A": lattice, "axis": axis}
+    return pos, np.where(is_co, 27, 47), built
+
+
+def ligand_shell(metal: np.ndarray, d: Mapping[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ligand-like shell: light atoms (element weights `ligand_elements`) placed at random, no two
+    closer than a C-C bond, at `ligand_density`, where the nearest metal atom is between `ligand_gap_A`
+    and that plus `ligand_A` away. Positions and atomic numbers."""
+    from ase.data import atomic_masses, atomic_numbers
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(metal)
+    gap, thick = float(d["ligand_gap_A"]), float(d["ligand_A"])
+    centre = metal.mean(axis=0)
+    reach = float(np.linalg.norm(metal - centre, axis=1).max()) + gap + thick
+
+    def ball(k: int) -> np.ndarray:
+        u = rng.normal(size=(k, 3))
+        return centre + u * (reach * rng.random(k) ** (1.0 / 3.0) / np.linalg.norm(u, axis=1))[:, None]
+
+    def shell(k: int) -> np.ndarray:
+        pts = ball(k)
+        dist, _ = tree.query(pts)
+        return pts[(dist >= gap) & (dist <= gap + thick)]
+
+    symbols = list(d["ligand_elements"])
+    weights = np.array([d["ligand_elements"][e] for e in symbols], dtype=np.float64)
+    weights /= weights.sum()
+    z = np.array([atomic_numbers[e] for e in symbols])
+    mean_mass = float(weights @ atomic_masses[z])
+    trial = 20000
+    volume = 4.0 / 3.0 * math.pi * reach**3 * len(shell(trial)) / trial
+    n_target = int(round(d["ligand_density"] * 0.602214076 / mean_mass * volume))
+    pts = random_carbon(shell, n_target, rng)
+    return pts, rng.choice(z, size=len(pts), p=weights)
+
+
 @dataclass
 class Scene:
     """Atoms in the field (x, y in [0, field), z along the beam from 0), and what each object is."""
@@ -433,8 +769,52 @@ def cnt_scene(d: dict[str, Any], rng: np.random.Generator) -> Scene:
     )
 
 
-#: scene builder per family: a particle builder (with ligand-like shells) is one more entry
-BUILDERS: dict[str, Callable[[dict[str, Any], np.random.Generator], Scene]] = {"cnt": cnt_scene}
+def particle_scene(d: dict[str, Any], rng: np.random.Generator) -> Scene:
+    """One particle (and its ligand shell) turned to its orientation, its centroid at a uniform point of
+    the field at least `centre_margin_A` (and its reach + FIELD_MARGIN_A) in from every edge; the field is
+    widened where that does not fit. Its centre and projected radius in Å of the field."""
+    metal, numbers, built = alloy_particle(d, rng)
+    rot = quaternion_matrix(d["quaternion"])
+    metal = metal @ rot.T
+    lig, lig_numbers = ligand_shell(metal, d, rng) if "ligand_A" in d else (np.empty((0, 3)), np.empty(0, int))
+    allpos = np.concatenate([metal, lig])
+    margin = max(d["centre_margin_A"], float(np.hypot(allpos[:, 0], allpos[:, 1]).max()) + FIELD_MARGIN_A)
+    pixel = d["pixel_A"]
+    npx = int(math.ceil(max(d["field_A"], 2.0 * margin) / pixel))
+    field_A = npx * pixel
+    centre = rng.uniform(margin, field_A - margin, size=2)
+    allpos += np.array([centre[0], centre[1], Z_MARGIN_A - allpos[:, 2].min()])
+    d.update(field_A=field_A, npx=npx)
+    axis = built["axis"]
+    obj = {
+        "family": "nanoalloy",
+        "label": d["ordering"],
+        "ordering": d["ordering"],
+        "motif": d["motif"],
+        "motif_params": built["motif_params"],
+        "n_atoms": built["n_atoms"],
+        "n_ag": built["n_ag"],
+        "n_co": built["n_co"],
+        "centre_A": centre.tolist(),
+        "radius_A": float(np.hypot(metal[:, 0], metal[:, 1]).max()),
+        "particle_radius_A": float(np.linalg.norm(metal, axis=1).max()),
+        "janus_axis": (rot @ axis).tolist() if axis is not None else None,
+    }
+    return Scene(
+        allpos,
+        np.concatenate([numbers, lig_numbers]).astype(int),
+        field_A,
+        float(allpos[:, 2].max()) + Z_MARGIN_A,
+        [obj],
+        {"ligand_atoms": len(lig)},
+    )
+
+
+#: scene builder per family
+BUILDERS: dict[str, Callable[[dict[str, Any], np.random.Generator], Scene]] = {
+    "cnt": cnt_scene,
+    "nanoalloy": particle_scene,
+}
 
 
 def add_support_film(scene: Scene, d: Mapping[str, Any], rng: np.random.Generator) -> int:
@@ -581,6 +961,51 @@ def write_tiff(path: Path, image: np.ndarray, pixel_A: float) -> None:
 # ------------------------------------------------------------------------------------------ micrographs
 
 
+def tube_fields(obj: Mapping[str, Any], d: Mapping[str, Any], half: float) -> dict[str, Any]:
+    """A tube's label values: its end points in pixels of the written image, length and orientation."""
+    (ax, ay), (bx, by) = [((x + half) / d["pixel_A"], (y + half) / d["pixel_A"]) for x, y in obj["ends_A"]]
+    return {
+        "chirality": obj.get("chirality", ""),
+        "x0": round(ax, 2),
+        "y0": round(ay, 2),
+        "x1": round(bx, 2),
+        "y1": round(by, 2),
+        "tube_length_nm": round(obj.get("tube_length_nm", 0.0), 4),
+        "tube_diameter_nm": round(obj.get("tube_diameter_nm", 0.0), 4),
+        "angle_deg": round(d["angle_deg"], 3),
+        "tilt_deg": round(d["tilt_deg"], 3),
+    }
+
+
+def particle_fields(obj: Mapping[str, Any], d: Mapping[str, Any], half: float) -> dict[str, Any]:
+    """A particle's label values: its centre and projected radius in pixels of the written image, its
+    ordering, shape, composition and orientation."""
+    (x, y), pixel = obj["centre_A"], d["pixel_A"]
+    axis = obj.get("janus_axis")
+    return {
+        "ordering": obj["ordering"],
+        "motif": obj["motif"],
+        "motif_params": obj["motif_params"],
+        "n_atoms": obj["n_atoms"],
+        "n_ag": obj["n_ag"],
+        "n_co": obj["n_co"],
+        "co_fraction": round(obj["n_co"] / obj["n_atoms"], 4),
+        "cx": round((x + half) / pixel, 2),
+        "cy": round((y + half) / pixel, 2),
+        "radius_px": round(obj["radius_A"] / pixel, 2),
+        "particle_radius_nm": round(obj["particle_radius_A"] / 10.0, 4),
+        "orientation_quat": " ".join(f"{v:.6f}" for v in d["quaternion"]),
+        "janus_axis": " ".join(f"{v:.6f}" for v in axis) if axis is not None else "",
+    }
+
+
+#: an object's own label values per family
+OBJECT_FIELDS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], float], dict[str, Any]]] = {
+    "cnt": tube_fields,
+    "nanoalloy": particle_fields,
+}
+
+
 def micrograph_seed(seed: int, set_name: str, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), zlib.crc32(set_name.encode()), int(index)]).generate_state(1)[0])
 
@@ -601,56 +1026,48 @@ def make_micrograph(p: Mapping[str, Any], index: int, out_dir: Path, seed: int) 
     write_tiff(out_dir / name, image, d["pixel_A"])
     seconds = time.perf_counter() - t0
     half = 0.5 * spacing  # sample i of the simulation grid covers [i, i + 1) x spacing of the image
+    common = {
+        "file": name,
+        "width_px": image.shape[1],
+        "height_px": image.shape[0],
+        "pixel_size_nm": d["pixel_A"] / 10.0,
+        "field_nm": round(scene.field_A / 10.0, 4),
+        "energy_kV": float(p["energy_kV"]),
+        "defocus_nm": round(d["defocus_A"] / 10.0, 4),
+        "cs_um": round(d["cs_A"] / 1e4, 4),
+        "c12_nm": round(d["c12_A"] / 10.0, 4),
+        "phi12_deg": round(math.degrees(d["phi12_rad"]), 3),
+        "focal_spread_nm": round(d["focal_spread_A"] / 10.0, 4),
+        "convergence_mrad": round(d["convergence_mrad"], 4),
+        "mtf_c50": round(d["mtf_c50"], 4),
+        "dose": round(d["dose"], 2),
+        "outside": d["outside"],
+        "parametrization": d["parametrization"],
+        "frozen_phonons": d["frozen_phonons"],
+        "adsorbate_clusters": scene.info.get("adsorbate_clusters", 0),
+        "adsorbate_atoms": scene.info.get("adsorbate_atoms", 0),
+        "ligand_nm": round(d.get("ligand_A", 0.0) / 10.0, 4),
+        "ligand_atoms": scene.info.get("ligand_atoms", 0),
+        "support_nm": round(d.get("support_A", 0.0) / 10.0, 4),
+        "support_atoms": support_atoms,
+        "drift_A": round(d.get("drift_A", 0.0), 4),
+        "drift_deg": round(d.get("drift_deg", 0.0), 3),
+        "gradient_percent": round(d.get("gradient_percent", 0.0), 3),
+        "gradient_deg": round(d.get("gradient_deg", 0.0), 3),
+        "gain_sigma": round(d.get("gain_sigma", 0.0), 5),
+        "dark_offset_counts": round(d.get("dark_offset_counts", 0.0), 3),
+        "read_noise_counts": round(d.get("read_noise_counts", 0.0), 3),
+        "mtf_on_noise": int(bool(d.get("mtf_on_noise", False))),
+        "atoms": len(scene.positions),
+        "grid": intensity.shape[0],
+        "seed": s,
+        "seconds": round(seconds, 2),
+    }
     rows = []
     for obj in scene.objects:
-        (ax, ay), (bx, by) = [((x + half) / d["pixel_A"], (y + half) / d["pixel_A"]) for x, y in obj["ends_A"]]
-        rows.append(
-            {
-                "file": name,
-                "family": obj["family"],
-                "label": obj["label"],
-                "chirality": obj.get("chirality", ""),
-                "x0": round(ax, 2),
-                "y0": round(ay, 2),
-                "x1": round(bx, 2),
-                "y1": round(by, 2),
-                "width_px": image.shape[1],
-                "height_px": image.shape[0],
-                "pixel_size_nm": d["pixel_A"] / 10.0,
-                "field_nm": round(scene.field_A / 10.0, 4),
-                "tube_length_nm": round(obj.get("tube_length_nm", 0.0), 4),
-                "tube_diameter_nm": round(obj.get("tube_diameter_nm", 0.0), 4),
-                "angle_deg": round(d["angle_deg"], 3),
-                "tilt_deg": round(d["tilt_deg"], 3),
-                "defocus_nm": round(d["defocus_A"] / 10.0, 4),
-                "cs_um": round(d["cs_A"] / 1e4, 4),
-                "c12_nm": round(d["c12_A"] / 10.0, 4),
-                "phi12_deg": round(math.degrees(d["phi12_rad"]), 3),
-                "focal_spread_nm": round(d["focal_spread_A"] / 10.0, 4),
-                "convergence_mrad": round(d["convergence_mrad"], 4),
-                "mtf_c50": round(d["mtf_c50"], 4),
-                "dose": round(d["dose"], 2),
-                "outside": d["outside"],
-                "parametrization": d["parametrization"],
-                "frozen_phonons": d["frozen_phonons"],
-                "adsorbate_clusters": scene.info.get("adsorbate_clusters", 0),
-                "adsorbate_atoms": scene.info.get("adsorbate_atoms", 0),
-                "support_nm": round(d.get("support_A", 0.0) / 10.0, 4),
-                "support_atoms": support_atoms,
-                "drift_A": round(d.get("drift_A", 0.0), 4),
-                "drift_deg": round(d.get("drift_deg", 0.0), 3),
-                "gradient_percent": round(d.get("gradient_percent", 0.0), 3),
-                "gradient_deg": round(d.get("gradient_deg", 0.0), 3),
-                "gain_sigma": round(d.get("gain_sigma", 0.0), 5),
-                "dark_offset_counts": round(d.get("dark_offset_counts", 0.0), 3),
-                "read_noise_counts": round(d.get("read_noise_counts", 0.0), 3),
-                "mtf_on_noise": int(bool(d.get("mtf_on_noise", False))),
-                "atoms": len(scene.positions),
-                "grid": intensity.shape[0],
-                "seed": s,
-                "seconds": round(seconds, 2),
-            }
-        )
+        own = OBJECT_FIELDS[obj["family"]](obj, d, half)
+        values = {**common, "family": obj["family"], "label": obj["label"], **own}
+        rows.append({k: values[k] for k in COLUMNS[obj["family"]]})
     (out_dir / f"mic_{index:04d}.json").write_text(json.dumps(rows))
     return rows
 
@@ -681,7 +1098,7 @@ def generate_set(
             echo(f"  {p['set']}: {rows[0]['file']} {rows[0]['label']} in {rows[0]['seconds']:.1f} s ({k}/{len(todo)})")
     rows = [r for i in range(n) for r in json.loads((out / f"mic_{i:04d}.json").read_text())]
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(LABEL_COLUMNS), lineterminator="\n")
+        w = csv.DictWriter(fh, fieldnames=list(COLUMNS[p.get("family", "cnt")]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     (out / "set.json").write_text(json.dumps({"set": p["set"], "n": n, "seed": seed, "parameters": p}, indent=1))

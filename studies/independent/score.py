@@ -3,7 +3,10 @@
 Per micrograph, the regions are boxes along the tube's known axis (labels.csv): each just under one
 window of the bundle's field (card `input_size` x `pixel_size_A`, so predict centres one window on it)
 centred on the axis, half a window apart, the first and last a half window in from the ends (the
-classifier was trained on windows crossed by the tube near their centre). Then
+classifier was trained on windows crossed by the tube near their centre). For a particle (a nanoalloy
+set, scored with an ordering bundle) the region is one box round it: its centre +- its projected radius
+and an atom's radius (`particle_box`); predict centres one window on a box smaller than a window, as the
+ordering classifier was trained (one particle near the window's centre), and tiles a larger one. Then
 
     hrtemflow predict <micrograph> --bundles <bundle> --out <predictions>/<set> --regions <csv> --quiet
 
@@ -13,7 +16,7 @@ process, which imports Keras once, or `one_process_per_image` for the console sc
 
 - per region (window): the class probabilities predict reports (temperature-scaled where a fitted
   temperature is found) and its flag; a region flagged `vacuum` or `ood` is left out of the answers;
-- per image (= per object: one tube per micrograph): the mean of its unflagged windows' probabilities,
+- per image (= per object: one tube or particle per micrograph): the mean of its unflagged windows' probabilities,
   its argmax the answer; an image whose windows are all flagged has no answer, which counts as wrong;
 - top-1 and top-3 (per image and per region), ECE over 15 equal-width bins (on the answered images'
   confidences and on the unflagged regions'), the confident-and-wrong rate (an answer with top-1
@@ -41,9 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from .generate import read_card, read_labels
+from .generate import TASK_FAMILY, read_card, read_labels
 
 ECE_BINS = 15
+#: room round a particle's outermost atom centres in its region box (Å): about a metal atom's radius
+ATOM_RADIUS_A = 1.5
+#: the set each family's Δ column is measured against
+BASELINES = {"cnt": "H0_ideal", "nanoalloy": "NA0_ideal"}
+#: what one object of a family is called in the table's text
+OBJECT_NAMES = {"cnt": "tube", "nanoalloy": "particle"}
 CONFIDENT = 0.8
 BOOTSTRAP = 2000
 TOP_CONFUSIONS = 5
@@ -92,20 +101,56 @@ def axis_boxes(ends: Sequence[float], window: float, width: int, height: int) ->
     return boxes
 
 
+def particle_box(cx: float, cy: float, radius: float, pad: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box (x0, y0, x1, y1) of whole pixels that holds a particle centred at (cx, cy) with radius +
+    pad (pixel k spans [k, k + 1)), cut to the image."""
+    if not (radius >= 0 and pad >= 0 and 0 <= cx <= width and 0 <= cy <= height):
+        raise ValueError(f"a particle at ({cx}, {cy}), radius {radius} + {pad} px, in a {width} x {height} image")
+    reach = radius + pad
+    x0, y0 = max(int(math.floor(cx - reach)), 0), max(int(math.floor(cy - reach)), 0)
+    x1, y1 = min(int(math.ceil(cx + reach)), width), min(int(math.ceil(cy + reach)), height)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def object_boxes(row: Mapping[str, str], card: Mapping[str, Any]) -> list[tuple[int, int, int, int]]:
+    """The regions of one labelled object: boxes along a tube's axis, or the box round a particle."""
+    pixel_A = 10.0 * float(row["pixel_size_nm"])
+    width, height = int(row["width_px"]), int(row["height_px"])
+    if row.get("family", "cnt") == "nanoalloy":
+        cx, cy, radius = (float(row[k]) for k in ("cx", "cy", "radius_px"))
+        return [particle_box(cx, cy, radius, ATOM_RADIUS_A / pixel_A, width, height)]
+    ends = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
+    return axis_boxes(ends, window_px(card, pixel_A), width, height)
+
+
 def write_regions(path: Path, rows: Sequence[Mapping[str, str]], card: Mapping[str, Any]) -> int:
-    """The regions CSV of one micrograph: boxes along each object's axis, labelled <object>:<window>."""
+    """The regions CSV of one micrograph: each object's boxes, labelled <object>:<box>."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["x0", "y0", "x1", "y1", "label"])
         for j, r in enumerate(rows):
-            win = window_px(card, 10.0 * float(r["pixel_size_nm"]))
-            ends = [float(r[k]) for k in ("x0", "y0", "x1", "y1")]
-            for k, box in enumerate(axis_boxes(ends, win, int(r["width_px"]), int(r["height_px"]))):
+            for k, box in enumerate(object_boxes(r, card)):
                 w.writerow([*box, f"{j}:{k}"])
                 n += 1
     return n
+
+
+def check_family(set_dir: Path, card: Mapping[str, Any]) -> str:
+    """The family of a set's objects, refused when the bundle's task does not read that family."""
+    if not (set_dir / "labels.csv").is_file():
+        raise SystemExit(
+            f"set {set_dir.name} has not been generated ({set_dir}/labels.csv is missing): drop --score-only"
+        )
+    families = {r.get("family", "cnt") for r in read_labels(set_dir / "labels.csv")}
+    wants = TASK_FAMILY.get(str(card.get("task")))
+    if len(families) != 1 or (wants is not None and families != {wants}):
+        raise SystemExit(
+            f"{set_dir}: its micrographs hold {', '.join(sorted(families)) or 'nothing'}, but the bundle's task "
+            f"{card.get('task')!r} reads {wants or 'an unknown family'}: score the bundle's own family's sets"
+        )
+    return families.pop()
 
 
 # -------------------------------------------------------------------------------------------- predict
@@ -363,9 +408,12 @@ def _ci(row: Mapping[str, Any], key: str) -> str:
     return f"{_pct(row.get(key))} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(row.get(key))
 
 
-def table_markdown(rows: Sequence[Mapping[str, Any]], own: Mapping[str, Any] | None, k: int) -> str:
+def table_markdown(
+    rows: Sequence[Mapping[str, Any]], own: Mapping[str, Any] | None, k: int, baseline: str = "H0_ideal"
+) -> str:
     head = (
-        f"| set | images | windows | image top-1 % [95 %] | Δ vs H0 | image top-{k} % | answered % | "
+        f"| set | images | windows | image top-1 % [95 %] | Δ vs {baseline.split('_')[0]} | image top-{k} % | "
+        "answered % | "
         f"window top-1 % [95 %] | window top-{k} % | ECE image | ECE window | confident & wrong % [95 %] | "
         "OOD % | vacuum % | commonest confusions |"
     )
@@ -377,7 +425,7 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], own: Mapping[str, Any] | N
             f"| - | - | - | {_ci(own, 'region_top1')} | {_pct(own.get(f'region_top{k}'))} | - | {ece_own} "
             "| - | - | - | - |"
         )
-    base = next((r for r in rows if r["set"] == "H0_ideal"), None)
+    base = next((r for r in rows if r["set"] == baseline), None)
     for r in rows:
         delta = (
             f"{100 * (r['image_top1'] - base['image_top1']):+.1f}"
@@ -413,6 +461,8 @@ def score_sets(
     if card.get("kind") != "classification":
         raise SystemExit(f"{bundle} is a {card.get('kind')} bundle; the independent sets score a classifier")
     out = Path(out)
+    families = {check_family(Path(sets_root) / name, card) for name in set_names}
+    family = families.pop() if len(families) == 1 else "cnt"
     jobs = []
     for name in set_names:
         jobs += predict_set(Path(sets_root) / name, bundle, out / "predictions" / name, card, rescore=rescore)
@@ -437,13 +487,15 @@ def score_sets(
         "bootstrap": {"resamples": BOOTSTRAP, "unit": "images (with their regions)", "seed": seed},
         "sets": rows,
     }
+    thing = OBJECT_NAMES.get(family, "object")
     md = (
         f"Bundle `{bundle}` ({card['task']}, {len(card['classes'])} classes, {card['input_size']} px at "
-        f"{card['pixel_size_A']:.4g} Å). Image = the mean of a tube's unflagged windows (one tube per micrograph); "
+        f"{card['pixel_size_A']:.4g} Å). Image = the mean of a {thing}'s unflagged windows (one {thing} per "
+        "micrograph); "
         f"an image with every window flagged has no answer and counts as wrong. Confident & wrong: an answer with "
         f"top-1 p >= {CONFIDENT} that is wrong, out of all images. Intervals: {BOOTSTRAP} bootstrap resamples of the "
         "images. Own test split: its windows are the region figures, its structures the image figure.\n\n"
-        + table_markdown(rows, own, k)
+        + table_markdown(rows, own, k, BASELINES.get(family, "H0_ideal"))
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "factor_table.json").write_text(json.dumps(result, indent=1))
