@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 TASK = "chirality"
-from hrtemflow.apply.tube_calibration import MATCH_NM  # noqa: E402 (after the sys.path line)
+from hrtemflow.apply.tube_calibration import MATCH_NM, as_number  # noqa: E402 (after the sys.path line)
 
 #: multislice sampling (Å) of the micrographs: 4x faster than the bench's 0.1 Å, same windows (docstring)
 SAMPLING_A = 0.15
@@ -235,13 +235,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # scoring
 
 
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _nm(label: str) -> tuple[int, int]:
     n, m = str(label).split("-")
     return int(n), int(m)
@@ -295,7 +288,7 @@ def score(
     top = [[str(m["tube"].get(f"top{k}", "")) for k in (1, 2, 3)] if m["tube"] else ["", "", ""] for m in matches]
     top1 = np.array([f and t[0] == y for f, t, y in zip(found, top, truth, strict=True)], bool)
     top3 = np.array([f and y in t for f, t, y in zip(found, top, truth, strict=True)], bool)
-    conf = np.array([_num(m["tube"].get("p1")) if m["tube"] else math.nan for m in matches])
+    conf = np.array([as_number(m["tube"].get("p1")) if m["tube"] else math.nan for m in matches])
     ood = np.array([bool(m["tube"] and str(m["tube"].get("ood", "") or "").strip()) for m in matches], bool)
     structure = np.array([str(m["label"].get("structure") or m["label"]["file"]) for m in matches])
     idx = np.flatnonzero(found)
@@ -311,7 +304,7 @@ def score(
         {
             "file": matches[i]["label"]["file"],
             "structure": str(structure[i]),
-            "p1": _num(conf[i]),
+            "p1": as_number(conf[i]),
             **confusion_geometry(truth[i], top[i][0]),
         }
         for i in idx

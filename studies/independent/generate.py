@@ -82,6 +82,20 @@ MAX_PARTICLE_ATOMS = 20000
 #: family of the structures each classification task of a bundle names
 TASK_FAMILY = {"chirality": "cnt", "ordering": "nanoalloy"}
 
+#: the drawn optics, dose and potential every family's row carries
+_OPTICS_COLUMNS = (
+    "defocus_nm",
+    "cs_um",
+    "c12_nm",
+    "phi12_deg",
+    "focal_spread_nm",
+    "convergence_mrad",
+    "mtf_c50",
+    "dose",
+    "outside",
+    "parametrization",
+    "frozen_phonons",
+)
 #: the columns every family's row ends with: the support, the camera and the run
 _SCENE_COLUMNS = (
     "support_nm",
@@ -117,17 +131,7 @@ LABEL_COLUMNS = (
     "tube_diameter_nm",
     "angle_deg",
     "tilt_deg",
-    "defocus_nm",
-    "cs_um",
-    "c12_nm",
-    "phi12_deg",
-    "focal_spread_nm",
-    "convergence_mrad",
-    "mtf_c50",
-    "dose",
-    "outside",
-    "parametrization",
-    "frozen_phonons",
+    *_OPTICS_COLUMNS,
     "adsorbate_clusters",
     "adsorbate_atoms",
     *_SCENE_COLUMNS,
@@ -157,17 +161,7 @@ PARTICLE_COLUMNS = (
     "pixel_size_nm",
     "field_nm",
     "energy_kV",
-    "defocus_nm",
-    "cs_um",
-    "c12_nm",
-    "phi12_deg",
-    "focal_spread_nm",
-    "convergence_mrad",
-    "mtf_c50",
-    "dose",
-    "outside",
-    "parametrization",
-    "frozen_phonons",
+    *_OPTICS_COLUMNS,
     "ligand_nm",
     "ligand_atoms",
     *_SCENE_COLUMNS,

@@ -76,6 +76,13 @@ def model_sha256(bundle_dir: Path) -> str:
     return h.hexdigest()
 
 
+def same_temperature(a: float | None, b: float | None) -> bool:
+    """Two window temperatures are the same calibration: both none, or equal to rounding."""
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=1e-6)
+
+
 def find_exponent(bundle_dir: Path, temperature: float | None) -> tuple[float | None, str]:
     """The bundle's fitted α and where it came from, or (None, why not): the file must name this model
     and the window temperature it was fitted under."""
@@ -96,9 +103,7 @@ def find_exponent(bundle_dir: Path, temperature: float | None) -> tuple[float | 
     if cal.get("model_sha256") != model_sha256(bundle_dir):
         return None, f"{path} was fitted for another model.keras: not applied; refit with `hrtemflow fit-tubes`"
     fitted_t = cal.get("window_temperature")
-    if (fitted_t is None) != (temperature is None) or (
-        temperature is not None and not math.isclose(float(fitted_t), float(temperature), rel_tol=1e-6)
-    ):
+    if not same_temperature(fitted_t, temperature):
         return None, (
             f"{path} was fitted under window temperature {fitted_t}, predict runs under {temperature}: not applied; "
             "refit with `hrtemflow fit-tubes` under this temperature"
@@ -137,7 +142,8 @@ def segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.hypot(*(p - (a + t[:, None] * ab)).T)
 
 
-def _num(v: Any) -> float:
+def as_number(v: Any) -> float:
+    """A CSV or JSON cell as a float; NaN where it is none."""
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -158,16 +164,18 @@ def match_tubes(
             by_file.setdefault(Path(str(t["source"])).name, []).append(t)
     out = []
     for lab in labels:
-        a0 = np.array([_num(lab["x0"]), _num(lab["y0"])])
-        b0 = np.array([_num(lab["x1"]), _num(lab["y1"])])
+        a0 = np.array([as_number(lab["x0"]), as_number(lab["y0"])])
+        b0 = np.array([as_number(lab["x1"]), as_number(lab["y1"])])
         best, best_key, best_d = None, None, math.inf
         for t in by_file.get(Path(str(lab["file"])).name, []):
             px_nm = (
-                _num(lab.get("pixel_size_nm"))
+                as_number(lab.get("pixel_size_nm"))
                 if lab.get("pixel_size_nm") not in (None, "")
-                else _num(t.get("pixel_size_nm"))
+                else as_number(t.get("pixel_size_nm"))
             )
-            ends = np.array([[_num(t["x0_px"]), _num(t["y0_px"])], [_num(t["x1_px"]), _num(t["y1_px"])]])
+            ends = np.array(
+                [[as_number(t["x0_px"]), as_number(t["y0_px"])], [as_number(t["x1_px"]), as_number(t["y1_px"])]]
+            )
             d = float(segment_distance(ends, a0, b0).max()) * px_nm
             length = float(np.hypot(*(ends[1] - ends[0])))
             key = (d < match_nm, length if d < match_nm else -d)
@@ -177,7 +185,10 @@ def match_tubes(
         coverage = None
         if found:
             length = float(
-                np.hypot(_num(best["x1_px"]) - _num(best["x0_px"]), _num(best["y1_px"]) - _num(best["y0_px"]))
+                np.hypot(
+                    as_number(best["x1_px"]) - as_number(best["x0_px"]),
+                    as_number(best["y1_px"]) - as_number(best["y0_px"]),
+                )
             )
             coverage = length / max(float(np.hypot(*(b0 - a0))), 1e-9)
         out.append(
@@ -259,9 +270,7 @@ def fit_tubes(
             "own answers"
         )
     temperature, _ = find_temperature(bundle_dir, card)
-    if (info.get("temperature") is None) != (temperature is None) or (
-        temperature is not None and not math.isclose(float(info["temperature"]), temperature, rel_tol=1e-6)
-    ):
+    if not same_temperature(info.get("temperature"), temperature):
         raise HrtemflowError(
             f"{predict_dir} was predicted under window temperature {info.get('temperature')}, the bundle's is now "
             f"{temperature}: run predict again, then fit"

@@ -164,12 +164,13 @@ def _join(segments: list[tuple[np.ndarray, np.ndarray]], p: float) -> list[tuple
                 length = float(np.hypot(*(b - a)))
                 gap = max(t[0] - length, -t[1], 0.0)
                 overlap = min(t[1], length) - max(t[0], 0.0)
-                if max(abs(o) for o in offsets) * p <= JOIN_OFFSET_A:
+                farthest = max(abs(o) for o in offsets) * p
+                if farthest <= JOIN_OFFSET_A:
                     if gap * p > JOIN_GAP_A:
                         continue
                     shift = 0.0  # collinear pieces: one axis
                 elif (
-                    max(abs(o) for o in offsets) * p <= WALLS_A
+                    farthest <= WALLS_A
                     and abs(offsets[0] - offsets[1]) * p <= JOIN_OFFSET_A
                     and overlap >= WALLS_OVERLAP * min(length, t[1] - t[0])
                 ):
