@@ -197,7 +197,7 @@ def _refined_ends(
     lens's delocalisation (a nanometre at 20 nm underfocus): the thresholded part overshoots by an
     amount that grows with both, so no fixed inset fits every micrograph. Both blurs are symmetric about
     the true end, so the half-level crossing of the contrast amplitude (the root of the map above
-    vacuum), averaged across the axis over AFTER_A and searched from outside in, lands on it. Falls back
+    vacuum), averaged across the axis over AFTER_A and found next to each thresholded end, lands on it. Falls back
     to the fixed inset END_INSET_A when the profile has no clear level (a tube too short or too faint)."""
     from scipy import ndimage  # noqa: PLC0415
 
@@ -215,14 +215,30 @@ def _refined_ends(
     fallback = (a + u * END_INSET_A / p, b - u * END_INSET_A / p)
     if level <= 0 or length * p < 2 * END_INSET_A:
         return fallback
-    # from the outside in, so that a faint stretch inside a tube (pieces joined across it) does not cut it
-    above = np.flatnonzero(amp >= 0.5 * level)
-    if not len(above) or above[0] == 0 or above[-1] == len(t) - 1:  # no fall to half within the search
+    above = amp >= 0.5 * level
+    i0 = _crossing(above, int(np.searchsorted(t, 0.0)), -1)
+    i1 = _crossing(above, int(np.searchsorted(t, length)), +1)
+    if i0 is None or i1 is None:  # no fall to half within the search
         return fallback
-    t0, t1 = t[above[0]] - 0.25, t[above[-1]] + 0.25  # the crossings, to half a step
+    t0, t1 = t[i0] - 0.25, t[i1] + 0.25  # the crossings, to half a step
     if t1 - t0 < 0.5 * length:
         return fallback
     return a + u * t0, a + u * t1
+
+
+def _crossing(above: np.ndarray, start: int, outward: int) -> int | None:
+    """The last sample above half level at one end: from the thresholded end outward to the first fall
+    (so another tube further along the same line is never reached), or inward to the first rise where the
+    thresholded part overshot. Between the two ends nothing is looked at, so a faint stretch inside a
+    tube (pieces joined across it) does not cut it. None when the profile does not fall within the search."""
+    i = min(max(start, 0), len(above) - 1)
+    if above[i]:
+        while 0 <= i + outward < len(above) and above[i + outward]:
+            i += outward
+        return None if not 0 <= i + outward < len(above) else i
+    while 0 <= i - outward < len(above) and not above[i]:
+        i -= outward
+    return i if above[i] else None
 
 
 def find_tubes(image: np.ndarray, pixel_A: float, *, min_length_A: float = MIN_TUBE_LENGTH_A) -> list[Tube]:
