@@ -148,6 +148,44 @@ def test_other_groups_run(specs, tmp_path):
         check_contract(spec, manifest, frames)
 
 
+def _mean_bond_A(atoms) -> float:
+    from ase.neighborlist import neighbor_list  # noqa: PLC0415
+
+    return float(neighbor_list("d", atoms, 1.75).mean())
+
+
+def test_tube_is_imaged_at_the_measured_bond(specs, tmp_path):
+    """Tersoff holds graphene at 1.4605 Å; the frame handed to imaging has the measured 1.42 Å bond, so a
+    real tube's diameter, unless bond_A is null, which keeps the MD's geometry. The same sample both ways:
+    one MD, scaled by 1.42 / 1.4605 about and along its axis."""
+    from hrtemflow.core.tubes import TERSOFF_BOND_A  # noqa: PLC0415
+
+    spec = copy.deepcopy(specs["cnt-8-4-s00000"])
+    assert spec["structure"]["bond_A"] == 1.42  # the default enters every tube's spec
+    spec["samples"] = spec["samples"][:1]
+    spec["structure"]["vacancy_rate"] = spec["structure"]["stone_wales_rate"] = 0.0
+    raw = copy.deepcopy(spec)
+    raw["structure"].pop("bond_A")
+    scaled_manifest, (scaled,) = run(spec, tmp_path / "scaled")
+    raw_manifest, (unscaled,) = run(raw, tmp_path / "raw")
+    assert _mean_bond_A(scaled) == pytest.approx(1.42, rel=0.008)  # the two bonds are 2.8 % apart
+    assert _mean_bond_A(unscaled) == pytest.approx(TERSOFF_BOND_A, rel=0.008)
+    ratio = 1.42 / TERSOFF_BOND_A
+    a, b = scaled_manifest["samples"][0]["labels"], raw_manifest["samples"][0]["labels"]
+    assert [a["n"], a["m"]] == [b["n"], b["m"]] == [8, 4]  # the label reads the lattice, not the bond
+    assert a["diameter_A"] == pytest.approx(b["diameter_A"] * ratio, rel=1e-3)
+    assert scaled.cell.array[2, 2] == pytest.approx(unscaled.cell.array[2, 2] * ratio, rel=1e-9)
+    assert len(scaled) == len(unscaled)
+
+
+def test_null_bond_leaves_the_key_out_of_the_spec(tmp_path):
+    cfg = copy.deepcopy(CFG)
+    cfg["families"]["cnt"]["structure"]["bond_A"] = None
+    cfg = load_config(cfg, base=REPO)
+    shard = next(s for s in make_plan(cfg).shards if s.family == "cnt")
+    assert "bond_A" not in md_spec(cfg, shard)["structure"]
+
+
 @pytest.mark.parametrize("shard", ["nanoalloy-core-shell-s00000", "cnt-5-5-s00000", "amorphous-s00000"])
 @pytest.mark.parametrize("mode", ["nan", "lost_atoms"])
 def test_injected_faults_are_detected(specs, shard, mode, tmp_path):

@@ -16,7 +16,8 @@ neighbour (r = 0 in the potential), "lost_atoms" moves one atom 10 µm out of th
 it). The reason then reads "injected fault: <mode>; detected: <what the checks saw>".
 
 The protocols and the checks between runs are in `lammps_run`; tubes are built at the Tersoff
-graphene bond (1.4605 Å) so their fixed period is unstrained.
+graphene bond (1.4605 Å) so their fixed period is unstrained, then (`structure.bond_A`, default
+1.42 Å) scaled after MD to the measured bond, so their images show a real tube's diameter.
 
 Determinism: one spec gives the same extxyz bytes and the same manifest except for wall-clock
 times, which live in `manifest["timing"]` and `samples[*]["wall_s"]` (drop them with
@@ -281,6 +282,8 @@ def run_sample(
         final, pe = read_back(lmp, atoms)
         final = place_in_cell(final, family, spec["structure"].get("vacuum_A"))
         integrity(family, final)
+        if family == "cnt" and spec["structure"].get("bond_A"):
+            final = structures.scale_tube(final, float(spec["structure"]["bond_A"]) / TERSOFF_C_BOND_A)
         labels = analysis.measure(family, final)
         e_atom = round(pe / len(final), 6)
         labels["energy_per_atom_eV"] = e_atom

@@ -42,6 +42,8 @@ def md_spec(cfg: dict, shard: Shard) -> dict:
     fam = cfg["families"][g.family]
     structure = copy.deepcopy(fam["structure"])
     structure.update(dict(g.extra))
+    if structure.get("bond_A", 0.0) is None:  # the MD's own geometry: the spec of a campaign planned before the key
+        structure.pop("bond_A")
     carbon = g.family in CARBON
     seed = cfg["campaign"]["seed"]
     return {
