@@ -124,6 +124,32 @@ def test_generated_micrographs_read_back_calibrated(sets):
                 assert 0.6 * PIXEL_A <= 10 * float(r["pixel_size_nm"]) <= 1.8 * PIXEL_A
 
 
+def test_a_calibration_set_redeclares_the_same_pixels(sets):
+    """calibration_up is H0's micrographs with the declared pixel size 2.85 % larger and nothing else; a
+    derived set asking for more micrographs than its source has is refused with what to generate."""
+    from studies.independent.generate import read_labels
+
+    from hrtemflow.apply.readers import read_micrograph
+
+    params = [a for p in TINY for a in ("--param", p)]
+    res = _cli("--generate-only", "--sets", "calibration_up", "--n", "2", "--out", str(sets), *params)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    src = read_labels(sets / "sets" / "H0_ideal" / "labels.csv")
+    got = read_labels(sets / "sets" / "calibration_up" / "labels.csv")
+    for a, b in zip(src, got):
+        assert float(b["pixel_size_nm"]) == pytest.approx(1.0285 * float(a["pixel_size_nm"]), rel=1e-9)
+        assert float(b["declared_pixel_scale"]) == 1.0285 and float(a["declared_pixel_scale"]) == 1.0
+        assert {k: v for k, v in a.items() if k not in ("pixel_size_nm", "declared_pixel_scale")} == {
+            k: v for k, v in b.items() if k not in ("pixel_size_nm", "declared_pixel_scale")
+        }
+        ma = read_micrograph(sets / "sets" / "H0_ideal" / a["file"])[0]
+        mb = read_micrograph(sets / "sets" / "calibration_up" / b["file"])[0]
+        assert np.array_equal(ma.data, mb.data)
+        assert mb.pixel_size_A == pytest.approx(10 * float(b["pixel_size_nm"]), rel=1e-6)
+    res = _cli("--generate-only", "--sets", "calibration_down", "--n", "3", "--out", str(sets), *params)
+    assert res.returncode != 0 and "generate H0_ideal with at least as many micrographs first" in res.stderr
+
+
 def test_score_through_predict(sets, cnt_bundles):
     """The scorer runs `hrtemflow predict` on every micrograph with boxes along the tube, and its table
     holds each set with figures that follow from what predict wrote."""

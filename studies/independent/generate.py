@@ -112,6 +112,7 @@ _SCENE_COLUMNS = (
     "grid",
     "seed",
     "seconds",
+    "declared_pixel_scale",
 )
 
 LABEL_COLUMNS = (
@@ -1056,6 +1057,7 @@ def make_micrograph(p: Mapping[str, Any], index: int, out_dir: Path, seed: int) 
         "grid": intensity.shape[0],
         "seed": s,
         "seconds": round(seconds, 2),
+        "declared_pixel_scale": 1.0,  # the file declares the pixel it was simulated at (a derived set changes it)
     }
     rows = []
     for obj in scene.objects:
@@ -1080,7 +1082,9 @@ def generate_set(
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(n) if not ((out / f"mic_{i:04d}.tif").is_file() and (out / f"mic_{i:04d}.json").is_file())]
     t0 = time.perf_counter()
-    if jobs > 1 and len(todo) > 1:
+    if p.get("derived_from"):
+        derive_micrographs(p, todo, out)
+    elif jobs > 1 and len(todo) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(jobs) as pool:
@@ -1097,6 +1101,31 @@ def generate_set(
         w.writerows(rows)
     (out / "set.json").write_text(json.dumps({"set": p["set"], "n": n, "seed": seed, "parameters": p}, indent=1))
     return out / "labels.csv"
+
+
+def derive_micrographs(p: Mapping[str, Any], indices: Sequence[int], out: Path) -> None:
+    """Another set's micrographs (`derived_from`, a sibling folder) written again with only their declared
+    pixel size changed, by `declared_pixel_scale`: a magnification calibrated that far off, with the same
+    pixels. The rows keep every drawn value; pixel_size_nm is what the file now declares."""
+    import tifffile
+
+    source = out.parent / str(p["derived_from"])
+    scale = float(p["declared_pixel_scale"])
+    if not scale > 0:
+        raise SystemExit(f"set {p['set']}: declared_pixel_scale must be a positive factor, not {scale}")
+    for i in indices:
+        tif, rows_file = source / f"mic_{i:04d}.tif", source / f"mic_{i:04d}.json"
+        if not (tif.is_file() and rows_file.is_file()):
+            raise SystemExit(
+                f"set {p['set']} re-declares the micrographs of {p['derived_from']}, which has no {tif.name}: "
+                f"generate {p['derived_from']} with at least as many micrographs first (--sets {p['derived_from']})"
+            )
+        rows = json.loads(rows_file.read_text())
+        pixel_A = 10.0 * float(rows[0]["pixel_size_nm"]) * scale
+        write_tiff(out / tif.name, tifffile.imread(tif), pixel_A)
+        for r in rows:
+            r["pixel_size_nm"], r["declared_pixel_scale"] = pixel_A / 10.0, scale
+        (out / rows_file.name).write_text(json.dumps(rows))
 
 
 def read_labels(path: str | Path) -> list[dict[str, str]]:
