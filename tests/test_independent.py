@@ -190,6 +190,12 @@ def test_score_through_predict(sets, cnt_bundles):
         right.append(per["answer"] == row["label"])
     assert ideal["image_top1"] == pytest.approx(np.mean(right))
     assert 0 <= ideal["confident_wrong"] <= 1 - ideal["image_top1"] + 1e-12
+    # a second run predicts nothing again: the regions are rewritten only when they change
+    pred = sets / "predictions" / "H0_ideal" / rows[0]["file"].rsplit(".", 1)[0] / "predictions.json"
+    before = pred.stat().st_mtime_ns
+    res = _cli("--score-only", "--bundle", str(bundle), "--sets", "H0_ideal", "--out", str(sets))
+    assert res.returncode == 0 and "predict: 0 micrograph(s)" in res.stdout, res.stdout[-2000:] + res.stderr[-3000:]
+    assert pred.stat().st_mtime_ns == before
 
 
 # ------------------------------------------------------------------------------------------ nanoalloy

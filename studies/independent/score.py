@@ -31,6 +31,7 @@ reports/<task>/metrics.json of its results folder), when one matches the bundle'
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -126,14 +127,17 @@ def object_boxes(row: Mapping[str, str], card: Mapping[str, Any]) -> list[tuple[
 def write_regions(path: Path, rows: Sequence[Mapping[str, str]], card: Mapping[str, Any]) -> int:
     """The regions CSV of one micrograph: each object's boxes, labelled <object>:<box>."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["x0", "y0", "x1", "y1", "label"])
     n = 0
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["x0", "y0", "x1", "y1", "label"])
-        for j, r in enumerate(rows):
-            for k, box in enumerate(object_boxes(r, card)):
-                w.writerow([*box, f"{j}:{k}"])
-                n += 1
+    for j, r in enumerate(rows):
+        for k, box in enumerate(object_boxes(r, card)):
+            w.writerow([*box, f"{j}:{k}"])
+            n += 1
+    # rewritten only when it changes: its time is what tells a later run that a prediction is still fresh
+    if not path.is_file() or path.read_text(encoding="utf-8") != buf.getvalue():
+        path.write_text(buf.getvalue(), encoding="utf-8")
     return n
 
 
