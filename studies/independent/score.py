@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from hrtemflow.core.atomic import write_if_changed
+
 from .generate import TASK_FAMILY, read_card, read_labels
 
 ECE_BINS = 15
@@ -135,9 +137,7 @@ def write_regions(path: Path, rows: Sequence[Mapping[str, str]], card: Mapping[s
         for k, box in enumerate(object_boxes(r, card)):
             w.writerow([*box, f"{j}:{k}"])
             n += 1
-    # rewritten only when it changes: its time is what tells a later run that a prediction is still fresh
-    if not path.is_file() or path.read_text(encoding="utf-8") != buf.getvalue():
-        path.write_text(buf.getvalue(), encoding="utf-8")
+    write_if_changed(path, buf.getvalue())  # its time tells a later run that a prediction is still fresh
     return n
 
 
