@@ -244,6 +244,22 @@ def test_too_coarse_pixel_size_is_flagged(film_wave):
     assert fine["per_task"]["aberrations"]["out_of_range"] == []
 
 
+def test_pixels_a_bundle_was_trained_to_resample_are_not_flagged(film_wave):
+    """A card whose images were recorded at up to 2.2 x its pixel and resampled (detector.recorded_pixel_scale)
+    accepts a micrograph at 2 x its pixel, and still flags one beyond that range, naming it."""
+    coarse = micrograph(film_wave, 45.0, pixel_A=1.0, seed=8)
+    detector = {"mtf_c50": [0.3, 0.6], "recorded_pixel_scale": [0.6, 2.2]}
+    resampled = dict(_imaging(defocus_nm=(20, 60)), detector=detector)
+    trained = card([resampled], pixel_size_A=PIXEL_A)
+    assert cond.training_ranges(trained)["recorded_pixel_scale"] == [0.6, 2.2]
+    assert cond.assess(coarse, 1.0, {}, [trained])["per_task"]["aberrations"]["out_of_range"] == []
+    narrow = dict(resampled, detector={"mtf_c50": [0.3, 0.6], "recorded_pixel_scale": [0.6, 1.5]})
+    flags = cond.assess(coarse, 1.0, {}, [card([narrow], pixel_size_A=PIXEL_A)])["per_task"]["aberrations"]
+    assert len(flags["out_of_range"]) == 1, flags
+    assert "recorded at up to 0.75 Å and resampled" in flags["out_of_range"][0]
+    assert "take micrographs at 0.75 Å per pixel or finer" in flags["out_of_range"][0]
+
+
 def test_beam_energy_from_the_file(tmp_path: Path, at_45):
     from hrtemflow.apply.readers import read_micrograph
     from test_readers import write_dm

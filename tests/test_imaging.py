@@ -515,6 +515,44 @@ def test_nanoalloy_on_support_film_with_frozen_phonons(tmp_path):
     assert len(ds) == 2 and ds.labels["composition_Co"][0] > 0 and ds.labels["ordering"][0] == "core-shell"
 
 
+def test_a_share_of_tube_views_lies_on_a_film(tmp_path):
+    """support_film: 0.5 on a CNT shard: each view is on a film or not (drawn after the view's other draws, so
+    the tube sits where it sits without films), and the images record which (params support_film)."""
+    md = write_md_shard(tmp_path / "md", "cnt", "cnt-8-4", tubes((8, 4)))
+    film_md = write_md_shard(tmp_path / "mda", "amorphous", "amorphous", [amorphous_carbon(box=40.0, thickness=6.0)])
+    spec = make_spec(
+        "cnt",
+        "cnt-8-4",
+        md,
+        views=6,
+        variants=1,
+        sizes=[64],
+        physics={"support_film": 0.5, "fov_nm": [2.4, 2.4]},
+        support=[film_md["structures"]],
+    )
+    films = read_films(spec)
+    tube = read_md(spec)[1][0]
+    physics = spec["imaging"]["physics"]
+    on = []
+    for v in range(6):
+        bare = make_view(tube, "cnt", physics, view_rng(1000, v))
+        view = make_view(tube, "cnt", physics, view_rng(1000, v), films)
+        k = len(bare.atoms)
+        assert np.array_equal(view.atoms.positions[:k], bare.atoms.positions)  # the same tube, placed the same
+        assert view.film is not None and bare.film is None
+        assert (len(view.atoms) > k) == view.film
+        if view.film:
+            assert view.atoms.positions[k:, 2].min() > bare.atoms.positions[:, 2].max()  # under it, along the beam
+        on.append(view.film)
+    assert any(on) and not all(on)
+    result = run_image_shard(spec, tmp_path / "c.zarr", progress=False)
+    ds = open_dataset([tmp_path / "c.zarr"], 64)
+    assert result["n_images"] == 6 and set(ds.params["support_film"]) <= {0.0, 1.0}
+    record = read_md(spec)[0][0]
+    drawn = [make_view(tube, "cnt", physics, view_rng(record["seed"], v), films).film for v in range(6)]
+    assert list(ds.params["support_film"]) == [float(d) for d in drawn]
+
+
 # ---------------------------------------------------------------------------------------------
 # shards, reproducibility, CLI
 

@@ -309,24 +309,74 @@ def test_phase_plate_images_a_weak_object_at_focus():
         assert abs(with_plate.mean() - _noise_free(heavy, 12.0, 0.05, params(), "envelope", 32).mean()) < 1e-5
 
 
+DRAW_OPTICS = {
+    "defocus_nm": [-50, 50],
+    "cs_um": [-20, 20],
+    "c12_nm": [0, 5],
+    "c21_nm": [0, 0],
+    "c23_nm": [0, 0],
+    "focal_spread_nm": [2, 4],
+    "convergence_mrad": [0.1, 0.3],
+}
+DRAW_NOISE = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
+DRAW_DETECTOR = {"mtf_c50": [0.3, 0.6]}
+
+
 def test_phase_plate_is_drawn_last_and_only_when_there_is_one():
-    cfg_o = {
-        "defocus_nm": [-50, 50],
-        "cs_um": [-20, 20],
-        "c12_nm": [0, 5],
-        "c21_nm": [0, 0],
-        "c23_nm": [0, 0],
-        "focal_spread_nm": [2, 4],
-        "convergence_mrad": [0.1, 0.3],
-    }
-    cfg_n = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
-    det = {"mtf_c50": [0.3, 0.6]}
+    cfg_o, cfg_n, det = DRAW_OPTICS, DRAW_NOISE, DRAW_DETECTOR
     for seed in range(20):
         bare = optics.draw_variant(np.random.default_rng(seed), dict(cfg_o, phase_plate_deg=[0, 0]), det, cfg_n)
         plate = optics.draw_variant(np.random.default_rng(seed), dict(cfg_o, phase_plate_deg=[60, 90]), det, cfg_n)
         assert bare == optics.draw_variant(np.random.default_rng(seed), cfg_o, det, cfg_n)
         assert set(plate) - set(bare) == {"phase_plate_rad"} and {k: plate[k] for k in bare} == bare
         assert math.radians(60) <= plate["phase_plate_rad"] <= math.radians(90)
+
+
+def test_recorded_pixel_scale_is_drawn_last_and_only_when_set():
+    cfg_o, cfg_n, det = DRAW_OPTICS, DRAW_NOISE, DRAW_DETECTOR
+    for seed in range(10):
+        bare = optics.draw_variant(np.random.default_rng(seed), cfg_o, det, cfg_n)
+        ones = optics.draw_variant(np.random.default_rng(seed), cfg_o, dict(det, recorded_pixel_scale=[1, 1]), cfg_n)
+        rec = optics.draw_variant(np.random.default_rng(seed), cfg_o, dict(det, recorded_pixel_scale=[0.6, 1.8]), cfg_n)
+        assert ones == bare
+        assert set(rec) - set(bare) == {"recorded_pixel_scale"} and {k: rec[k] for k in bare} == bare
+        assert 0.6 <= rec["recorded_pixel_scale"] <= 1.8
+
+
+def _vacuum_variant(scale: float | None, size: int = 64, dose: float = 1000.0, seed: int = 3):
+    """Noisy and noise-free images of vacuum (12.8 Å field, 0.1 Å grid) with an ideal camera, at `scale`."""
+    n = 128
+    wave_fft = np.fft.fft2(np.ones((n, n), dtype=np.complex64))
+    p = {
+        "defocus_A": 0.0, "cs_A": 0.0, "c12_A": 0.0, "phi12_rad": 0.0, "c21_A": 0.0, "phi21_rad": 0.0, "c23_A": 0.0,
+        "phi23_rad": 0.0, "focal_spread_A": 0.0, "convergence_mrad": 0.0, "dose_e_per_A2": dose, "brightness": 1.0,
+        "contrast": 1.0, "background": 0.0, "mtf_c50": 1e6,
+    }  # fmt: skip
+    if scale is not None:
+        p["recorded_pixel_scale"] = scale
+    return optics.variant_images(wave_fft, 12.8, 80e3, 0.1, [size], p, np.random.default_rng(seed))[size]
+
+
+def test_an_image_recorded_at_another_pixel_is_detected_there_and_resampled():
+    """Coarser camera pixels (2 x): counts per pixel are those of the 0.4 Å pixel, and the resampled image holds
+    no power (signal or noise) beyond the camera's Nyquist frequency, as `predict` leaves a micrograph it
+    upsamples. Finer ones (0.5 x): counts of the 0.1 Å pixel, and the noise of four of them averaged."""
+    noisy, expected = _vacuum_variant(2.0)
+    assert noisy.shape == (64, 64)
+    assert float(expected.mean()) == pytest.approx(1000.0 * 0.4**2, rel=1e-4)
+    assert float(noisy.mean()) == pytest.approx(160.0, rel=0.01)
+    power = np.abs(np.fft.fft2(noisy - noisy.mean())) ** 2
+    k = np.abs(np.fft.fftfreq(64) * 64)
+    beyond = (k[:, None] > 16) | (k[None, :] > 16)
+    assert power[beyond].sum() < 1e-8 * power.sum()
+    plain, _ = _vacuum_variant(None)
+    plain_power = np.abs(np.fft.fft2(plain - plain.mean())) ** 2
+    assert plain_power[beyond].sum() > 0.5 * plain_power.sum()  # white: 3/4 of the noise is out there
+
+    fine, fine_expected = _vacuum_variant(0.5)
+    assert fine.shape == (64, 64) and float(fine_expected.mean()) == pytest.approx(1000.0 * 0.1**2, rel=1e-4)
+    assert float(fine.var() / fine.mean()) == pytest.approx(0.25, abs=0.05)
+    assert float(plain.var() / plain.mean()) == pytest.approx(1.0, abs=0.1)
 
 
 def test_detector_mtf_is_half_at_c50():
@@ -382,18 +432,9 @@ def test_redrawn_shot_noise_has_poisson_mean_and_variance(lam):
 
 
 def test_draw_variant_is_deterministic_and_in_range():
-    cfg_o = {
-        "defocus_nm": [-50, 50],
-        "cs_um": [-20, 20],
-        "c12_nm": [0, 5],
-        "c21_nm": [0, 100],
-        "c23_nm": [0, 50],
-        "focal_spread_nm": [2, 4],
-        "convergence_mrad": [0.1, 0.3],
-    }
-    cfg_n = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
-    draws = [optics.draw_variant(np.random.default_rng(i), cfg_o, {"mtf_c50": [0.3, 0.6]}, cfg_n) for i in range(200)]
-    again = optics.draw_variant(np.random.default_rng(5), cfg_o, {"mtf_c50": [0.3, 0.6]}, cfg_n)
+    cfg_o, cfg_n = dict(DRAW_OPTICS, c21_nm=[0, 100], c23_nm=[0, 50]), DRAW_NOISE
+    draws = [optics.draw_variant(np.random.default_rng(i), cfg_o, DRAW_DETECTOR, cfg_n) for i in range(200)]
+    again = optics.draw_variant(np.random.default_rng(5), cfg_o, DRAW_DETECTOR, cfg_n)
     assert again == draws[5]
     assert set(draws[0]) == set(optics.PARAM_NAMES)
     for d in draws:

@@ -228,6 +228,49 @@ def test_physics_options_enter_image_specs_only_when_set(demo_cfg, repo_root, op
     assert all(after[name][1]["imaging"]["optics"][option] == value for name in before)
 
 
+def test_recorded_pixel_scale_enters_image_specs_only_when_set(demo_cfg, repo_root):
+    """detector.recorded_pixel_scale: [1, 1] (none, spelled out) re-images nothing; a range changes every image
+    spec's detector and no MD spec."""
+    from hrtemflow.campaign.specs import image_spec, md_spec
+
+    def specs(cfg):
+        plan = _plan(cfg, repo_root)
+        return {s.name: (md_spec(plan.cfg, s), image_spec(plan, s)) for s in plan.shards}
+
+    before = specs(demo_cfg)
+    assert not any("recorded_pixel_scale" in spec[1]["imaging"]["detector"] for spec in before.values())
+    demo_cfg.setdefault("imaging", {}).setdefault("detector", {})["recorded_pixel_scale"] = [1, 1]
+    assert specs(demo_cfg) == before
+    demo_cfg["imaging"]["detector"]["recorded_pixel_scale"] = [0.6, 1.8]
+    after = specs(demo_cfg)
+    assert all(after[name][0] == before[name][0] for name in before)
+    assert all(after[name][1]["imaging"]["detector"]["recorded_pixel_scale"] == [0.6, 1.8] for name in before)
+
+
+def test_a_share_of_cnt_views_on_films_changes_only_the_cnt_image_specs(demo_cfg, repo_root):
+    """imaging.families.cnt.support_film: 0.5 gives every CNT image shard one amorphous shard's films; the MD
+    specs and the other families' image specs stay as they were."""
+    from hrtemflow.campaign.specs import image_spec, md_spec
+
+    demo_cfg["families"]["amorphous"]["structure"]["box_nm"] = [4.0, 4.0, 1.0]  # covers the CNT fields (4 nm)
+
+    def specs(cfg):
+        plan = _plan(cfg, repo_root)
+        return plan, {s.name: (md_spec(plan.cfg, s), image_spec(plan, s)) for s in plan.shards}
+
+    _, before = specs(demo_cfg)
+    demo_cfg["imaging"]["families"]["cnt"]["support_film"] = 0.5
+    plan, after = specs(demo_cfg)
+    cnt = {s.name for s in plan.of_family("cnt")}
+    amorphous = {image_spec(plan, s)["md"]["structures"] for s in plan.of_family("amorphous")}
+    assert cnt and all(after[n][0] == before[n][0] for n in before)
+    assert all(after[n][1] == before[n][1] for n in before if n not in cnt)
+    for name in cnt:
+        spec = after[name][1]
+        assert spec["imaging"]["physics"]["support_film"] == 0.5 and before[name][1]["support"] is None
+        assert len(spec["support"]["structures"]) == 1 and spec["support"]["structures"][0] in amorphous
+
+
 def test_compact_storage_enters_image_specs_only_when_set(demo_cfg, repo_root):
     """imaging.storage: float32 (the default, spelled out) re-images nothing; compact changes every image
     spec and no MD or train spec."""

@@ -83,6 +83,10 @@ BAD = [
     ),
     ("classifier of one chirality", "families.cnt.chiralities", [[8, 4]], "learning.tasks.chirality"),
     ("support film without amorphous", "imaging.families.nanoalloy.support_film", True, None),
+    ("a share of films above 1", "imaging.families.cnt.support_film", 1.5, "imaging.families.cnt.support_film"),
+    ("a film under a film", "imaging.families.amorphous.support_film", True, "imaging.families.amorphous.support_film"),
+    ("CNT film narrower than its field", "imaging.families.cnt.support_film", 0.5, "amorphous.structure.box_nm"),
+    ("recorded pixel below range", "imaging.detector.recorded_pixel_scale", [0.1, 1.0], "recorded_pixel_scale"),
     # hostile input (issue "Hostile input ..."): non-finite numbers anywhere, named by their key
     ("NaN dose", "imaging.noise.dose_e_per_A2", [NAN, 100], "imaging.noise.dose_e_per_A2[0]: nan is not a finite"),
     ("infinite dose", "imaging.noise.dose_e_per_A2", [50, INF], "imaging.noise.dose_e_per_A2[1]: inf is not a finite"),
@@ -143,6 +147,16 @@ def test_bad_config_is_refused_naming_the_key(demo_cfg, repo_root, key, value, e
         load_config(cfg, base=repo_root)
     assert expect in str(err.value), str(err.value)
     assert "nothing was run" in str(err.value)
+
+
+def test_fresh_shot_noise_on_resampled_images_is_refused(demo_cfg, repo_root):
+    cfg = _set(demo_cfg, "imaging.detector.recorded_pixel_scale", [0.6, 1.8])
+    load_config(cfg, base=repo_root)  # stored noise: fine
+    cfg = _set(cfg, "learning.tasks.chirality.shot_noise", "fresh")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, base=repo_root)
+    assert "learning.tasks.chirality.shot_noise: fresh" in str(err.value)
+    assert "recorded_pixel_scale" in str(err.value)
 
 
 def test_table_is_large_enough():

@@ -188,8 +188,9 @@ def training_ranges(card: Any) -> dict[str, Any]:
 
     Keys: energy_kV (sorted list of the energies), defocus_nm, c12_nm, cs_um, dose_e_per_A2
     ([lo, hi] or None where unknown; defocus positive = underfocus), phase_plate (bool or None),
-    families, pixel_size_A, input_size, field_nm (the window the network reads), known (whether the
-    card has an imaging record: a card written before it existed has `imaging: None`).
+    recorded_pixel_scale (the camera pixels the training images were detected at and resampled from, relative to
+    pixel_size_A; [1, 1] without), families, pixel_size_A, input_size, field_nm (the window the network reads),
+    known (whether the card has an imaging record: a card written before it existed has `imaging: None`).
     """
     px = _num(getattr(card, "pixel_size_A", None))
     size = getattr(card, "input_size", None)
@@ -202,6 +203,7 @@ def training_ranges(card: Any) -> dict[str, Any]:
         "cs_um": None,
         "dose_e_per_A2": None,
         "phase_plate": None,
+        "recorded_pixel_scale": None,
         "pixel_size_A": px,
         "input_size": size if isinstance(size, int) else None,
         "field_nm": px * size / 10.0 if px is not None and isinstance(size, int) else None,
@@ -221,6 +223,8 @@ def training_ranges(card: Any) -> dict[str, Any]:
     out["c12_nm"] = opt("optics", "c12_nm")
     out["cs_um"] = opt("optics", "cs_um")
     out["dose_e_per_A2"] = opt("noise", "dose_e_per_A2")
+    scales = [_range((e.get("detector") or {}).get("recorded_pixel_scale", 1.0)) for e in entries]
+    out["recorded_pixel_scale"] = _hull(scales)
     plates = [_range((e.get("optics") or {}).get("phase_plate_deg", 0.0)) for e in entries]
     out["phase_plate"] = None if any(p is None for p in plates) else any(p != [0.0, 0.0] for p in plates)
     return out
@@ -843,9 +847,14 @@ def check_conditions(estimated: Mapping, ranges: Mapping) -> list[str]:
     if not isinstance(estimated, Mapping) or not isinstance(ranges, Mapping):
         return reasons
     q, card_px = estimated.get("pixel_size_A"), _num(ranges.get("pixel_size_A"))
+    recorded = ranges.get("recorded_pixel_scale") or [1.0, 1.0]
     if _usable(q) and card_px:
         px = float(q["value"])
-        if px > card_px * (1.0 + TOLERANCE):
+        if px > card_px * max(1.0, float(recorded[1])) * (1.0 + TOLERANCE):
+            coarsest = card_px * max(1.0, float(recorded[1]))
+            trained = (
+                f" (trained on images recorded at up to {_g(coarsest)} Å and resampled)" if coarsest > card_px else ""
+            )
             size = ranges.get("input_size")
             window = (
                 f" (its {size} px window, {_g(size * card_px / 10)} nm, holds only {size * card_px / px:.0f} px of "
@@ -855,9 +864,9 @@ def check_conditions(estimated: Mapping, ranges: Mapping) -> list[str]:
             )
             reasons.append(
                 f"pixel size {_g(px)} Å is coarser than the training's {_g(card_px)} Å: the micrograph resolves detail "
-                f"down to {_g(2 * px)} Å (Nyquist), the network reads detail down to {_g(2 * card_px)} Å{window}; "
-                f"predictions are unreliable: take micrographs at {_g(card_px)} Å per pixel or finer (a higher "
-                "magnification)"
+                f"down to {_g(2 * px)} Å (Nyquist), the network reads detail down to {_g(2 * card_px)} Å{window}"
+                f"{trained}; predictions are unreliable: take micrographs at {_g(coarsest)} Å per pixel or finer (a "
+                "higher magnification)"
             )
     if not ranges.get("known"):
         return reasons

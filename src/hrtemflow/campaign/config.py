@@ -33,7 +33,7 @@ from jsonschema import Draft202012Validator, validators
 from ..core import safe_yaml
 from ..core.atomic import canonical_json
 from ..core.errors import ConfigError
-from ..core.families import FAMILIES, ORDERINGS
+from ..core.families import FAMILIES, FILM_FAMILIES, ORDERINGS
 from ..core.tasks import TASKS
 from ..core.tubes import GRAPHENE_A, tube_diameter_A, tubes_in_diameter_range
 
@@ -375,19 +375,25 @@ def _semantic_errors(cfg: dict, base: Path) -> list[str]:
                     f"families.cnt.structure.length_nm: {cnt['structure']['length_nm']} nm is shorter than the largest "
                     f"CNT field of view imaging.families.cnt.fov_nm = {fov} nm; make the tube at least that long"
                 )
-        if fam["nanoalloy"]["enabled"] and phys["nanoalloy"]["support_film"]:
-            if not fam["amorphous"]["enabled"]:
-                errors.append(
-                    "imaging.families.nanoalloy.support_film: needs families.amorphous.enabled: true (the film is "
-                    "taken from the amorphous family)"
-                )
-            box = fam["amorphous"]["structure"]["box_nm"]
-            fov = phys["nanoalloy"]["fov_nm"][1]
-            if min(box[0], box[1]) < fov:
-                errors.append(
-                    f"families.amorphous.structure.box_nm: {box[:2]} nm is smaller than the largest nanoalloy field of "
-                    f"view {fov} nm, so it cannot serve as a support film"
-                )
+        for family in FILM_FAMILIES:
+            if fam[family]["enabled"] and phys[family]["support_film"]:
+                if not fam["amorphous"]["enabled"]:
+                    errors.append(
+                        f"imaging.families.{family}.support_film: needs families.amorphous.enabled: true (the film is "
+                        "taken from the amorphous family)"
+                    )
+                box = fam["amorphous"]["structure"]["box_nm"]
+                fov = phys[family]["fov_nm"][1]
+                if min(box[0], box[1]) < fov:
+                    errors.append(
+                        f"families.amorphous.structure.box_nm: {box[:2]} nm is smaller than the largest {family} field "
+                        f"of view {fov} nm, so it cannot serve as a support film"
+                    )
+        if phys["amorphous"]["support_film"]:
+            errors.append(
+                "imaging.families.amorphous.support_film: an amorphous film is not put on another film; set it false "
+                f"(films are for {' and '.join(FILM_FAMILIES)})"
+            )
 
     learn = cfg["learning"]
     if learn["enabled"]:
@@ -404,6 +410,12 @@ def _semantic_errors(cfg: dict, base: Path) -> list[str]:
             if not tcfg["enabled"]:
                 continue
             entry = TASKS[task]
+            if tcfg.get("shot_noise") == "fresh" and list(img["detector"]["recorded_pixel_scale"]) != [1.0, 1.0]:
+                errors.append(
+                    f"learning.tasks.{task}.shot_noise: fresh redraws white shot noise on each stored image, which "
+                    "would undo imaging.detector.recorded_pixel_scale (noise detected at another pixel, then "
+                    "resampled); use shot_noise: stored, or recorded_pixel_scale: [1, 1]"
+                )
             if not any(fam[f]["enabled"] for f in entry.families):
                 errors.append(
                     f"learning.tasks.{task}: needs family {' or '.join(entry.families)} enabled, or set "

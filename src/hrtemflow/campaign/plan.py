@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.families import FAMILIES
+from ..core.families import FAMILIES, FILM_FAMILIES
 from ..core.ids import chirality_label, group_name, parse_chirality, shard_name
 from ..core.tasks import TASKS
 from ..core.tubes import GRAPHENE_A, tube_chiral_angle_deg, tube_diameter_A
@@ -129,14 +129,14 @@ SUPPORT_POOL = 8  # films come from the first shards of the amorphous family onl
 
 
 def support_shards(plan: Plan, shard: Shard) -> list[Shard]:
-    """The amorphous shard whose films support a nanoalloy image shard (empty when off).
+    """The amorphous shard whose films support a nanoalloy or CNT image shard (empty when off).
 
     One shard, picked by a hash of the nanoalloy shard's name from the first SUPPORT_POOL amorphous
     shards: the choice never moves when samples are added, and the DAG stays linear in size
     (every nanoalloy shard depending on every amorphous one made the seed campaign's DAG quadratic).
     """
     img = plan.cfg["imaging"]
-    if shard.family != "nanoalloy" or not img["families"]["nanoalloy"]["support_film"]:
+    if shard.family not in FILM_FAMILIES or not img["families"][shard.family]["support_film"]:
         return []
     pool = plan.of_family("amorphous")[:SUPPORT_POOL]
     if not pool:

@@ -89,7 +89,7 @@ def image_spec(plan: Plan, shard: Shard) -> dict:
             "sizes": sorted(img["sizes"]),
             "physics": copy.deepcopy(img["families"][shard.family]),
             "optics": _optics(img["optics"]),
-            "detector": copy.deepcopy(img["detector"]),
+            "detector": _detector(img["detector"]),
             "noise": copy.deepcopy(img["noise"]),
             # only when not the default: a campaign imaged before the option keeps its specs, so nothing reruns
             **({"storage": img["storage"]} if img.get("storage", "float32") != "float32" else {}),
@@ -106,6 +106,15 @@ def _optics(optics: dict) -> dict:
         out.pop("temporal_coherence")
     if not any(out.get("phase_plate_deg", (0.0, 0.0))):
         out.pop("phase_plate_deg", None)
+    return out
+
+
+def _detector(detector: dict) -> dict:
+    """The detector of an image spec; `recorded_pixel_scale` only when images are resampled, so a campaign planned
+    before the option keeps its specs and is not imaged again."""
+    out = copy.deepcopy(detector)
+    if [float(v) for v in out.get("recorded_pixel_scale", (1.0, 1.0))] == [1.0, 1.0]:
+        out.pop("recorded_pixel_scale", None)
     return out
 
 

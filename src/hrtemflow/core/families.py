@@ -13,3 +13,5 @@ ORDERINGS = ("core-shell", "janus", "disordered")
 FIGURE_LABEL = {"nanoalloy": "ordering", "cnt": "chirality", "amorphous": "density_g_cm3"}
 #: the families whose MD is carbon (Tersoff), the others are Ag/Co (TB-SMA as eam/fs)
 CARBON = ("cnt", "amorphous")
+#: the families whose objects can lie on a support film (an amorphous-family structure under them)
+FILM_FAMILIES = ("nanoalloy", "cnt")

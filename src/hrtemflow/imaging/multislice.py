@@ -94,6 +94,8 @@ def view_images(
                 "pixel_size_A": px,
             }
         params = dict(p, energy_eV=energy, fov_A=view.fov_A, euler_rad=view.euler_rad, shift_A=view.shift_A)
+        if view.film is not None:  # only where a share of the views is on a film
+            params["support_film"] = float(view.film)
         out.append({"variant": variant, "params": params, "images": images})
     return out
 

@@ -161,7 +161,29 @@ def draw_variant(rng: np.random.Generator, optics: Mapping, detector: Mapping, n
     }
     if any(optics.get("phase_plate_deg", (0.0, 0.0))):
         p["phase_plate_rad"] = math.radians(uniform(rng, optics["phase_plate_deg"]))
+    if recorded_pixel(detector):
+        p["recorded_pixel_scale"] = uniform(rng, detector["recorded_pixel_scale"])
     return p
+
+
+def recorded_pixel(detector: Mapping) -> bool:
+    """Whether images are detected at another pixel and resampled (`detector.recorded_pixel_scale` set)."""
+    return [float(v) for v in detector.get("recorded_pixel_scale", (1.0, 1.0))] != [1.0, 1.0]
+
+
+def recorded_size(size: int, scale: float) -> int:
+    """Pixels of the camera grid over the image's field when the camera's pixel is `scale` x the image's."""
+    return max(2, int(round(size / float(scale))))
+
+
+def resample_periodic(image: np.ndarray, size: int) -> np.ndarray:
+    """A periodic image band-limited-resampled to size x size (its spectrum cropped or zero-padded), mean kept:
+    what `hrtemflow.apply.resample` does to a micrograph, on a field that is periodic as the multislice's is."""
+    n = image.shape[-1]
+    if n == size:
+        return np.asarray(image, dtype=np.float64)
+    spectrum = np.fft.fft2(np.asarray(image, dtype=np.complex128))
+    return np.fft.ifft2(fourier_resize(spectrum, size)).real * ((size * size) / (n * n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,12 +467,19 @@ def variant_images(
     """
     xp = _xp_of(wave_fft)
     lam = wavelength_A(energy_eV)
-    spectra = image_spectra(wave_fft, extent, lam, sampling_A, sizes, p, aperture_mrad, temporal_coherence)
+    scale = p.get("recorded_pixel_scale")
+    grid = {s: s if scale is None else recorded_size(s, scale) for s in sizes}  # the camera's pixels per size
+    spectra = image_spectra(
+        wave_fft, extent, lam, sampling_A, sorted(set(grid.values())), p, aperture_mrad, temporal_coherence
+    )
     out = {}
     for s in sizes:
-        expected = to_host(_real_image(spectra[s], detector_mtf(s, p["mtf_c50"], xp))).astype(np.float64)
-        expected *= p["dose_e_per_A2"] * (extent / s) ** 2
+        n = grid[s]
+        expected = to_host(_real_image(spectra[n], detector_mtf(n, p["mtf_c50"], xp))).astype(np.float64)
+        expected *= p["dose_e_per_A2"] * (extent / n) ** 2
         noisy = rng.poisson(np.clip(expected, 0.0, None)).astype(np.float64)
+        if n != s:  # detected at the camera's pixel, resampled to the image's as predict resamples a micrograph
+            expected, noisy = resample_periodic(expected, s), resample_periodic(noisy, s)
         out[s] = (
             apply_gain(noisy, expected, p).astype(np.float32),
             apply_gain(expected, expected, p).astype(np.float32),

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.atomic import canonical_json
 from ..core.errors import HrtemflowError
-from ..core.families import FAMILIES
+from ..core.families import FAMILIES, FILM_FAMILIES
 from ..core.ids import image_id
 from ..core.runtime import versions
 from ..store.codec import STORAGES
@@ -39,6 +39,12 @@ CONVENTIONS = {
     "with optics.temporal_coherence defocus_average, images averaged over defocus ~ N(defocus, "
     "sigma^2) instead (every electron kept)",
     "convergence": "abTEM angular_spread (mrad), E_s = exp(-(theta/2)^2 |grad_a chi|^2), quasi-coherent",
+    "support_film": "physics support_film: true = every view on an amorphous film from the support shards, 2 A "
+    "after the object along the beam; a share in (0, 1) = each view on a film with that probability, stored per image "
+    "as params support_film (1 on a film, 0 not)",
+    "recorded_pixel_scale": "params recorded_pixel_scale (only with detector.recorded_pixel_scale): the image detected "
+    "(MTF, shot noise) on a grid of round(size / scale) pixels over the same field, then Fourier-resampled (periodic "
+    "crop or zero-pad, mean kept) to size; counts per pixel are those of the recorded pixel",
     "phase_plate": "params phase_plate_rad (only with optics.phase_plate_deg): the wave below |k| = 1/(15 nm) times "
     "exp(i phase), after exp(-i chi); +pi/2 images a weak phase object as 1 + 2 sigma V at focus",
     "intensity": "electron counts per pixel; on vacuum mean = dose x pixel area; image is Poisson at that dose before "
@@ -174,15 +180,15 @@ def read_md(spec: Mapping, base: Path = Path(".")) -> tuple[list[dict], list, in
 
 
 def read_films(spec: Mapping, base: Path = Path(".")) -> list:
-    """Support films (amorphous structures) for a nanoalloy shard, or []."""
+    """Support films (amorphous structures) for a nanoalloy or CNT shard, or []."""
     support = spec.get("support")
-    if spec["family"] != "nanoalloy" or not support or not spec["imaging"]["physics"].get("support_film", False):
+    if spec["family"] not in FILM_FAMILIES or not support or not spec["imaging"]["physics"].get("support_film", False):
         return []
     films = [f for path in support.get("structures", []) for f in read_frames(base / path)]
     if not films:
         raise HrtemflowError(
             "support_film is on but the amorphous shards hold no ok structure; rerun them or set "
-            "imaging.families.nanoalloy.support_film: false"
+            f"imaging.families.{spec['family']}.support_film: false"
         )
     return films
 

@@ -16,8 +16,10 @@ Geometry (every draw from a generator seeded by (sample seed, view), see `view_r
 - periodic structures (cnt along its axis, amorphous films in-plane) are tiled so the field has no
   gaps, then cut to the fov; atoms that the periodic cut brings closer than 0.75 × the structure's
   own nearest-neighbour distance across the cell edge are dropped (no overlapping atoms at seams);
-- nanoalloy on a support film (`support_film`): a film drawn from the amorphous shards, turned and
-  shifted in-plane, lies under the particle (after it along the beam), 2 Å below.
+- nanoalloy or cnt on a support film (`support_film`): a film drawn from the amorphous shards, turned and
+  shifted in-plane, lies under the object (after it along the beam), 2 Å below; with a share (a number
+  below 1) each view is on a film with that probability, drawn after the view's other draws so that
+  `true` draws exactly what it drew before shares existed.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class View:
     euler_rad: tuple[float, float, float]
     shift_A: tuple[float, float]
     phonon_seed: int
+    #: whether this view lies on a support film, where the share of views on a film is drawn (None: every view or none)
+    film: bool | None = None
 
     @property
     def sampling_A(self) -> float:
@@ -190,7 +194,11 @@ def make_view(
     else:
         obj = _place(atoms, euler, fov / 2.0 + shift, fov, periodic=False)
     height = float(obj.positions[:, 2].max()) if len(obj) else 0.0
-    if films:
+    share = physics.get("support_film", False)
+    on_film: bool | None = None
+    if films and share is not True and float(share) < 1.0:  # a share: drawn per view, after the rest of the view
+        on_film = bool(rng.random() < float(share))
+    if films and on_film is not False:
         film = films[int(rng.integers(len(films)))]
         layer, _, _ = _film_layer(film, fov, frac, rng)
         if len(layer):
@@ -205,6 +213,7 @@ def make_view(
         tuple(float(e) for e in euler),
         (float(shift[0]), float(shift[1])),
         phonon_seed,
+        on_film,
     )
 
 
