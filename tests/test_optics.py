@@ -16,6 +16,18 @@ from hrtemflow.imaging import optics  # noqa: E402
 from hrtemflow.imaging.multislice import abtem_settings
 
 NEUTRAL = {"brightness": 1.0, "contrast": 1.0, "background": 0.0, "mtf_c50": 10.0}
+#: the optics, noise and detector ranges the draw tests sample from
+DRAW_OPTICS = {
+    "defocus_nm": [-50, 50],
+    "cs_um": [-20, 20],
+    "c12_nm": [0, 5],
+    "c21_nm": [0, 0],
+    "c23_nm": [0, 0],
+    "focal_spread_nm": [2, 4],
+    "convergence_mrad": [0.1, 0.3],
+}
+DRAW_NOISE = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
+DRAW_DETECTOR = {"mtf_c50": [0.3, 0.6]}
 
 
 def params(**kw) -> dict:
@@ -146,16 +158,8 @@ def test_vacuum_counts_are_poisson_at_the_dose():
     rng = np.random.default_rng(7)
     p = optics.draw_variant(
         rng,
-        {
-            "defocus_nm": [-50, 50],
-            "cs_um": [-20, 20],
-            "c12_nm": [0, 5],
-            "c21_nm": [0, 0],
-            "c23_nm": [0, 0],
-            "focal_spread_nm": [2, 4],
-            "convergence_mrad": [0.1, 0.3],
-        },
-        {"mtf_c50": [0.3, 0.6]},
+        DRAW_OPTICS,
+        DRAW_DETECTOR,
         {"dose_e_per_A2": [20, 200], "brightness": [1, 1], "contrast": [1, 1], "background": [0, 0]},
     )
     size = 128
@@ -307,19 +311,6 @@ def test_phase_plate_images_a_weak_object_at_focus():
     for phi in (math.pi / 2, -math.pi / 3):
         with_plate = _noise_free(heavy, 12.0, 0.05, params(phase_plate_rad=phi), "envelope", 32)
         assert abs(with_plate.mean() - _noise_free(heavy, 12.0, 0.05, params(), "envelope", 32).mean()) < 1e-5
-
-
-DRAW_OPTICS = {
-    "defocus_nm": [-50, 50],
-    "cs_um": [-20, 20],
-    "c12_nm": [0, 5],
-    "c21_nm": [0, 0],
-    "c23_nm": [0, 0],
-    "focal_spread_nm": [2, 4],
-    "convergence_mrad": [0.1, 0.3],
-}
-DRAW_NOISE = {"dose_e_per_A2": [50, 2000], "brightness": [0.9, 1.1], "contrast": [0.9, 1.1], "background": [0, 0.05]}
-DRAW_DETECTOR = {"mtf_c50": [0.3, 0.6]}
 
 
 def test_phase_plate_is_drawn_last_and_only_when_there_is_one():
