@@ -849,9 +849,8 @@ def check_conditions(estimated: Mapping, ranges: Mapping) -> list[str]:
     q, card_px = estimated.get("pixel_size_A"), _num(ranges.get("pixel_size_A"))
     recorded = ranges.get("recorded_pixel_scale") or [1.0, 1.0]
     if _usable(q) and card_px:
-        px = float(q["value"])
-        if px > card_px * max(1.0, float(recorded[1])) * (1.0 + TOLERANCE):
-            coarsest = card_px * max(1.0, float(recorded[1]))
+        px, coarsest = float(q["value"]), card_px * max(1.0, float(recorded[1]))
+        if px > coarsest * (1.0 + TOLERANCE):
             trained = (
                 f" (trained on images recorded at up to {_g(coarsest)} Å and resampled)" if coarsest > card_px else ""
             )
