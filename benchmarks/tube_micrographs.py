@@ -27,7 +27,8 @@ with it (tube_metrics.json records the exponent predict applied):
 
 Writes DIR/micrographs/*.tif + labels.csv (+ generation.json), DIR/predict/ (predict's output) and
 DIR/tube_metrics.json. A rerun reuses what exists: micrographs are not made again when labels.csv exists
-(--predict-only requires it), predict is not run again with --score-only.
+(--predict-only requires it), predict is not run again with --score-only; --generate-only makes the
+micrographs and stops, so they can be made while the bundle still trains.
 
 Cost and sampling (2 shared cores, load 4-6, 2026-12-05): a 15 nm (10,10) tube in a 19 nm field at 80 kV
 (512 x 512 px of 0.375 Å) takes 12-26 s at the bench's 0.1 Å multislice sampling (more slices the more the
@@ -64,10 +65,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 TASK = "chirality"
 from hrtemflow.apply.tube_calibration import MATCH_NM, as_number  # noqa: E402 (after the sys.path line)
+from hrtemflow.learn.calibration import ECE_BINS, calibration_check, top1_ece  # noqa: E402
 
 #: multislice sampling (Å) of the micrographs: 4x faster than the bench's 0.1 Å, same windows (docstring)
 SAMPLING_A = 0.15
-ECE_BINS = 15
 _TAG = 0x54554245  # "TUBE": separates the choice of tubes from every campaign stream
 LABEL_COLUMNS = (
     "file",
@@ -257,19 +258,6 @@ def confusion_geometry(true: str, pred: str) -> dict[str, Any]:
     }
 
 
-def ece(conf: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
-    """The evaluation's ECE (`hrtemflow.learn.evaluate.expected_calibration_error`, equal-width bins) of
-    top-1 confidences and their correctness: a (N, 2) table whose column 0 holds the confidence and whose
-    label is 0 exactly when the top-1 was right."""
-    from hrtemflow.learn.evaluate import expected_calibration_error
-
-    conf = np.asarray(conf, dtype=np.float64)
-    if conf.size == 0:
-        return math.nan
-    probs = np.column_stack([conf, np.zeros_like(conf)])
-    return expected_calibration_error(probs, np.where(np.asarray(correct, bool), 0, 1), bins)[0]
-
-
 def score(
     labels: Sequence[Mapping[str, Any]],
     tubes: Sequence[Mapping[str, Any]],
@@ -298,7 +286,7 @@ def score(
 
     def ece_of(rows: np.ndarray) -> float:  # rows: positions among the found tubes (as floats, from structure_ci)
         rows = idx[rows.astype(int)]
-        return ece(conf[rows], top1[rows])
+        return top1_ece(conf[rows], top1[rows])
 
     errors = [
         {
@@ -337,6 +325,8 @@ def score(
         "ece_ci95": structure_ci(np.arange(len(idx), dtype=float), structure[idx], ece_of, resamples=resamples)
         if len(idx)
         else [None, None],
+        # what a calibrated answer with these top-1 probabilities reads on this many tubes (learn.calibration)
+        "ece_check": calibration_check(conf[idx], top1[idx]),
         "ood_flagged": int(ood.sum()),
         "top1_in_distribution": float(top1[found & ~ood].mean()) if (found & ~ood).any() else None,
         "match_nm": match_nm,
@@ -351,6 +341,16 @@ def score(
         "resamples of the tubes by structure",
         "confusion_summary": summary,
         "confusions": sorted(errors, key=lambda e: (e["delta_d_nm"], e["delta_theta_deg"])),
+        "per_tube": [
+            {
+                "file": m["label"]["file"],
+                "chirality": truth[i],
+                "found": bool(found[i]),
+                "top1": top[i][0] or None,
+                "p1": _finite(conf[i]) if found[i] else None,
+            }
+            for i, m in enumerate(matches)
+        ],
         "missed": [
             {"file": m["label"]["file"], "chirality": m["label"]["chirality"], "nearest_nm": m["distance_nm"]}
             for m in matches
@@ -371,6 +371,14 @@ def _fmt_ci(v: Any, ci: Sequence[Any], pct: bool = True) -> str:
     return f"{f(v)} [{f(lo) if lo is not None else '-'}, {f(hi) if hi is not None else '-'}]"
 
 
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def _p(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def table(m: Mapping[str, Any]) -> str:
     s = m["confusion_summary"]
     lines = [
@@ -378,7 +386,10 @@ def table(m: Mapping[str, Any]) -> str:
         f"  found   {_fmt_ci(m['found_rate'], m['found_rate_ci95'])}",
         f"  top-1   {_fmt_ci(m['top1'], m['top1_ci95'])}   (target >= 95 %)",
         f"  top-3   {_fmt_ci(m['top3'], m['top3_ci95'])}   (target >= 99 %)",
-        f"  ECE     {_fmt_ci(m['ece'], m['ece_ci95'], pct=False)}   (target <= 3 %)",
+        f"  ECE     {_fmt_ci(m['ece'], m['ece_ci95'], pct=False)}   (target <= 3 %); a calibrated answer "
+        f"would read {_pct(m['ece_check']['ece_if_calibrated'])} (95th pct "
+        f"{_pct(m['ece_check']['ece_if_calibrated_p95'])}) on {m['ece_check']['n']} tubes, "
+        f"p = {_p(m['ece_check']['p_value'])}",
         f"  OOD-flagged {m['ood_flagged']}",
         f"  wrong top-1 among found: {s['errors']}; delta d < 0.01 nm: {s['delta_d_lt_0.01nm']}, "
         f"< 0.05 nm: {s['delta_d_lt_0.05nm']}; delta theta < 5 deg: {s['delta_theta_lt_5deg']}, "
@@ -450,6 +461,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the bundle; only with --split val (the test tubes must stay unseen)",
     )
     reuse = p.add_mutually_exclusive_group()
+    reuse.add_argument(
+        "--generate-only",
+        action="store_true",
+        help="make the micrographs and stop (while the bundle still trains: give --pixel-size-nm)",
+    )
     reuse.add_argument("--predict-only", action="store_true", help="use the micrographs made before; run predict")
     reuse.add_argument("--score-only", action="store_true", help="use the micrographs and predict output made before")
     return p.parse_args(argv)
@@ -512,6 +528,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "length_nm": list(args.length_nm),
         }
         (micrographs / "generation.json").write_text(json.dumps(info["generation"], indent=1) + "\n", encoding="utf-8")
+    if args.generate_only:
+        print(f"{len(read_csv(labels_csv))} labelled micrographs in {micrographs}; predict and score with a rerun")
+        return info
     labels = read_csv(labels_csv)
     if not args.score_only:
         info["predict_wall_s"] = round(run_predict(micrographs, model, predicted), 1)
@@ -528,7 +547,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         c = metrics["calibration"]
         print(
             f"calibrated on {c['tubes_fitted']} validation tubes: exponent {c['exponent']:.3g}, ECE "
-            f"{100 * c['ece_mean']:.1f} % -> {100 * c['ece_tempered']:.1f} % (saved in {model})"
+            f"{100 * c['ece_mean']:.1f} % -> {100 * c['ece_tempered']:.1f} % (a calibrated answer: "
+            f"{_pct(c['ece_check_tempered']['ece_if_calibrated'])}, p = {_p(c['ece_check_tempered']['p_value'])}; "
+            f"saved in {model})"
         )
     (out / "tube_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     print(table(metrics))

@@ -79,6 +79,9 @@ def test_set_metrics_by_hand():
     assert m["region_top1"] == pytest.approx(1 / 3)  # 3 unflagged regions, one right
     assert m["ood_flag_rate"] == pytest.approx(1 / 5) and m["vacuum_rate"] == pytest.approx(1 / 5)
     assert m["confusions"] == [{"true": "b", "predicted": "a", "count": 1}]
+    # images 1 (a at 0.9, right) and 2 (a at 0.9, wrong) share one bin: |0.5 - 0.9|
+    assert m["ece_image"] == pytest.approx(0.4)
+    assert m["ece_image_check"]["n"] == 2 and m["ece_image_check"]["ece"] == pytest.approx(0.4)
     lo, hi = m["image_top1_ci95"]
     assert 0 <= lo <= m["image_top1"] <= hi <= 1
 

@@ -24,7 +24,7 @@ from hrtemflow.apply.tube_calibration import (
     temper,
 )
 from hrtemflow.core.errors import HrtemflowError
-from hrtemflow.learn.evaluate import expected_calibration_error
+from hrtemflow.learn.calibration import expected_calibration_error
 
 
 def test_temper_is_a_renormalised_power_that_keeps_the_ranking():
@@ -141,6 +141,8 @@ def test_fit_tubes_end_to_end_on_predict_output(cnt_bundles, tmp_path, capsys):
     cal = json.loads((model / CALIBRATION_FILE).read_text())
     assert cal["tubes_fitted"] >= 20 and "exponent" in said
     assert cal["nll_tempered"] <= cal["nll_mean"] + 1e-12 and cal["ece_tempered"] <= cal["ece_mean"] + 1e-12
+    assert cal["ece_check_tempered"]["n"] == cal["tubes_fitted"] and "a calibrated answer reads" in said
+    assert cal["ece_check_tempered"]["ece"] == pytest.approx(cal["ece_tempered"])
 
     assert main(["predict", str(folder), "--out", str(tmp_path / "after"), *common]) == 0
     before = json.loads((tmp_path / "before" / "summary.json").read_text())

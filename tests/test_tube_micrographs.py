@@ -150,6 +150,14 @@ def test_scorer_matches_and_scores_as_by_hand(tmp_path):
     assert m["top1"] == pytest.approx(0.25) and m["top3"] == pytest.approx(0.5)
     # ECE over the found tubes: bins of 1/15 hold 0.9 (right), 0.6 and 0.7 (wrong), one each
     assert m["ece"] == pytest.approx((abs(1 - 0.9) + 0.6 + 0.7) / 3)
+    assert m["ece_check"]["n"] == 3 and m["ece_check"]["ece"] == pytest.approx(m["ece"])
+    assert 0.0 < m["ece_check"]["ece_if_calibrated"] < 1.0 and 0.0 <= m["ece_check"]["p_value"] <= 1.0
+    assert [(t["file"], t["found"], t["p1"]) for t in m["per_tube"]] == [
+        ("a.tif", True, 0.9),
+        ("b.tif", True, 0.6),
+        ("c.tif", False, None),
+        ("d.tif", True, 0.7),
+    ]
     assert m["ood_flagged"] == 1 and m["top1_in_distribution"] == pytest.approx(0.5)
     assert [x["file"] for x in m["missed"]] == ["c.tif"] and m["missed"][0]["nearest_nm"] > 1.0
     for key in ("top1_ci95", "top3_ci95", "found_rate_ci95", "ece_ci95"):

@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 
 from hrtemflow.core.atomic import write_if_changed
+from hrtemflow.learn.calibration import ECE_BINS, calibration_check, expected_calibration_error
 
 from .generate import TASK_FAMILY, read_card, read_labels
 
-ECE_BINS = 15
 #: room round a particle's outermost atom centres in its region box (Å): about a metal atom's radius
 ATOM_RADIUS_A = 1.5
 #: the set each family's Δ column is measured against
@@ -259,18 +259,9 @@ def read_objects(set_dir: Path, pred_dir: Path, card: Mapping[str, Any]) -> list
     return objects
 
 
-def ece(probs: np.ndarray, truth: np.ndarray, bins: int = ECE_BINS) -> float | None:
+def ece(probs: np.ndarray, truth: np.ndarray) -> float | None:
     """Expected calibration error over equal-width confidence bins (as `hrtemflow evaluate`)."""
-    if not len(probs):
-        return None
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == truth).astype(float)
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    nz = count > 0
-    acc = np.bincount(which, weights=correct, minlength=bins)[nz] / count[nz]
-    mean_conf = np.bincount(which, weights=conf, minlength=bins)[nz] / count[nz]
-    return float(np.sum(count[nz] / len(truth) * np.abs(acc - mean_conf)))
+    return expected_calibration_error(probs, truth, ECE_BINS)[0] if len(probs) else None
 
 
 def _topk(probs: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
@@ -351,6 +342,9 @@ def set_metrics(objects: Sequence[Mapping[str, Any]], classes: Sequence[str], se
     out["image_top1_answered"] = _num(per_obj["top1"][answered].mean()) if answered.any() else None
     out["ece_image"] = ece(img_probs[answered], truth[answered])
     out["ece_region"] = ece(rp, rt)
+    # what a calibrated per-image answer with these top-1 probabilities reads on this many images
+    ip = img_probs[answered]
+    out["ece_image_check"] = calibration_check(ip.max(axis=1), ip.argmax(axis=1) == truth[answered], ECE_BINS)
     out["mean_confidence_image"] = _num(np.nanmax(img_probs[answered], axis=1).mean()) if answered.any() else None
     out["confusions"] = [
         {"true": t, "predicted": p, "count": c} for (t, p), c in confusions.most_common(TOP_CONFUSIONS)
@@ -418,7 +412,8 @@ def table_markdown(
     head = (
         f"| set | images | windows | image top-1 % [95 %] | Δ vs {baseline.split('_')[0]} | image top-{k} % | "
         "answered % | "
-        f"window top-1 % [95 %] | window top-{k} % | ECE image | ECE window | confident & wrong % [95 %] | "
+        f"window top-1 % [95 %] | window top-{k} % | ECE image (if calibrated) | ECE window | "
+        "confident & wrong % [95 %] | "
         "OOD % | vacuum % | commonest confusions |"
     )
     lines = [head, "|" + "---|" * 15]
@@ -437,7 +432,10 @@ def table_markdown(
             else "-"
         )
         conf = "; ".join(f"{c['true']}→{c['predicted']} ({c['count']})" for c in r.get("confusions", [])) or "-"
+        check = r.get("ece_image_check") or {}
         ece_i = "-" if r.get("ece_image") is None else f"{r['ece_image']:.3f}"
+        if check.get("ece_if_calibrated") is not None:
+            ece_i += f" ({check['ece_if_calibrated']:.3f})"
         ece_r = "-" if r.get("ece_region") is None else f"{r['ece_region']:.3f}"
         lines.append(
             f"| {r['set']} | {r['n_images']} | {r['n_regions']} | {_ci(r, 'image_top1')} | {delta} | "

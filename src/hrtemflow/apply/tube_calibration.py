@@ -29,6 +29,7 @@ import numpy as np
 
 from ..core.atomic import plain_json, write_json_atomic
 from ..core.errors import HrtemflowError
+from ..learn.calibration import ECE_BINS, calibration_check, expected_calibration_error
 
 CALIBRATION_FILE = "tube_calibration.json"
 #: α is searched in this range (1: the windows' mean as it is)
@@ -37,8 +38,6 @@ EXPONENT_RANGE = (0.1, 100.0)
 MIN_TUBES = 20
 #: a labelled tube is matched to a predicted one when both predicted ends lie this close to its axis (nm)
 MATCH_NM = 1.0
-#: equal-width bins of the reported ECE (the evaluation's)
-ECE_BINS = 15
 LABEL_COLUMNS = ("file", "chirality", "x0", "y0", "x1", "y1")
 _TINY = 1e-300
 
@@ -256,7 +255,6 @@ def fit_tubes(
     """Fit α on predict's answers for labelled tubes and write it into the bundle (see the module docstring)."""
     from ..learn.bundle import find_temperature  # noqa: PLC0415
     from ..learn.card import ModelCard  # noqa: PLC0415
-    from ..learn.evaluate import expected_calibration_error  # noqa: PLC0415
 
     bundle_dir = Path(bundle_dir)
     card = ModelCard.read(bundle_dir)
@@ -306,6 +304,8 @@ def fit_tubes(
         "nll_tempered": nll(q, y),
         "ece_mean": expected_calibration_error(p, y, ECE_BINS)[0],
         "ece_tempered": expected_calibration_error(q, y, ECE_BINS)[0],
+        # the ECE a calibrated answer with the tempered top-1 probabilities reads on this many tubes
+        "ece_check_tempered": calibration_check(q.max(axis=1), q.argmax(axis=1) == y, ECE_BINS),
         "mean_p1_mean": float(p.max(axis=1).mean()),
         "mean_p1_tempered": float(q.max(axis=1).mean()),
         "fitted_on": {"predict": str(predict_dir), "labels": str(labels_csv), "match_nm": match_nm},

@@ -26,6 +26,7 @@ from ..store import layout
 from . import baselines
 from .baselines import match_affine
 from .bundle import load_checked
+from .calibration import ECE_BINS, expected_calibration_error
 from .card import ModelCard
 from .evaluate_figures import (
     FIGURE_DIR,
@@ -40,7 +41,6 @@ from .feed import ShardFeed
 from .inference import feed_outputs, fit_temperature, make_net, nll, probabilities
 from .table import Table, evenly_spaced, prepare
 
-ECE_BINS = 15
 CI_HOW = "95 % percentile interval, test structures resampled with replacement (all images of a structure together)"
 CI_RESAMPLES = 2000
 #: imaging conditions a report breaks its accuracy (or a regressor's error) down by:
@@ -78,21 +78,6 @@ def _num(x: Any) -> float | None:
 
 
 # ------------------------------------------------------------------------------ classification
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[float, dict]:
-    """ECE over equal-width confidence bins, and the reliability table for the diagram."""
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(float)
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    acc = np.bincount(which, weights=correct, minlength=bins)
-    mean_conf = np.bincount(which, weights=conf, minlength=bins)
-    nz = count > 0
-    acc[nz] /= count[nz]
-    mean_conf[nz] /= count[nz]
-    ece = float(np.sum(count[nz] / len(labels) * np.abs(acc[nz] - mean_conf[nz])))
-    return ece, {"count": count.tolist(), "accuracy": acc.tolist(), "confidence": mean_conf.tolist()}
 
 
 def _outputs(model, card: ModelCard, feed: ShardFeed) -> np.ndarray:

@@ -269,8 +269,9 @@ def _fit_tubes(args: argparse.Namespace) -> int:
     print(
         f"fit-tubes: {r['tubes_fitted']} of {r['tubes_labelled']} labelled tubes found; exponent {r['exponent']:.3g}: "
         f"ECE {100 * r['ece_mean']:.1f} % -> {100 * r['ece_tempered']:.1f} %, NLL {r['nll_mean']:.3f} -> "
-        f"{r['nll_tempered']:.3f} (top-1 {100 * r['top1']:.1f} %, unchanged); "
-        f"saved {args.model_dir / CALIBRATION_FILE}",
+        f"{r['nll_tempered']:.3f} (top-1 {100 * r['top1']:.1f} %, unchanged); a calibrated answer reads "
+        f"{100 * r['ece_check_tempered']['ece_if_calibrated']:.1f} % on {r['tubes_fitted']} tubes "
+        f"(p = {r['ece_check_tempered']['p_value']:.2f}); saved {args.model_dir / CALIBRATION_FILE}",
         flush=True,
     )
     return 0
