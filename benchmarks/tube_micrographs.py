@@ -18,9 +18,9 @@ per-tube table predict writes (`<predict out>/tubes.csv`):
 - every wrong top-1 with the true and predicted (n, m), their diameter and chiral-angle differences.
 
 Per-tube calibration: `--split val --calibrate` makes the same micrographs of the VALIDATION tubes, runs
-predict, and fits the exponent that tempers a tube's mean window probabilities (`hrtemflow fit-tubes`,
-`hrtemflow.apply.tube_calibration`), written into the bundle; a later run on the test split is then scored
-with it (tube_metrics.json records the exponent predict applied):
+predict, and fits the pool of a tube's window probabilities and the exponent that tempers it (`hrtemflow
+fit-tubes`, `hrtemflow.apply.tube_calibration`), written into the bundle; a later run on the test split is scored
+with it (tube_metrics.json records the pool and exponent predict applied):
 
     python benchmarks/tube_micrographs.py config/bench-chirality-all.yaml --split val --calibrate --out DIR_VAL
     python benchmarks/tube_micrographs.py config/bench-chirality-all.yaml --out DIR_TEST
@@ -539,14 +539,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{tubes_csv} does not exist: this hrtemflow predict writes no per-tube table")
     metrics = score(labels, read_csv(tubes_csv), TASK, args.match_nm)
     metrics.update(info)
-    metrics["tube_exponent"] = _applied_exponent(predicted)
+    metrics["tube_pool"], metrics["tube_exponent"] = _applied_calibration(predicted)
     if args.calibrate:
         from hrtemflow.apply.tube_calibration import fit_tubes
 
         metrics["calibration"] = fit_tubes(predicted, labels_csv, model, TASK, args.match_nm)
         c = metrics["calibration"]
         print(
-            f"calibrated on {c['tubes_fitted']} validation tubes: exponent {c['exponent']:.3g}, ECE "
+            f"calibrated on {c['tubes_fitted']} validation tubes: {c['pool']} pool, exponent {c['exponent']:.3g}, ECE "
             f"{100 * c['ece_mean']:.1f} % -> {100 * c['ece_tempered']:.1f} % (a calibrated answer: "
             f"{_pct(c['ece_check_tempered']['ece_if_calibrated'])}, p = {_p(c['ece_check_tempered']['p_value'])}; "
             f"saved in {model})"
@@ -556,13 +556,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return metrics
 
 
-def _applied_exponent(predicted: Path) -> Any:
-    """The per-tube exponent predict applied (None: the uncalibrated mean), from its summary."""
+def _applied_calibration(predicted: Path) -> tuple[Any, Any]:
+    """The per-tube pool and exponent predict applied ((None, None): the uncalibrated mean), from its summary."""
     summary = predicted / "summary.json"
     if not summary.is_file():
-        return None
+        return None, None
     info = json.loads(summary.read_text(encoding="utf-8")).get("bundles", {}).get(TASK, {})
-    return info.get("tube_exponent")
+    return info.get("tube_pool"), info.get("tube_exponent")
 
 
 if __name__ == "__main__":

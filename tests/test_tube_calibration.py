@@ -15,7 +15,7 @@ import pytest
 
 from hrtemflow.apply.tube_calibration import (
     CALIBRATION_FILE,
-    find_exponent,
+    find_calibration,
     fit_exponent,
     match_tubes,
     nll,
@@ -76,23 +76,45 @@ def test_matching_takes_the_longest_piece_on_the_labelled_axis():
 
 def test_a_calibration_counts_only_for_its_model_and_temperature(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"weights one")
-    alpha, why = find_exponent(tmp_path, 0.8)
-    assert alpha is None and "fit-tubes" in why
+    cal, why = find_calibration(tmp_path, 0.8)
+    assert cal is None and "fit-tubes" in why
     from hrtemflow.apply.tube_calibration import model_sha256
 
-    cal = {"exponent": 2.5, "model_sha256": model_sha256(tmp_path), "window_temperature": 0.8}
-    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(cal))
-    assert find_exponent(tmp_path, 0.8) == (2.5, str(tmp_path / CALIBRATION_FILE))
-    alpha, why = find_exponent(tmp_path, 1.1)
-    assert alpha is None and "0.8" in why and "1.1" in why
-    alpha, why = find_exponent(tmp_path, None)
-    assert alpha is None and "temperature" in why
+    fitted = {"exponent": 2.5, "model_sha256": model_sha256(tmp_path), "window_temperature": 0.8}
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(fitted))  # an earlier file: no pool, the mean
+    assert find_calibration(tmp_path, 0.8) == (("mean", 2.5), str(tmp_path / CALIBRATION_FILE))
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({**fitted, "pool": "geometric"}))
+    assert find_calibration(tmp_path, 0.8)[0] == ("geometric", 2.5)
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({**fitted, "pool": "median"}))
+    cal, why = find_calibration(tmp_path, 0.8)
+    assert cal is None and "median" in why
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(fitted))
+    cal, why = find_calibration(tmp_path, 1.1)
+    assert cal is None and "0.8" in why and "1.1" in why
+    cal, why = find_calibration(tmp_path, None)
+    assert cal is None and "temperature" in why
     (tmp_path / "model.keras").write_bytes(b"weights two")  # retrained: the old fit is not this model's
-    alpha, why = find_exponent(tmp_path, 0.8)
-    assert alpha is None and "another model.keras" in why
+    cal, why = find_calibration(tmp_path, 0.8)
+    assert cal is None and "another model.keras" in why
     (tmp_path / CALIBRATION_FILE).write_text("{not json")
-    alpha, why = find_exponent(tmp_path, 0.8)
-    assert alpha is None and "refit" in why
+    cal, why = find_calibration(tmp_path, 0.8)
+    assert cal is None and "refit" in why
+
+
+def test_geometric_pool_is_the_tempered_product_of_mixed_windows():
+    """Two windows favour class 0, and a third rules it out: the mean keeps class 0, the geometric pool
+    penalises it by the third window's (mixed) zero and ranks class 1 first."""
+    from hrtemflow.apply.tube_calibration import GEOMETRIC_MIX, pool_windows
+
+    w = np.array([[0.7, 0.3, 0.0], [0.7, 0.3, 0.0], [0.0, 0.45, 0.55]])
+    pools = pool_windows(w)
+    np.testing.assert_allclose(pools["mean"], w.mean(axis=0))
+    mixed = (1 - GEOMETRIC_MIX) * w + GEOMETRIC_MIX / 3
+    product = mixed.prod(axis=0) ** (1 / 3)
+    np.testing.assert_allclose(pools["geometric"], product / product.sum())
+    assert pools["mean"].argmax() == 0 and pools["geometric"].argmax() == 1
+    # a tempered product: exponent 3 is the plain product of the three mixed windows
+    np.testing.assert_allclose(temper(pools["geometric"], 3.0), mixed.prod(axis=0) / mixed.prod(axis=0).sum())
 
 
 def test_labels_without_their_columns_are_refused(tmp_path):
@@ -140,6 +162,9 @@ def test_fit_tubes_end_to_end_on_predict_output(cnt_bundles, tmp_path, capsys):
     said = capsys.readouterr().out
     cal = json.loads((model / CALIBRATION_FILE).read_text())
     assert cal["tubes_fitted"] >= 20 and "exponent" in said
+    assert set(cal["fits"]) == {"mean", "geometric"} and cal["pool"] in cal["fits"]
+    assert cal["fits"][cal["pool"]]["nll"] == min(f["nll"] for f in cal["fits"].values())
+    assert cal["exponent"] == cal["fits"][cal["pool"]]["exponent"] and "kept the" in said
     assert cal["nll_tempered"] <= cal["nll_mean"] + 1e-12 and cal["ece_tempered"] <= cal["ece_mean"] + 1e-12
     assert cal["ece_check_tempered"]["n"] == cal["tubes_fitted"] and "a calibrated answer reads" in said
     assert cal["ece_check_tempered"]["ece"] == pytest.approx(cal["ece_tempered"])
@@ -148,15 +173,18 @@ def test_fit_tubes_end_to_end_on_predict_output(cnt_bundles, tmp_path, capsys):
     before = json.loads((tmp_path / "before" / "summary.json").read_text())
     after = json.loads((tmp_path / "after" / "summary.json").read_text())
     assert after["bundles"]["chirality"]["tube_exponent"] == pytest.approx(cal["exponent"])
+    assert after["bundles"]["chirality"]["tube_pool"] == cal["pool"]
     assert before["bundles"]["chirality"]["tube_exponent"] is None
     classes = list(before["micrographs"][0]["tubes"][0]["chirality"]["probabilities"])
     for rb, ra in zip(before["micrographs"], after["micrographs"], strict=True):
         for tb, ta in zip(rb["tubes"], ra["tubes"], strict=True):
             pb = np.array([tb["chirality"]["probabilities"][c] for c in classes])
+            np.testing.assert_allclose(pb, [tb["chirality"]["pools"]["mean"][c] for c in classes])  # uncalibrated
+            pooled = np.array([tb["chirality"]["pools"][cal["pool"]][c] for c in classes])
             pa = np.array([ta["chirality"]["probabilities"][c] for c in classes])
             assert ta["chirality"]["exponent"] == pytest.approx(cal["exponent"])
-            assert pa.argmax() == pb.argmax()
-            np.testing.assert_allclose(pa, temper(pb, cal["exponent"]), atol=1e-6)
+            assert ta["chirality"]["pool"] == cal["pool"]
+            np.testing.assert_allclose(pa, temper(pooled, cal["exponent"]), atol=1e-6)
     # refitting on the calibrated output undoes the applied exponent first: the same fit
     assert main(["fit-tubes", str(tmp_path / "after"), "--labels", str(labels), "--model-dir", str(model)]) == 0
     again = json.loads((model / CALIBRATION_FILE).read_text())

@@ -95,12 +95,18 @@ def test_windows_sit_on_the_axis_inside_the_tube():
 
 def test_combining_windows_keeps_only_those_in_distribution():
     p = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]])
-    probs, flag, used = combine(p, np.array(["", "", "ood"]))
+    probs, flag, used, pools = combine(p, np.array(["", "", "ood"]))
     assert probs.tolist() == pytest.approx([0.85, 0.15]) and flag == "" and used == 2
-    probs, flag, used = combine(p, np.array(["vacuum", "vacuum", ""]))
+    assert pools["mean"].tolist() == pytest.approx([0.85, 0.15]) and pools["geometric"][0] > 0.8
+    probs, flag, used, _ = combine(p, np.array(["vacuum", "vacuum", ""]))
     assert flag == "vacuum" and used == 1 and probs.tolist() == pytest.approx([0.1, 0.9])
-    probs, flag, used = combine(p, np.array(["ood", "ood", "ood"]))
+    probs, flag, used, _ = combine(p, np.array(["ood", "ood", "ood"]))
     assert flag == "ood" and used == 3
+    # calibrated: the chosen pool, tempered
+    probs, *_ = combine(p, np.array(["", "", "ood"]), ("mean", 2.0))
+    assert probs.tolist() == pytest.approx([0.85**2 / (0.85**2 + 0.15**2), 0.15**2 / (0.85**2 + 0.15**2)])
+    probs, _, _, pools = combine(p, np.array(["", "", ""]), ("geometric", 1.0))
+    assert probs.tolist() == pytest.approx(pools["geometric"].tolist())
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ from .outputs import (
 from .readers import list_micrographs, read_micrograph
 from .regions import Region, sliding_regions, window_starts, windows_in
 from .resample import resample
-from .tube_calibration import find_exponent
+from .tube_calibration import find_calibration
 from .tubes import Tube, axis_centres, combine, find_tubes, scaled, window_origins
 
 TOP_K = 3
@@ -214,15 +214,18 @@ def _predict_tubes(
             out.update(windows_used=0, ood="off the image", top=[], probabilities={})
             results.append(out)
             continue
-        p, flag, used = combine(probs[m], ood["flag"][m], b.tube_exponent)
+        p, flag, used, pools = combine(probs[m], ood["flag"][m], b.tube_calibration)
         order = np.argsort(-p)[:TOP_K]
+        pool, exponent = b.tube_calibration or ("mean", 1.0)
         out.update(
             windows_used=used,
             ood=flag,
             ood_score=_f(np.median(ood["score"][m])),
-            exponent=b.tube_exponent or 1.0,
+            pool=pool,
+            exponent=exponent,
             top=[(b.card.classes[j], float(p[j])) for j in order],
             probabilities={c: float(v) for c, v in zip(b.card.classes, p)},
+            pools={k: {c: float(v) for c, v in zip(b.card.classes, q)} for k, q in pools.items()},
         )
         results.append(out)
     return results
@@ -482,7 +485,12 @@ def _bundle_info(b: Bundle) -> dict[str, Any]:
     if b.kind == "classification":
         info["temperature"], info["temperature_source"] = b.temperature, b.temperature_source
     if tube_bundle(b):
-        info["tube_exponent"], info["tube_exponent_source"] = b.tube_exponent, b.tube_exponent_source
+        pool, exponent = b.tube_calibration or (None, None)
+        info["tube_pool"], info["tube_exponent"], info["tube_exponent_source"] = (
+            pool,
+            exponent,
+            b.tube_calibration_source,
+        )
     if b.ood is not None:
         info["ood_threshold"] = "score > 1: beyond the validation images' 99th percentile"
     if b.kind != "denoising":
@@ -556,9 +564,9 @@ def predict_path(
             new = [load_bundle(d, temperature=temps.get(c.task, temps.get("*"))) for d, c in zip(bundle_dirs, cards)]
             for b in new:
                 if tube_bundle(b) and (opt.tubes or opt.find_tubes):
-                    b.tube_exponent, b.tube_exponent_source = find_exponent(b.path, b.temperature)
-                    if b.tube_exponent is None:
-                        b.notes.append(f"{b.path}: {b.tube_exponent_source}")
+                    b.tube_calibration, b.tube_calibration_source = find_calibration(b.path, b.temperature)
+                    if b.tube_calibration is None:
+                        b.notes.append(f"{b.path}: {b.tube_calibration_source}")
             for note in (n for b in new for n in b.notes):
                 echo(f"warning: {note}", file=sys.stderr)
             loaded.extend(new)

@@ -5,14 +5,21 @@ bad window but under-confident: windows that agree on a class are evidence beyon
 them says, and the mean does not count it (measured on the 71-class bench: mean top-1 probability 0.72
 on tubes it got right 88 % of the time). Multiplying the windows would count every window as
 independent evidence, which they are not (one structure, one set of optics), and is overconfident.
-Between the two, the answer is tempered: p ∝ (mean of the windows)^α, with α fitted by likelihood on
+Between the two, the answer is a pool of the windows tempered by one exponent, fitted by likelihood on
 labelled tubes that the network did not train on (the campaign's validation tubes, imaged as whole-tube
-micrographs). Like the windows' temperature it only rescales confidence: the ranking, hence top-1 and
-top-3, is unchanged.
+micrographs). Two pools are fitted and the one with the lower likelihood loss kept:
 
-The file `tube_calibration.json` in the bundle holds α with what it was fitted on; predict applies it
-only to the same model (the SHA-256 of model.keras) under the same window temperature, otherwise the
-mean is reported uncalibrated, with a note.
+- `mean`: p ∝ (mean of the windows)^α. Like the windows' temperature it only rescales confidence: the
+  ranking, hence top-1 and top-3, is the mean's.
+- `geometric`: p ∝ exp(β · mean of the windows' log p), the windows' product tempered to β effective
+  windows (their noise is independent where their structure and optics are not). A class that several
+  windows rule out is ruled out, so the ranking can differ from the mean's. Each window's probabilities are
+  mixed with 1 % of uniform first (GEOMETRIC_MIX), so that a window's zero is a finite penalty, not -inf.
+
+The file `tube_calibration.json` in the bundle holds the pool and its exponent with what they were fitted
+on; predict applies them only to the same model (the SHA-256 of model.keras) under the same window
+temperature, otherwise the mean is reported uncalibrated, with a note. Predict records both pools of every
+tube untempered (`pools`), so a refit needs no second run of the network.
 """
 
 from __future__ import annotations
@@ -32,8 +39,12 @@ from ..core.errors import HrtemflowError
 from ..learn.calibration import ECE_BINS, calibration_check, expected_calibration_error
 
 CALIBRATION_FILE = "tube_calibration.json"
-#: α is searched in this range (1: the windows' mean as it is)
+#: the exponent is searched in this range (1: the pool as it is)
 EXPONENT_RANGE = (0.1, 100.0)
+#: how a tube's windows are pooled before the exponent (module docstring); a file without one means "mean"
+POOLS = ("mean", "geometric")
+#: share of uniform mixed into each window's probabilities before the geometric pool
+GEOMETRIC_MIX = 0.01
 #: fewer labelled tubes than this fit α too loosely to trust
 MIN_TUBES = 20
 #: a labelled tube is matched to a predicted one when both predicted ends lie this close to its axis (nm)
@@ -48,6 +59,13 @@ def temper(probabilities: np.ndarray, exponent: float) -> np.ndarray:
     logp -= logp.max(axis=-1, keepdims=True)
     p = np.exp(logp)
     return p / p.sum(axis=-1, keepdims=True)
+
+
+def pool_windows(probabilities: np.ndarray) -> dict[str, np.ndarray]:
+    """Both pools of a tube's windows' probabilities (windows, classes), untempered and normalised."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    mixed = (1.0 - GEOMETRIC_MIX) * p + GEOMETRIC_MIX / p.shape[-1]
+    return {"mean": p.mean(axis=0), "geometric": temper(np.exp(np.log(mixed).mean(axis=0)), 1.0)}
 
 
 def nll(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -82,9 +100,9 @@ def same_temperature(a: float | None, b: float | None) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-6)
 
 
-def find_exponent(bundle_dir: Path, temperature: float | None) -> tuple[float | None, str]:
-    """The bundle's fitted α and where it came from, or (None, why not): the file must name this model
-    and the window temperature it was fitted under."""
+def find_calibration(bundle_dir: Path, temperature: float | None) -> tuple[tuple[str, float] | None, str]:
+    """The bundle's fitted (pool, exponent) and where they came from, or (None, why not): the file must name
+    this model and the window temperature it was fitted under."""
     path = Path(bundle_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None, (
@@ -94,7 +112,8 @@ def find_exponent(bundle_dir: Path, temperature: float | None) -> tuple[float | 
     try:
         cal = json.loads(path.read_text(encoding="utf-8"))
         alpha = float(cal["exponent"])
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        pool = str(cal.get("pool", "mean"))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, AttributeError):
         return (
             None,
             f"{path} is not a tube calibration this version reads: not applied; refit with `hrtemflow fit-tubes`",
@@ -109,7 +128,11 @@ def find_exponent(bundle_dir: Path, temperature: float | None) -> tuple[float | 
         )
     if not (EXPONENT_RANGE[0] <= alpha <= EXPONENT_RANGE[1]):
         return None, f"{path}: exponent {alpha} outside {EXPONENT_RANGE}: not applied"
-    return alpha, str(path)
+    if pool not in POOLS:
+        return None, (
+            f"{path}: pool {pool!r} is none of {', '.join(POOLS)}: not applied; refit with `hrtemflow fit-tubes`"
+        )
+    return (pool, alpha), str(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,13 +261,21 @@ def predicted_tubes(predict_dir: Path, task: str) -> tuple[list[dict[str, Any]],
                     "pixel_size_nm": rec.get("pixel_size_nm"),
                     "probabilities": res["probabilities"],
                     "exponent": res.get("exponent", 1.0),
+                    "pool": res.get("pool", "mean"),
+                    "pools": res.get("pools"),
                 }
             )
     return rows, info
 
 
-def untempered(row: Mapping[str, Any], classes: Sequence[str]) -> np.ndarray:
-    """A tube's windows' mean probabilities, the exponent predict applied undone."""
+def untempered(row: Mapping[str, Any], classes: Sequence[str], pool: str = "mean") -> np.ndarray | None:
+    """A tube's pooled windows, untempered: as predict recorded them (`pools`), or its answer with the
+    exponent undone when it was that pool; None when the output holds neither (an older predict)."""
+    pools = row.get("pools")
+    if isinstance(pools, Mapping) and isinstance(pools.get(pool), Mapping):
+        return np.array([float(pools[pool].get(c, 0.0)) for c in classes])
+    if row.get("pool", "mean") != pool:
+        return None
     p = np.array([float(row["probabilities"].get(c, 0.0)) for c in classes])
     return temper(p, 1.0 / float(row.get("exponent") or 1.0))
 
@@ -252,7 +283,8 @@ def untempered(row: Mapping[str, Any], classes: Sequence[str]) -> np.ndarray:
 def fit_tubes(
     predict_dir: Path, labels_csv: Path, bundle_dir: Path, task: str = "chirality", match_nm: float = MATCH_NM
 ) -> dict[str, Any]:
-    """Fit α on predict's answers for labelled tubes and write it into the bundle (see the module docstring)."""
+    """Fit each pool's exponent on predict's answers for labelled tubes and write the better one into the
+    bundle (see the module docstring)."""
     from ..learn.bundle import find_temperature  # noqa: PLC0415
     from ..learn.card import ModelCard  # noqa: PLC0415
 
@@ -287,12 +319,30 @@ def fit_tubes(
             "tubes, or check that the labels' end points are in pixels of the original images"
         )
     classes = list(card.classes)
-    p = np.stack([untempered(m["tube"], classes) for m in found])
     y = np.array([classes.index(m["label"]["chirality"]) for m in found])
-    alpha = fit_exponent(p, y)
-    q = temper(p, alpha)
+    fits = {}
+    for pool in POOLS:
+        pooled = [untempered(m["tube"], classes, pool) for m in found]
+        if any(v is None for v in pooled):
+            continue  # an older predict output holds only the mean
+        pp = np.stack(pooled)
+        exponent = fit_exponent(pp, y)
+        qq = temper(pp, exponent)
+        fits[pool] = {
+            "exponent": exponent,
+            "nll": nll(qq, y),
+            "ece": expected_calibration_error(qq, y, ECE_BINS)[0],
+            "top1": float(np.mean(pp.argmax(axis=1) == y)),
+            "top3": float(np.mean((np.argsort(-pp, axis=1)[:, :3] == y[:, None]).any(axis=1))),
+        }
+    chosen = min(fits, key=lambda k: fits[k]["nll"])
+    alpha = fits[chosen]["exponent"]
+    p = np.stack([untempered(m["tube"], classes, "mean") for m in found])  # the uncalibrated mean, as reported
+    q = temper(np.stack([untempered(m["tube"], classes, chosen) for m in found]), alpha)
     result = {
+        "pool": chosen,
         "exponent": alpha,
+        "fits": fits,
         "task": task,
         "model_sha256": model_sha256(bundle_dir),
         "dataset_sha256": card.dataset_sha256,
@@ -300,6 +350,7 @@ def fit_tubes(
         "tubes_labelled": len(labels),
         "tubes_fitted": len(found),
         "top1": float(np.mean(p.argmax(axis=1) == y)),
+        "top1_tempered": float(np.mean(q.argmax(axis=1) == y)),
         "nll_mean": nll(p, y),
         "nll_tempered": nll(q, y),
         "ece_mean": expected_calibration_error(p, y, ECE_BINS)[0],
@@ -309,8 +360,9 @@ def fit_tubes(
         "mean_p1_mean": float(p.max(axis=1).mean()),
         "mean_p1_tempered": float(q.max(axis=1).mean()),
         "fitted_on": {"predict": str(predict_dir), "labels": str(labels_csv), "match_nm": match_nm},
-        "how": "p ∝ (mean of the windows' probabilities)^exponent, the exponent minimising the NLL of the labelled "
-        "tubes predict found (bounded search over log exponent)",
+        "how": "each pool of the windows (mean; geometric, of the windows mixed with "
+        f"{GEOMETRIC_MIX:g} uniform) tempered by the exponent minimising the NLL of the labelled tubes predict "
+        "found (bounded search over log exponent); the pool with the lower NLL is applied",
     }
     write_json_atomic(bundle_dir / CALIBRATION_FILE, plain_json(result))
     return result

@@ -27,7 +27,7 @@ import numpy as np
 from ..core.errors import HrtemflowError
 from ..learn.ood import majority_flag
 from .regions import MAX_COORDINATE
-from .tube_calibration import temper
+from .tube_calibration import pool_windows, temper
 
 #: a polyline of more points than this is not a tube a person drew
 MAX_TUBE_POINTS = 1000
@@ -324,23 +324,28 @@ def scaled(tube: Tube, sx: float, sy: float) -> list[tuple[float, float]]:
     return [((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5) for x, y in tube.points]
 
 
-def combine(probabilities: np.ndarray, flags: np.ndarray, exponent: float | None = None) -> tuple[np.ndarray, str, int]:
+def combine(
+    probabilities: np.ndarray, flags: np.ndarray, calibration: tuple[str, float] | None = None
+) -> tuple[np.ndarray, str, int, dict[str, np.ndarray]]:
     """One tube's class probabilities from its windows' (already temperature-scaled) probabilities:
-    the mean over the windows in distribution (all windows when none is), tempered by the bundle's
-    fitted `exponent` (`tube_calibration`; None: the mean as it is), its flag, and how many windows
-    were combined.
+    the windows in distribution (all windows when none is) pooled and tempered by the bundle's fitted
+    `calibration` (pool, exponent) (`tube_calibration`; None: their mean as it is); its flag; how many
+    windows were combined; and both pools untempered (`tube_calibration.pool_windows`), for a refit.
 
-    The mean, not the product: windows of one tube share its structure and the micrograph's optics,
-    so their errors are not independent, and a product of overconfident windows is overconfident.
-    The mean alone is under-confident; the exponent, fitted on labelled tubes, corrects that.
+    Not a plain product: windows of one tube share its structure and the micrograph's optics, so their
+    errors are not independent, and a product of overconfident windows is overconfident. The mean alone is
+    under-confident; the fitted pool and exponent correct that.
     """
     flags = np.asarray(flags)
     n = len(flags)
     if n == 0:
-        return np.full(probabilities.shape[-1], np.nan), "no window", 0
+        return np.full(probabilities.shape[-1], np.nan), "no window", 0, {}
     flag = majority_flag(flags)
     keep = (flags == "") | (flags == "?")
     if not keep.any():
         keep = np.ones(n, dtype=bool)
-    p = probabilities[keep].mean(axis=0)
-    return (temper(p, exponent) if exponent is not None else p), flag, int(keep.sum())
+    pools = pool_windows(probabilities[keep])
+    if calibration is None:
+        return pools["mean"], flag, int(keep.sum()), pools
+    pool, exponent = calibration
+    return temper(pools[pool], exponent), flag, int(keep.sum()), pools

@@ -41,9 +41,10 @@ class Bundle:
     temperature_source: str = ""
     ood: dict | None = None
     notes: list[str] = field(default_factory=list)
-    #: per-tube answers only (`apply.tube_calibration`): the exponent tempering a tube's mean, and its source
-    tube_exponent: float | None = None
-    tube_exponent_source: str = ""
+    #: per-tube answers only (`apply.tube_calibration`): the pool and exponent combining a tube's windows,
+    #: and where they came from
+    tube_calibration: tuple[str, float] | None = None
+    tube_calibration_source: str = ""
 
     @property
     def task(self) -> str:

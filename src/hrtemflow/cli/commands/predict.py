@@ -148,8 +148,10 @@ def register(subparsers) -> None:
         help="calibrate a nanotube classifier's per-tube probabilities on labelled micrographs (tube_calibration.json)",
         description="Reads the output of `hrtemflow predict` on micrographs of known tubes (not the ones the network "
         "trained on) and a CSV of their labels, matches each labelled tube to the tube predict answered on it, and "
-        "fits the exponent that tempers a tube's mean window probabilities (p ∝ mean^exponent) by likelihood; saved "
-        "as tube_calibration.json in the bundle, which predict then applies. Top-1 and top-3 do not change.",
+        "fits by likelihood the exponent that tempers each pool of a tube's window probabilities (the mean, p ∝ "
+        "mean^exponent; the geometric, p ∝ exp(exponent x mean log p)); the better pool is saved as "
+        "tube_calibration.json in the bundle, which predict then applies. With the mean, top-1 and top-3 do not "
+        "change.",
     )
     t.add_argument("predict_dir", type=Path, help="the --out folder of `hrtemflow predict` on the labelled micrographs")
     t.add_argument(
@@ -267,10 +269,14 @@ def _fit_tubes(args: argparse.Namespace) -> int:
         raise HrtemflowError(f"--match-nm {args.match_nm}: must be a positive distance in nm")
     r = fit_tubes(args.predict_dir, args.labels, args.model_dir, args.task, args.match_nm)
     print(
-        f"fit-tubes: {r['tubes_fitted']} of {r['tubes_labelled']} labelled tubes found; exponent {r['exponent']:.3g}: "
-        f"ECE {100 * r['ece_mean']:.1f} % -> {100 * r['ece_tempered']:.1f} %, NLL {r['nll_mean']:.3f} -> "
-        f"{r['nll_tempered']:.3f} (top-1 {100 * r['top1']:.1f} %, unchanged); a calibrated answer reads "
-        f"{100 * r['ece_check_tempered']['ece_if_calibrated']:.1f} % on {r['tubes_fitted']} tubes "
+        f"fit-tubes: {r['tubes_fitted']} of {r['tubes_labelled']} labelled tubes found; "
+        + "; ".join(
+            f"{k} pool: exponent {f['exponent']:.3g}, NLL {f['nll']:.3f}, top-1 {100 * f['top1']:.1f} %"
+            for k, f in r["fits"].items()
+        )
+        + f"; kept the {r['pool']} pool: ECE {100 * r['ece_mean']:.1f} % (windows' mean) -> "
+        f"{100 * r['ece_tempered']:.1f} %, NLL {r['nll_mean']:.3f} -> {r['nll_tempered']:.3f}; a calibrated answer "
+        f"reads {100 * r['ece_check_tempered']['ece_if_calibrated']:.1f} % on {r['tubes_fitted']} tubes "
         f"(p = {r['ece_check_tempered']['p_value']:.2f}); saved {args.model_dir / CALIBRATION_FILE}",
         flush=True,
     )
