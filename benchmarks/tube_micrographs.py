@@ -359,6 +359,36 @@ def score(
     }
 
 
+def pool_figures(predicted: Path, labels: Sequence[Mapping[str, Any]], model: Path, match_nm: float) -> dict:
+    """Per pool of the bundle's tube_calibration.json fits: top-1, top-3 and the ECE check of the found tubes
+    with that pool's fitted exponent, from the pools predict recorded (so both are compared on these tubes,
+    whichever predict applied). Empty without a calibration or pools."""
+    from hrtemflow.apply.tube_calibration import CALIBRATION_FILE, match_tubes, predicted_tubes, temper, untempered
+
+    cal_path = model / CALIBRATION_FILE
+    if not cal_path.is_file():
+        return {}
+    fits = json.loads(cal_path.read_text(encoding="utf-8")).get("fits") or {}
+    rows, _ = predicted_tubes(predicted, TASK)
+    found = [m for m in match_tubes(labels, rows, TASK, match_nm) if m["tube"] is not None]
+    if not found or not rows[0].get("pools"):
+        return {}
+    classes = list(rows[0]["pools"]["mean"])
+    y = np.array([classes.index(m["label"]["chirality"]) for m in found])
+    out = {}
+    for pool, fit in fits.items():
+        q = temper(np.stack([untempered(m["tube"], classes, pool) for m in found]), float(fit["exponent"]))
+        right = q.argmax(axis=1) == y
+        out[pool] = {
+            "exponent": fit["exponent"],
+            "found": len(found),
+            "top1_found": float(right.mean()),
+            "top3_found": float((np.argsort(-q, axis=1)[:, :3] == y[:, None]).any(axis=1).mean()),
+            "ece_check": calibration_check(q.max(axis=1), right),
+        }
+    return out
+
+
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
@@ -540,6 +570,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics = score(labels, read_csv(tubes_csv), TASK, args.match_nm)
     metrics.update(info)
     metrics["tube_pool"], metrics["tube_exponent"] = _applied_calibration(predicted)
+    if not args.calibrate:  # both fitted pools on these tubes, with their validation exponents
+        metrics["pools"] = pool_figures(predicted, labels, model, args.match_nm)
+        for pool, f in metrics["pools"].items():
+            print(
+                f"{pool} pool (exponent {f['exponent']:.3g}): top-1 {100 * f['top1_found']:.1f} % and top-3 "
+                f"{100 * f['top3_found']:.1f} % of {f['found']} found tubes, ECE {_pct(f['ece_check']['ece'])} "
+                f"(a calibrated answer: {_pct(f['ece_check']['ece_if_calibrated'])}, "
+                f"p = {_p(f['ece_check']['p_value'])})"
+            )
     if args.calibrate:
         from hrtemflow.apply.tube_calibration import fit_tubes
 

@@ -185,6 +185,12 @@ def test_fit_tubes_end_to_end_on_predict_output(cnt_bundles, tmp_path, capsys):
             assert ta["chirality"]["exponent"] == pytest.approx(cal["exponent"])
             assert ta["chirality"]["pool"] == cal["pool"]
             np.testing.assert_allclose(pa, temper(pooled, cal["exponent"]), atol=1e-6)
+    # the tube benchmark compares both fitted pools on the same tubes, from the pools predict recorded
+    from benchmarks import tube_micrographs as bench
+
+    figures = bench.pool_figures(tmp_path / "after", rows, model, 1.0)
+    assert set(figures) == {"mean", "geometric"} and figures[cal["pool"]]["found"] == cal["tubes_fitted"]
+    assert figures[cal["pool"]]["ece_check"]["ece"] == pytest.approx(cal["ece_tempered"], abs=1e-6)
     # refitting on the calibrated output undoes the applied exponent first: the same fit
     assert main(["fit-tubes", str(tmp_path / "after"), "--labels", str(labels), "--model-dir", str(model)]) == 0
     again = json.loads((model / CALIBRATION_FILE).read_text())
