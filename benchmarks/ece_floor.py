@@ -6,7 +6,7 @@
 
 ECE over a finite test set reads above zero even when every probability is right: each confidence
 bin's accuracy is a binomial estimate. This benchmark measures that floor
-(`hrtemflow.learn.calibration.calibrated_ece_draws`): n top-1 probabilities are drawn with replacement
+(`hrtemflow.core.calibration.calibrated_ece_draws`): n top-1 probabilities are drawn with replacement
 from a confidence distribution, each sample's correctness is redrawn as a coin of its own probability,
 and the ECE of the redraw is recorded, 2,000 times per n. The confidences come from a run's own answers
 (a `benchmarks/tube_micrographs.py` tube_metrics.json, the found tubes' top-1 probabilities; or an
@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hrtemflow.learn.calibration import ECE_BINS, NULL_RESAMPLES, calibrated_ece_draws  # noqa: E402
+from hrtemflow.core.calibration import ECE_BINS, NULL_RESAMPLES, calibrated_ece_draws  # noqa: E402
 
 DEFAULT_N = (15, 40, 142, 284, 568, 1000, 2000, 5000)
 #: Beta(a, b) of the top-1 probability when no run's answers are given: means 0.75, 0.86, 0.90

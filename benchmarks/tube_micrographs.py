@@ -65,7 +65,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 TASK = "chirality"
 from hrtemflow.apply.tube_calibration import MATCH_NM, as_number  # noqa: E402 (after the sys.path line)
-from hrtemflow.learn.calibration import ECE_BINS, calibration_check, top1_ece  # noqa: E402
+from hrtemflow.core.calibration import ECE_BINS, calibration_check, top1_ece  # noqa: E402
 
 #: multislice sampling (Å) of the micrographs: 4x faster than the bench's 0.1 Å, same windows (docstring)
 SAMPLING_A = 0.15
@@ -325,7 +325,7 @@ def score(
         "ece_ci95": structure_ci(np.arange(len(idx), dtype=float), structure[idx], ece_of, resamples=resamples)
         if len(idx)
         else [None, None],
-        # what a calibrated answer with these top-1 probabilities reads on this many tubes (learn.calibration)
+        # what a calibrated answer with these top-1 probabilities reads on this many tubes (core.calibration)
         "ece_check": calibration_check(conf[idx], top1[idx]),
         "ood_flagged": int(ood.sum()),
         "top1_in_distribution": float(top1[found & ~ood].mean()) if (found & ~ood).any() else None,

@@ -1,11 +1,11 @@
-"""The ECE and its calibrated floor (hrtemflow.learn.calibration)."""
+"""The ECE and its calibrated floor (hrtemflow.core.calibration)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hrtemflow.learn.calibration import (
+from hrtemflow.core.calibration import (
     calibrated_ece_draws,
     calibration_check,
     expected_calibration_error,

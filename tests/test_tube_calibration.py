@@ -23,8 +23,8 @@ from hrtemflow.apply.tube_calibration import (
     segment_distance,
     temper,
 )
+from hrtemflow.core.calibration import expected_calibration_error
 from hrtemflow.core.errors import HrtemflowError
-from hrtemflow.learn.calibration import expected_calibration_error
 
 
 def test_temper_is_a_renormalised_power_that_keeps_the_ranking():

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from hrtemflow.core.atomic import write_if_changed
-from hrtemflow.learn.calibration import ECE_BINS, calibration_check, expected_calibration_error
+from hrtemflow.core.calibration import ECE_BINS, calibration_check, expected_calibration_error
 
 from .generate import TASK_FAMILY, read_card, read_labels
 

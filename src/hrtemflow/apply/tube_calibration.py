@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..core.atomic import plain_json, write_json_atomic
+from ..core.calibration import ECE_BINS, calibration_check, expected_calibration_error
 from ..core.errors import HrtemflowError
-from ..learn.calibration import ECE_BINS, calibration_check, expected_calibration_error
 
 CALIBRATION_FILE = "tube_calibration.json"
 #: the exponent is searched in this range (1: the pool as it is)

@@ -18,6 +18,7 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ..core.atomic import write_json_atomic
+from ..core.calibration import ECE_BINS, expected_calibration_error
 from ..core.errors import HrtemflowError
 from ..core.ids import families_of, parse_chirality, views_of
 from ..core.tasks import TASKS
@@ -26,7 +27,6 @@ from ..store import layout
 from . import baselines
 from .baselines import match_affine
 from .bundle import load_checked
-from .calibration import ECE_BINS, expected_calibration_error
 from .card import ModelCard
 from .evaluate_figures import (
     FIGURE_DIR,

@@ -10,7 +10,8 @@ the same number of samples (consistency resampling, Bröcker & Smith 2007: the c
 sample is redrawn as a coin with its own top-1 probability), and the share of such redraws that read
 at least the measured ECE (a p-value: small means miscalibrated beyond what the sample size explains).
 
-Keras-free, so that predict, the scorers and the benchmarks can use it without loading a network.
+In `core`, not `learn`: the evaluation, predict's per-tube calibration, the benchmarks and the independent
+scorer (which must import no stage) all report this one ECE; numpy only, no network loaded.
 """
 
 from __future__ import annotations
