@@ -360,10 +360,10 @@ def score(
 
 
 def pool_figures(predicted: Path, labels: Sequence[Mapping[str, Any]], model: Path, match_nm: float) -> dict:
-    """Per pool of the bundle's tube_calibration.json fits: top-1, top-3 and the ECE check of the found tubes
-    with that pool's fitted exponent, from the pools predict recorded (so both are compared on these tubes,
-    whichever predict applied). Empty without a calibration or pools."""
-    from hrtemflow.apply.tube_calibration import CALIBRATION_FILE, match_tubes, predicted_tubes, temper, untempered
+    """Per pool of the bundle's tube_calibration.json fits: its scores on the found tubes with that pool's
+    fitted exponent (`tube_calibration.pool_scores`), from the pools predict recorded (so both are compared on
+    these tubes, whichever predict applied). Empty without a calibration or pools."""
+    from hrtemflow.apply.tube_calibration import CALIBRATION_FILE, match_tubes, pool_scores, predicted_tubes, untempered
 
     cal_path = model / CALIBRATION_FILE
     if not cal_path.is_file():
@@ -375,18 +375,10 @@ def pool_figures(predicted: Path, labels: Sequence[Mapping[str, Any]], model: Pa
         return {}
     classes = list(rows[0]["pools"]["mean"])
     y = np.array([classes.index(m["label"]["chirality"]) for m in found])
-    out = {}
-    for pool, fit in fits.items():
-        q = temper(np.stack([untempered(m["tube"], classes, pool) for m in found]), float(fit["exponent"]))
-        right = q.argmax(axis=1) == y
-        out[pool] = {
-            "exponent": fit["exponent"],
-            "found": len(found),
-            "top1_found": float(right.mean()),
-            "top3_found": float((np.argsort(-q, axis=1)[:, :3] == y[:, None]).any(axis=1).mean()),
-            "ece_check": calibration_check(q.max(axis=1), right),
-        }
-    return out
+    return {
+        pool: pool_scores(np.stack([untempered(m["tube"], classes, pool) for m in found]), y, float(fit["exponent"]))
+        for pool, fit in fits.items()
+    }
 
 
 def _finite(x: float) -> float | None:
@@ -574,8 +566,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metrics["pools"] = pool_figures(predicted, labels, model, args.match_nm)
         for pool, f in metrics["pools"].items():
             print(
-                f"{pool} pool (exponent {f['exponent']:.3g}): top-1 {100 * f['top1_found']:.1f} % and top-3 "
-                f"{100 * f['top3_found']:.1f} % of {f['found']} found tubes, ECE {_pct(f['ece_check']['ece'])} "
+                f"{pool} pool (exponent {f['exponent']:.3g}): top-1 {100 * f['top1']:.1f} % and top-3 "
+                f"{100 * f['top3']:.1f} % of {f['tubes']} found tubes, ECE {_pct(f['ece_check']['ece'])} "
                 f"(a calibrated answer: {_pct(f['ece_check']['ece_if_calibrated'])}, "
                 f"p = {_p(f['ece_check']['p_value'])})"
             )

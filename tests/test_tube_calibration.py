@@ -189,7 +189,7 @@ def test_fit_tubes_end_to_end_on_predict_output(cnt_bundles, tmp_path, capsys):
     from benchmarks import tube_micrographs as bench
 
     figures = bench.pool_figures(tmp_path / "after", rows, model, 1.0)
-    assert set(figures) == {"mean", "geometric"} and figures[cal["pool"]]["found"] == cal["tubes_fitted"]
+    assert set(figures) == {"mean", "geometric"} and figures[cal["pool"]]["tubes"] == cal["tubes_fitted"]
     assert figures[cal["pool"]]["ece_check"]["ece"] == pytest.approx(cal["ece_tempered"], abs=1e-6)
     # refitting on the calibrated output undoes the applied exponent first: the same fit
     assert main(["fit-tubes", str(tmp_path / "after"), "--labels", str(labels), "--model-dir", str(model)]) == 0

@@ -83,6 +83,21 @@ def fit_exponent(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
+def pool_scores(pooled: np.ndarray, labels: np.ndarray, exponent: float) -> dict[str, Any]:
+    """A pool's answers on labelled tubes, tempered by `exponent`: NLL, ECE, top-1, top-3 and the ECE check."""
+    q = temper(pooled, exponent)
+    right = q.argmax(axis=1) == labels
+    return {
+        "exponent": exponent,
+        "tubes": len(labels),
+        "nll": nll(q, labels),
+        "ece": expected_calibration_error(q, labels, ECE_BINS)[0],
+        "top1": float(right.mean()),
+        "top3": float(np.mean((np.argsort(-q, axis=1)[:, :3] == labels[:, None]).any(axis=1))),
+        "ece_check": calibration_check(q.max(axis=1), right, ECE_BINS),
+    }
+
+
 def model_sha256(bundle_dir: Path) -> str:
     from ..learn.bundle import MODEL_FILE  # noqa: PLC0415
 
@@ -326,15 +341,7 @@ def fit_tubes(
         if any(v is None for v in pooled):
             continue  # an older predict output holds only the mean
         pp = np.stack(pooled)
-        exponent = fit_exponent(pp, y)
-        qq = temper(pp, exponent)
-        fits[pool] = {
-            "exponent": exponent,
-            "nll": nll(qq, y),
-            "ece": expected_calibration_error(qq, y, ECE_BINS)[0],
-            "top1": float(np.mean(pp.argmax(axis=1) == y)),
-            "top3": float(np.mean((np.argsort(-pp, axis=1)[:, :3] == y[:, None]).any(axis=1))),
-        }
+        fits[pool] = pool_scores(pp, y, fit_exponent(pp, y))
     chosen = min(fits, key=lambda k: fits[k]["nll"])
     alpha = fits[chosen]["exponent"]
     p = np.stack([untempered(m["tube"], classes, "mean") for m in found])  # the uncalibrated mean, as reported
