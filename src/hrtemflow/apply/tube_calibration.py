@@ -335,17 +335,18 @@ def fit_tubes(
         )
     classes = list(card.classes)
     y = np.array([classes.index(m["label"]["chirality"]) for m in found])
-    fits = {}
+    pooled, fits = {}, {}
     for pool in POOLS:
-        pooled = [untempered(m["tube"], classes, pool) for m in found]
-        if any(v is None for v in pooled):
+        rows = [untempered(m["tube"], classes, pool) for m in found]
+        if any(v is None for v in rows):
             continue  # an older predict output holds only the mean
-        pp = np.stack(pooled)
-        fits[pool] = pool_scores(pp, y, fit_exponent(pp, y))
+        pooled[pool] = np.stack(rows)
+        fits[pool] = pool_scores(pooled[pool], y, fit_exponent(pooled[pool], y))
     chosen = min(fits, key=lambda k: fits[k]["nll"])
-    alpha = fits[chosen]["exponent"]
-    p = np.stack([untempered(m["tube"], classes, "mean") for m in found])  # the uncalibrated mean, as reported
-    q = temper(np.stack([untempered(m["tube"], classes, chosen) for m in found]), alpha)
+    best = fits[chosen]
+    alpha = best["exponent"]
+    p = pooled["mean"]  # the uncalibrated mean, as predict reports it without a calibration
+    q = temper(pooled[chosen], alpha)
     result = {
         "pool": chosen,
         "exponent": alpha,
@@ -357,13 +358,13 @@ def fit_tubes(
         "tubes_labelled": len(labels),
         "tubes_fitted": len(found),
         "top1": float(np.mean(p.argmax(axis=1) == y)),
-        "top1_tempered": float(np.mean(q.argmax(axis=1) == y)),
+        "top1_tempered": best["top1"],
         "nll_mean": nll(p, y),
-        "nll_tempered": nll(q, y),
+        "nll_tempered": best["nll"],
         "ece_mean": expected_calibration_error(p, y, ECE_BINS)[0],
-        "ece_tempered": expected_calibration_error(q, y, ECE_BINS)[0],
+        "ece_tempered": best["ece"],
         # the ECE a calibrated answer with the tempered top-1 probabilities reads on this many tubes
-        "ece_check_tempered": calibration_check(q.max(axis=1), q.argmax(axis=1) == y, ECE_BINS),
+        "ece_check_tempered": best["ece_check"],
         "mean_p1_mean": float(p.max(axis=1).mean()),
         "mean_p1_tempered": float(q.max(axis=1).mean()),
         "fitted_on": {"predict": str(predict_dir), "labels": str(labels_csv), "match_nm": match_nm},
