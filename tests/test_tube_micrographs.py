@@ -179,3 +179,30 @@ def test_scorer_matches_and_scores_as_by_hand(tmp_path):
     assert (s["errors"], s["delta_d_lt_0.01nm"], s["delta_d_lt_0.05nm"], s["delta_theta_lt_5deg"]) == (2, 1, 2, 2)
     assert s["delta_d_lt_0.01nm_and_delta_theta_lt_5deg"] == 1
     assert "top-1" in bench.table(m)
+
+
+def test_finder_benchmark_finds_the_tube_and_measures_its_ends(micrograph, tmp_path):
+    """`benchmarks/tube_finder.py` on the one micrograph: the tube is found by predict's finder and matched by
+    the scorer's rule, its ends measured against the labelled ones; and the end errors of hand-placed tubes."""
+    import json
+    import shutil
+
+    from benchmarks import tube_finder
+
+    folder = tmp_path / "micrographs"
+    folder.mkdir()
+    shutil.copy(micrograph["root"] / micrograph["row"]["file"], folder)
+    bench.write_labels(folder / "labels.csv", [micrograph["row"]])
+    m = tube_finder.main([str(folder), "--out", str(tmp_path / "finder.json")])
+    assert m["tubes"] == 1 and m["found"] == 1.0 and m["spurious"] == 0
+    (row,) = m["rows"]
+    assert all(abs(e) < 1.0 for e in row["along_nm"]) and max(row["across_nm"]) < 1.0
+    assert json.loads((tmp_path / "finder.json").read_text())["found"] == 1.0
+
+    lab = {"x0": 10.0, "y0": 20.0, "x1": 50.0, "y1": 20.0, "pixel_size_nm": 0.05}
+    # 4 px (0.2 nm) past the first end, 6 px (0.3 nm) short of the second, 2 px (0.1 nm) off the axis
+    along, across = tube_finder.end_errors(lab, {"x0_px": 6.0, "y0_px": 22.0, "x1_px": 44.0, "y1_px": 20.0})
+    assert along == pytest.approx([0.2, -0.3]) and across == pytest.approx([0.1, 0.0])
+    # given end to end, each found end is measured against the labelled end nearest it
+    along, _ = tube_finder.end_errors(lab, {"x0_px": 50.0, "y0_px": 20.0, "x1_px": 10.0, "y1_px": 20.0})
+    assert along == pytest.approx([0.0, 0.0])

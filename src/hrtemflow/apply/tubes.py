@@ -7,11 +7,13 @@ its axis, or half in vacuum, is not such a window; a window centred on the axis,
 is. So a tube is a polyline, and its windows are centred on it every `step` pixels, from half a window
 inside one end to half a window inside the other.
 
-Automatic finding (`find_tubes`): a map of local contrast (the image smoothed over 1 Å against its
-background over 25 Å, squared and averaged over 4 Å) is high on an object and flat on vacuum. The map is
-thresholded above the vacuum level (its median, as vacuum is most of a CNT micrograph, plus Otsu's split
-of what lies above), and each connected part that is long and thin is a tube: its axis is the part's
-principal direction through its centroid, its ends the extremes of its pixels along that direction.
+Automatic finding (`find_tubes`): a map of line contrast (the image's detail, smoothed over SMOOTH_A
+against its background over BACKGROUND_A, averaged along a line of ALONG_A in N_DIRECTIONS directions,
+squared; `contrast_map`) is high on a tube and flat on vacuum. The map is thresholded at its median
+(vacuum is most of a CNT micrograph) plus THRESHOLD_SIGMAS robust standard deviations; each connected
+part that is long and thin is a piece of tube, its axis the part's principal direction; collinear pieces,
+and the two wall lines of a wide tube near focus, are joined (`_join`); each end is then placed at the
+midpoint of the fall of the contrast along the axis (`_refined_ends`).
 Straight tubes only; a bent tube, crossing tubes or a bundle come as one part, or none, and should be
 given by the user (`--tube x0,y0,x1,y1[,x2,y2...]`).
 """
@@ -52,6 +54,9 @@ WALLS_A, WALLS_OVERLAP = 16.0, 0.5
 END_INSET_A = 0.5 * ALONG_A
 #: how far beyond the thresholded part's ends the contrast profile is searched for the true end (Å)
 END_SEARCH_A = 30.0
+#: how far inside the thresholded end the step is fitted (Å; at most half the tube), and the blur widths
+#: (Gaussian sigma, Å) it tries: the line average alone is ALONG_A, the lens adds up to about a nanometre
+END_FIT_INSIDE_A, END_FIT_WIDTHS_A = 40.0, (6.0, 10.0, 15.0, 20.0, 27.0, 36.0)
 
 
 @dataclass(frozen=True)
@@ -196,9 +201,13 @@ def _refined_ends(
     The map spreads a tube's contrast past its ends, by the line average and, at large defocus, by the
     lens's delocalisation (a nanometre at 20 nm underfocus): the thresholded part overshoots by an
     amount that grows with both, so no fixed inset fits every micrograph. Both blurs are symmetric about
-    the true end, so the half-level crossing of the contrast amplitude (the root of the map above
-    vacuum), averaged across the axis over AFTER_A and found next to each thresholded end, lands on it. Falls back
-    to the fixed inset END_INSET_A when the profile has no clear level (a tube too short or too faint)."""
+    the true end, so the midpoint of the fall of the contrast amplitude (the root of the map above
+    vacuum), averaged across the axis over AFTER_A, lands on it. The midpoint is that of a blurred step
+    fitted to the profile next to each thresholded end (`_fitted_end`): near focus a tube's contrast is
+    weak, and the first fall of a noisy profile below half its level can lie a nanometre into vacuum,
+    while a fit weighs every sample of the fall. Falls back to the half-level crossing where a fit finds
+    no fall, and to the fixed inset END_INSET_A where the profile has no clear level (a tube too short or
+    too faint)."""
     from scipy import ndimage  # noqa: PLC0415
 
     length = float(np.hypot(*(b - a)))
@@ -216,14 +225,52 @@ def _refined_ends(
     if level <= 0 or length * p < 2 * END_INSET_A:
         return fallback
     above = amp >= 0.5 * level
-    i0 = _crossing(above, int(np.searchsorted(t, 0.0)), -1)
-    i1 = _crossing(above, int(np.searchsorted(t, length)), +1)
-    if i0 is None or i1 is None:  # no fall to half within the search
-        return fallback
-    t0, t1 = t[i0] - 0.25, t[i1] + 0.25  # the crossings, to half a step
+    ends = []
+    for start, outward in ((0.0, -1), (length, +1)):
+        fitted = _fitted_end(t, amp, start, outward, min(0.5 * length, END_FIT_INSIDE_A / p), p)
+        if fitted is None:
+            i = _crossing(above, int(np.searchsorted(t, start)), outward)
+            if i is None:  # no fall to half within the search
+                return fallback
+            fitted = float(t[i]) + 0.25 * outward  # the crossing, to half a step
+        ends.append(fitted)
+    t0, t1 = ends
     if t1 - t0 < 0.5 * length:
         return fallback
     return a + u * t0, a + u * t1
+
+
+def _fitted_end(t: np.ndarray, amp: np.ndarray, start: float, outward: int, inside: float, p: float) -> float | None:
+    """The midpoint of a Gaussian-blurred step, level inside and a floor outside, fitted by least squares
+    to the amplitude profile from `inside` (map pixels) within the thresholded end `start` out to the end
+    of the search; blur widths END_FIT_WIDTHS_A, the midpoint on the profile's own half-pixel steps. None
+    when the best fit has no fall (its step not down outward) or puts the end at the edge of the search."""
+    from scipy.special import ndtr  # noqa: PLC0415
+
+    s = (t - start) * outward  # > 0 outward of the thresholded end
+    keep = s >= -inside
+    s, y = s[keep], amp[keep]
+    if s.size < 8:
+        return None
+    candidates = s[(s > s[0] + 2.0) & (s < s[-1] - 2.0)]
+    if candidates.size < 3:
+        return None
+    best: tuple[float, int | None] = (math.inf, None)
+    for width in END_FIT_WIDTHS_A:
+        step = ndtr((candidates[:, None] - s[None, :]) / (width / p))  # (candidate end, sample): 1 inside
+        # y = floor + height * step, per candidate by linear least squares
+        m0, m1 = step.mean(axis=1), (step * step).mean(axis=1)
+        cov = (step * y).mean(axis=1) - m0 * y.mean()
+        var = m1 - m0 * m0
+        height = np.where(var > 1e-12, cov / np.maximum(var, 1e-12), 0.0)
+        sse = ((y - y.mean()) ** 2).sum() - height * cov * s.size
+        sse = np.where(height > 0, sse, math.inf)
+        i = int(np.argmin(sse))
+        if sse[i] < best[0]:
+            best = (float(sse[i]), i)
+    if best[1] is None or best[1] in (0, candidates.size - 1):
+        return None
+    return start + outward * float(candidates[best[1]])
 
 
 def _crossing(above: np.ndarray, start: int, outward: int) -> int | None:
