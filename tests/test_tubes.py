@@ -264,3 +264,19 @@ def test_the_regressors_verdict_goes_to_the_conditions_check():
     assert v["defocus_nm"] == pytest.approx((12.0, 2.0, "nm")) and v["c12_nm"] == pytest.approx((1.5, 0.5, "nm"))
     assert _regressed({"aberrations": [region(10.0, 1.0, ood="ood")]}) is None
     assert _regressed({"chirality": per_task["chirality"]}) is None
+
+
+def test_fitted_end_finds_both_ends_of_a_noisy_blurred_profile():
+    """A tube's contrast amplitude from 10 to 110 map pixels, blurred (sigma 8) over a floor, with noise: the step
+    fitted from either thresholded end (inside the tube at 12, past it at 105) lands on the true end, within a
+    pixel, on both sides; a profile with no fall gives None (the crossing then decides)."""
+    from scipy.special import ndtr
+
+    from hrtemflow.apply.tubes import _fitted_end
+
+    t = np.arange(-40.0, 140.0, 0.5)
+    rng = np.random.default_rng(0)
+    amp = 0.1 + ndtr((t - 10) / 8) * ndtr((110 - t) / 8) + rng.normal(0, 0.05, t.size)
+    assert _fitted_end(t, amp, 12.0, -1, 40.0, 1.0) == pytest.approx(10.0, abs=1.0)
+    assert _fitted_end(t, amp, 105.0, +1, 40.0, 1.0) == pytest.approx(110.0, abs=1.0)
+    assert _fitted_end(t, np.ones_like(t), 105.0, +1, 40.0, 1.0) is None

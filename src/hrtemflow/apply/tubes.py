@@ -248,7 +248,8 @@ def _fitted_end(t: np.ndarray, amp: np.ndarray, start: float, outward: int, insi
     from scipy.special import ndtr  # noqa: PLC0415
 
     s = (t - start) * outward  # > 0 outward of the thresholded end
-    keep = s >= -inside
+    keep = np.flatnonzero(s >= -inside)
+    keep = keep[np.argsort(s[keep])]  # inside to outside, whichever end
     s, y = s[keep], amp[keep]
     if s.size < 8:
         return None
