@@ -161,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not labels_csv.is_file():
         raise SystemExit(f"{labels_csv}: missing; make the micrographs with benchmarks/tube_micrographs.py first")
     labels = read_csv(labels_csv)[: args.n]
+    if not labels:
+        raise SystemExit(f"{labels_csv}: no tubes listed; make the micrographs again (tube_micrographs.py)")
     files = sorted({str(args.micrographs / lab["file"]) for lab in labels})
     t0 = time.perf_counter()
     if args.workers > 1:
