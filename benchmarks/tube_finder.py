@@ -81,7 +81,10 @@ def end_errors(label: Mapping[str, Any], tube: Mapping[str, Any]) -> tuple[list[
 
 
 def score(labels: Sequence[Mapping[str, Any]], found: Sequence[Mapping[str, Any]], match_nm: float) -> dict[str, Any]:
-    """Found share, spurious tubes and end errors (see the module docstring)."""
+    """Found share (with the project's by-structure bootstrap interval), spurious tubes and end errors (see
+    the module docstring)."""
+    from hrtemflow.learn.evaluate import structure_ci  # the learn stage loads Keras: only when scoring
+
     matches = match_tubes(labels, found, TASK, match_nm)
     hit = np.array([m["tube"] is not None for m in matches])
     used = {id(m["tube"]) for m in matches if m["tube"] is not None}
@@ -116,12 +119,10 @@ def score(labels: Sequence[Mapping[str, Any]], found: Sequence[Mapping[str, Any]
     for lo, hi in zip(DEFOCUS_BINS[:-1], DEFOCUS_BINS[1:]):
         name = f"{lo:g}-{hi:g} nm" if hi < 1e8 else f">= {lo:g} nm"
         by_defocus[name] = summary([r for r in rows if lo <= r["defocus_nm"] < hi])
-    n = len(rows)
-    rng = np.random.default_rng(0)
-    boot = [hit[rng.integers(0, n, n)].mean() for _ in range(2000)] if n else []
+    structure = np.array([str(m["label"].get("structure") or m["label"]["file"]) for m in matches])
     return {
         **summary(rows),
-        "found_ci95": [float(x) for x in np.percentile(boot, [2.5, 97.5])] if n else None,
+        "found_ci95": structure_ci(hit, structure) if len(rows) else None,
         "spurious": spurious,
         "match_nm": match_nm,
         "by_defocus": by_defocus,
