@@ -368,7 +368,7 @@ def particle_sets(tmp_path_factory):
     """Two ideal particle micrographs and one with every factor, through the package's command line."""
     out = tmp_path_factory.mktemp("independent_na")
     params = [a for p in NA_TINY for a in ("--param", p)]
-    for name, n in (("NA0_ideal", "2"), ("na_all_factors", "1")):
+    for name, n in (("NA0_ideal", "2"), ("na_all_factors", "1"), ("na_relaxed", "1")):
         res = _cli("--generate-only", "--sets", name, "--n", n, "--out", str(out), *params)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     return out
@@ -379,7 +379,7 @@ def test_particle_micrographs_read_back_calibrated(particle_sets):
 
     from hrtemflow.apply.readers import read_micrograph
 
-    for name, n in (("NA0_ideal", 2), ("na_all_factors", 1)):
+    for name, n in (("NA0_ideal", 2), ("na_all_factors", 1), ("na_relaxed", 1)):
         rows = read_labels(particle_sets / "sets" / name / "labels.csv")
         assert len(rows) == n and list(rows[0]) == list(PARTICLE_COLUMNS)
         for r in rows:
@@ -397,6 +397,10 @@ def test_particle_micrographs_read_back_calibrated(particle_sets):
             if name == "na_all_factors":
                 assert int(r["ligand_atoms"]) > 0 and r["parametrization"] == "kirkland"
                 assert int(r["frozen_phonons"]) == 4 and float(r["gain_sigma"]) > 0
+            assert (int(r["relax_steps"]) > 0) == (name == "na_relaxed")  # minimised before imaging
+    ideal, relaxed = (read_labels(particle_sets / "sets" / n / "labels.csv")[0] for n in ("NA0_ideal", "na_relaxed"))
+    same = ("ordering", "motif", "n_atoms", "n_co", "orientation_quat", "defocus_nm", "dose", "support_nm")
+    assert all(ideal[k] == relaxed[k] for k in same)  # draws_as: NA0's draws, only the relaxation differs
 
 
 def test_score_particles_through_predict(particle_sets, cnt_bundles, tmp_path):
@@ -412,7 +416,7 @@ def test_score_particles_through_predict(particle_sets, cnt_bundles, tmp_path):
     card["imaging"] = [{**card["imaging"][0], "family": "nanoalloy"}]
     (bundle / "card.json").write_text(json.dumps(card))
     res = _cli("--score-only", "--bundle", str(bundle), "--sets", "all", "--out", str(particle_sets))
-    assert res.returncode != 0 and "set na_kirkland has not been generated" in res.stderr  # `all`: every NA set
+    assert res.returncode != 0 and "set na_relaxed_phonons has not been generated" in res.stderr  # `all`: every NA set
     sets = ("NA0_ideal", "na_all_factors")
     res = _cli("--score-only", "--bundle", str(bundle), "--sets", *sets, "--out", str(particle_sets))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]

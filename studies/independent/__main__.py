@@ -7,7 +7,8 @@ and what `hrtemflow predict` wrote) and <dir>/factor_table.md + factor_table.jso
 predictions already there are kept, so an interrupted run resumes. `--sets all` is every set of the
 bundle's family (a chirality bundle: the CNT sets; an ordering bundle: the nanoalloy sets), or every set
 of the factors file without a bundle; `--sets cnt` or `--sets nanoalloy` is every set of that family. The
-set with every factor together is `all_factors` (CNT) or `na_all_factors` (nanoalloy).
+set with every factor together is `all_factors` (CNT) or `na_all_factors` (nanoalloy). A set marked
+`only_when_asked` (`na_md_particles`, which reads a results folder) is made only when named.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 def pick_sets(factors: dict, asked: list[str], card: dict | None) -> list[str]:
     """The set names asked for: names, family names (that family's sets) and `all` (the bundle's family's
     sets, every set without a bundle), in the factors file's order, each once."""
-    family_of = {name: generate.set_family(factors, name) for name in factors["sets"]}
+    family_of = {  # a set that reads another run's files (only_when_asked) is made when named, not by all or a family
+        name: generate.set_family(factors, name)
+        for name, own in factors["sets"].items()
+        if not (own or {}).get("only_when_asked")
+    }
     names: list[str] = []
     for item in asked:
         if item == "all":
@@ -62,7 +67,7 @@ def pick_sets(factors: dict, asked: list[str], card: dict | None) -> list[str]:
             group = [n for n, f in family_of.items() if wants is None or f == wants]
         elif item in generate.BUILDERS:
             group = [n for n, f in family_of.items() if f == item]
-        elif item in factors["sets"]:
+        elif item in factors["sets"]:  # named: made even when only_when_asked
             group = [item]
         else:
             raise SystemExit(

@@ -31,13 +31,16 @@ One micrograph (`make_micrograph`):
 Nanoalloy particles (`family: nanoalloy`, `particle_scene`) take the place of step 1: an Ag/Co particle
 built by `ase.cluster` (icosahedron, Marks decahedron, truncated octahedron) or cut from an fcc lattice
 (`fcc_sphere`), of the motif size nearest an atom count drawn from `n_atoms`, on one Vegard's-law lattice
-(no MD, no relaxation), with `co_fraction` of its sites Co in an `ordering`: core-shell (Co on the sites
+(no MD), with `co_fraction` of its sites Co in an `ordering`: core-shell (Co on the sites
 nearest its centroid), janus (Co on the sites furthest along a random direction: one plane splits the two
-metals) or disordered (Co on random sites); turned to a uniformly random orientation, its centroid at least
-`centre_margin_nm` from the field's edges, optionally inside a ligand-like shell of light atoms
-(`ligand_shell`), on a support film as above. Its label row (`PARTICLE_COLUMNS`) holds its centre and
-projected radius in pixels of the written image, its ordering (the ordering bundle's class name), motif,
-composition and every drawn value.
+metals) or disordered (Co on random sites); with `relax`, minimised at 0 K by a TB-SMA energy written in
+`relax.py` (each metal takes its own spacing; still no MD, no temperature); with `particles_from`, the frames
+of given .extxyz files instead (a diagnostic: the bench's own MD particles); turned to a uniformly random
+orientation, its centroid at least `centre_margin_nm` from the field's edges, optionally inside a ligand-like
+shell of light atoms (`ligand_shell`), on a support film as above. Its label row (`PARTICLE_COLUMNS`) holds
+its centre and projected radius in pixels of the written image, its ordering (the ordering bundle's class
+name), motif, composition and every drawn value. A set with `draws_as` draws another set's values for each
+index (the same particles, optics and noise), so the two are paired.
 
 Seconds per micrograph on 2 cores: see docs/results/independent-images.md.
 """
@@ -57,6 +60,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .relax import check_relax_params, relax_particle
 
 FACTORS_FILE = Path(__file__).with_name("factors.yaml")
 
@@ -157,6 +162,9 @@ PARTICLE_COLUMNS = (
     "particle_radius_nm",
     "orientation_quat",
     "janus_axis",
+    "relax_steps",
+    "relax_rms_shift_A",
+    "relax_energy_drop_eV_per_atom",
     "width_px",
     "height_px",
     "pixel_size_nm",
@@ -274,6 +282,10 @@ def resolve_set(
     if p.get("pixel_size_A") == "bundle":
         raise SystemExit("pixel_size_A is 'bundle' but no bundle was given: pass --bundle or --param pixel_size_A=...")
     p["set"] = name
+    if p.get("draws_as") and p["draws_as"] not in factors["sets"]:
+        raise SystemExit(
+            f"set {name!r}: draws_as {p['draws_as']!r} is no set of the factors file; name the set to pair with"
+        )
     if family == "nanoalloy":
         check_particle_params(p)
     return p
@@ -319,6 +331,10 @@ def check_particle_params(p: Mapping[str, Any]) -> None:
             raise SystemExit(f"{where}: ligand_shell.elements {elements!r} must map element symbols to weights > 0")
         if "thickness_nm" not in lig:
             raise SystemExit(f"{where}: ligand_shell needs thickness_nm (a number or a range [lo, hi])")
+    check_relax_params(p.get("relax"), where)
+    pf = p.get("particles_from")
+    if pf is not None and not (isinstance(pf, Mapping) and pf.get("extxyz")):
+        raise SystemExit(f"{where}: particles_from must be {{extxyz: <glob of MD .extxyz>, ids: <file or null>}}")
 
 
 def _uniform(rng: np.random.Generator, v: Any) -> float:
@@ -393,7 +409,39 @@ def draw_particle(p: Mapping[str, Any], rng: np.random.Generator) -> dict[str, A
         d["ligand_density"] = _uniform(rng, lig.get("density_g_cm3", 1.0))
         d["ligand_gap_A"] = float(lig.get("gap_A", 2.0))
         d["ligand_elements"] = {str(k): float(v) for k, v in lig["elements"].items()}
+    if (relax := p.get("relax")) is not None:  # deterministic: draws nothing, so other sets' draws stay as they were
+        d["relax"] = dict(relax)
+    if pf := p.get("particles_from"):  # a given structure instead of a built one: the rest is drawn as for any set
+        frames = md_frames(str(pf["extxyz"]), str(pf.get("ids") or ""))
+        d["frame"] = frames[int(rng.integers(len(frames)))]
+        d["ordering"] = d["frame"][3]
     return d
+
+
+@functools.cache
+def md_frames(pattern: str, ids_file: str) -> tuple[tuple[str, int, str, str], ...]:
+    """(file, frame index, sample id, ordering) of every particle in the extxyz files matching `pattern`
+    (the pipeline's MD output, e.g. results-*/md/nanoalloy-*/*.extxyz), only the sample ids listed in
+    `ids_file` when given (one per line: a bundle's test particles). The ordering is read from the sample
+    id, `nanoalloy-<ordering>-<index>`. Why: the same imaging on the bench's own particles says whether a
+    transfer gap lies in the structures or in the imaging."""
+    import glob
+
+    from ase.io import read
+
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise SystemExit(f"particles_from.extxyz {pattern!r} matches no file: give a glob of the MD stage's .extxyz")
+    keep = set(Path(ids_file).read_text().split()) if ids_file else None
+    out = []
+    for f in files:
+        for k, atoms in enumerate(read(f, index=":")):
+            sid = str(atoms.info.get("sample_id", ""))
+            if keep is None or sid in keep:
+                out.append((f, k, sid, sid.split("-", 1)[-1].rsplit("-", 1)[0]))
+    if not out:
+        raise SystemExit(f"particles_from: none of the {len(files)} file(s) holds a sample id listed in {ids_file}")
+    return tuple(out)
 
 
 #: the object's own values per family (the rest of `draw` is the same for every family)
@@ -668,8 +716,16 @@ def order_sites(
 
 
 def alloy_particle(d: Mapping[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """An Ag/Co particle on one Vegard's-law lattice (no MD: ideal sites): positions (Å, its centroid at
-    the origin), atomic numbers, and what was built (motif parameters, counts, Janus axis)."""
+    """An Ag/Co particle on one Vegard's-law lattice (no MD: ideal sites), or the given MD frame: positions
+    (Å, its centroid at the origin), atomic numbers, and what was built (motif parameters, counts, Janus axis)."""
+    if "frame" in d:
+        from ase.io import read
+
+        atoms = read(d["frame"][0], index=int(d["frame"][1]))
+        numbers = atoms.numbers.copy()
+        n_co = int((numbers == 27).sum())
+        built = {"motif_params": d["frame"][2], "n_atoms": len(atoms), "n_co": n_co, "n_ag": len(atoms) - n_co}
+        return atoms.positions - atoms.positions.mean(axis=0), numbers, {**built, "lattice_A": 0.0, "axis": None}
     x = float(d["co_fraction"])
     lattice = (1.0 - x) * FCC_LATTICE_A["Ag"] + x * FCC_LATTICE_A["Co"]
     pos, params = particle_sites(d["motif"], int(d["n_atoms_target"]), lattice, rng)
@@ -677,8 +733,13 @@ def alloy_particle(d: Mapping[str, Any], rng: np.random.Generator) -> tuple[np.n
     n = len(pos)
     n_co = min(max(int(round(x * n)), 1), n - 1)
     is_co, axis = order_sites(pos, n_co, d["ordering"], rng)
+    numbers = np.where(is_co, 27, 47)
     built = {"motif_params": params, "n_atoms": n, "n_co": n_co, "n_ag": n - n_co, "lattice_A": lattice, "axis": axis}
-    return pos, np.where(is_co, 27, 47), built
+    if "relax" in d:
+        pos, info = relax_particle(pos, numbers, **d["relax"])
+        pos = pos - pos.mean(axis=0)
+        built.update(info)
+    return pos, numbers, built
 
 
 def ligand_shell(metal: np.ndarray, d: Mapping[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -785,7 +846,7 @@ def particle_scene(d: dict[str, Any], rng: np.random.Generator) -> Scene:
         "family": "nanoalloy",
         "label": d["ordering"],
         "ordering": d["ordering"],
-        "motif": d["motif"],
+        "motif": "md" if "frame" in d else d["motif"],
         "motif_params": built["motif_params"],
         "n_atoms": built["n_atoms"],
         "n_ag": built["n_ag"],
@@ -794,6 +855,7 @@ def particle_scene(d: dict[str, Any], rng: np.random.Generator) -> Scene:
         "radius_A": float(np.hypot(metal[:, 0], metal[:, 1]).max()),
         "particle_radius_A": float(np.linalg.norm(metal, axis=1).max()),
         "janus_axis": (rot @ axis).tolist() if axis is not None else None,
+        **{k: v for k, v in built.items() if k.startswith("relax_")},
     }
     return Scene(
         allpos,
@@ -991,6 +1053,9 @@ def particle_fields(obj: Mapping[str, Any], d: Mapping[str, Any], half: float) -
         "particle_radius_nm": round(obj["particle_radius_A"] / 10.0, 4),
         "orientation_quat": " ".join(f"{v:.6f}" for v in d["quaternion"]),
         "janus_axis": " ".join(f"{v:.6f}" for v in axis) if axis is not None else "",
+        "relax_steps": obj.get("relax_steps", 0),
+        "relax_rms_shift_A": obj.get("relax_rms_shift_A", 0.0),
+        "relax_energy_drop_eV_per_atom": obj.get("relax_energy_drop_eV_per_atom", 0.0),
     }
 
 
@@ -1008,7 +1073,7 @@ def micrograph_seed(seed: int, set_name: str, index: int) -> int:
 def make_micrograph(p: Mapping[str, Any], index: int, out_dir: Path, seed: int) -> list[dict[str, Any]]:
     """One micrograph of the resolved set p: its TIFF and its label rows (one per object)."""
     t0 = time.perf_counter()
-    s = micrograph_seed(seed, p["set"], index)
+    s = micrograph_seed(seed, p.get("draws_as") or p["set"], index)  # draws_as: another set's draws, paired
     rng = np.random.default_rng(s)
     d = draw(p, rng)
     scene = BUILDERS[p.get("family", "cnt")](d, rng)
