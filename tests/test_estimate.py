@@ -83,3 +83,10 @@ def test_warnings_name_short_and_long_jobs_submit_limit_and_quota(demo_cfg, repo
     )
     long = cost_summary(make_plan(big))
     assert any("md:" in w and f"over the {JOBS['md'].runtime_min} min" in w for w in long["warnings"])
+
+
+def test_md_steps_count_the_unannealed_share_as_running_none():
+    md = {"timestep_fs": 5.0, "anneal_ps": 2.0, "quench_ps": 4.0, "hold_ps": 1.0}
+    assert md_steps("nanoalloy", md) == 1400
+    assert md_steps("nanoalloy", {**md, "unannealed_share": 0.3}) == 980
+    assert md_steps("nanoalloy", {**md, "unannealed_share": 1.0}) == 0

@@ -98,7 +98,9 @@ def check_contract(spec: dict, manifest: dict, frames: list) -> None:
     ok = [s for s in manifest["samples"] if s["status"] == "ok"]
     assert [f.info["sample_id"] for f in frames] == [s["id"] for s in ok]
     for s, atoms in zip(ok, frames):
-        assert s["reason"] is None and s["steps"] > 0 and s["wall_s"] >= 0
+        assert (
+            s["reason"] is None and s["steps"] + s["min_iterations"] > 0 and s["wall_s"] >= 0
+        )  # MD, a minimisation or both
         lab = s["labels"]
         assert LABELS[family] | {"n_atoms", "energy_per_atom_eV"} <= set(lab)
         assert lab["n_atoms"] == len(atoms)
@@ -284,6 +286,34 @@ def test_langevin_and_minimize(specs, shard, tmp_path):
     manifest, frames = run(spec, tmp_path)
     assert manifest["n_ok"] == 1, manifest["samples"][0]["reason"]
     assert manifest["samples"][0]["min_iterations"] > 0
+    check_contract(spec, manifest, frames)
+
+
+def test_unannealed_share_skips_the_anneal_of_its_share_only(specs, tmp_path):
+    """`unannealed_share` is a last draw of the sample's generator: unset, the protocol is exactly as before;
+    set, the drawn share runs no stage and is minimised, with every other value as before; in LAMMPS such a
+    particle is minimised and written, with no MD step."""
+    spec = copy.deepcopy(specs["nanoalloy-janus-s00000"])
+    assert "unannealed_share" not in spec["md"]  # unset: not in the spec, whose hash stays
+
+    def proto(share, seed):
+        md_cfg = spec["md"] if share is None else {**spec["md"], "unannealed_share": share}
+        return lammps_run.protocol("nanoalloy", md_cfg, np.random.default_rng(seed))
+
+    for seed in range(5):
+        plain, none, every = proto(None, seed), proto(0.0, seed), proto(1.0, seed)
+        assert none == plain and plain["stages"] and not plain["minimize"]
+        assert every["stages"] == [] and every["minimize"]
+        assert {k: v for k, v in every.items() if k not in ("stages", "minimize")} == {
+            k: v for k, v in plain.items() if k not in ("stages", "minimize")
+        }
+    drawn = [not proto(0.3, seed)["stages"] for seed in range(400)]
+    assert 0.22 < np.mean(drawn) < 0.38
+    spec["samples"] = spec["samples"][:1]
+    spec["md"]["unannealed_share"] = 1.0
+    manifest, frames = run(spec, tmp_path)
+    record = manifest["samples"][0]
+    assert manifest["n_ok"] == 1 and record["steps"] == 0 and record["min_iterations"] > 0, record
     check_contract(spec, manifest, frames)
 
 

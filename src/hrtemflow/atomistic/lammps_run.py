@@ -6,7 +6,8 @@ fixed-wall box (`boundary f f f`, 10 Å beyond the stored cell); cnt one NVT run
 is `fix nvt`, Langevin `fix langevin ... zero yes` + `fix nve`. Each stage runs in chunks of at most
 CHUNK_STEPS (`run N start/stop`, so ramps stay linear) with the checks between chunks (`SampleFailed`
 when atoms are lost, the energy is NaN, not negative or beyond MAX_ABS_PE_PER_ATOM, or positions are
-not finite). The final snapshot keeps its thermal fluctuations unless `minimize` is set (CG to MINIMIZE).
+not finite). The final snapshot keeps its thermal fluctuations unless `minimize` is set (CG to MINIMIZE);
+a nanoalloy sample drawn into `unannealed_share` runs no stage and is only minimised.
 Fault injection does something physical to the simulation that these checks must catch
 (`inject_fault`).
 """
@@ -50,6 +51,8 @@ def protocol(family: str, md: dict, rng: np.random.Generator) -> dict:
 
     nanoalloy: anneal at T ~ U(anneal_K), linear ramp to end_K over quench_ps, hold; amorphous:
     melt, quench (melt timestep, still hot), hold (hold timestep); cnt: one run at temperature_K.
+    With `unannealed_share`, that share of the samples (a last draw of the sample's own generator) runs no
+    stage and is only minimised: a random alloy stays random where the anneal would start demixing it.
     """
     if family == "nanoalloy":
         t_anneal = structures.draw_uniform(rng, md["anneal_K"])
@@ -72,7 +75,7 @@ def protocol(family: str, md: dict, rng: np.random.Generator) -> dict:
             ("hold", _steps(md["hold_ps"], cold), cold, md["end_K"], md["end_K"]),
         ]
         t0 = md["melt_K"]
-    return {
+    proto = {
         "stages": [
             dict(zip(("name", "steps", "dt_fs", "t_start", "t_stop"), (n, s, float(d), float(a), float(b))))
             for n, s, d, a, b in stages
@@ -85,6 +88,10 @@ def protocol(family: str, md: dict, rng: np.random.Generator) -> dict:
         "velocity_seed": int(rng.integers(1, 900_000_000)),
         "langevin_seed": int(rng.integers(1, 900_000_000)),
     }
+    share = md.get("unannealed_share")  # drawn last and only when set: other samples and specs stay as they were
+    if share is not None and rng.random() < float(share):
+        proto["stages"], proto["minimize"] = [], True  # as built, minimised at 0 K: the chemical order stays
+    return proto
 
 
 def new_lammps():

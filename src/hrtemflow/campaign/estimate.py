@@ -45,10 +45,12 @@ def load_costs(path: str | None = None) -> dict[str, Any]:
 
 
 def md_steps(family: str, md: Mapping[str, Any]) -> int:
-    """MD steps of one sample's protocol (what `atomistic.lammps_run.protocol` runs)."""
+    """MD steps of one sample's protocol (what `atomistic.lammps_run.protocol` runs); for nanoalloys with an
+    `unannealed_share`, the mean over samples (that share runs none)."""
     if family == "nanoalloy":
         dt = md["timestep_fs"]
-        return sum(round(md[k] * 1000 / dt) for k in ("anneal_ps", "quench_ps", "hold_ps"))
+        steps = sum(round(md[k] * 1000 / dt) for k in ("anneal_ps", "quench_ps", "hold_ps"))
+        return round(steps * (1.0 - float(md.get("unannealed_share") or 0.0)))
     if family == "cnt":
         return round(md["duration_ps"] * 1000 / md["timestep_fs"])
     hot, cold = md["melt_timestep_fs"], md["hold_timestep_fs"]
