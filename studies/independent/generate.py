@@ -423,8 +423,9 @@ def md_frames(pattern: str, ids_file: str) -> tuple[tuple[str, int, str, str], .
     """(file, frame index, sample id, ordering) of every particle in the extxyz files matching `pattern`
     (the pipeline's MD output, e.g. results-*/md/nanoalloy-*/*.extxyz), only the sample ids listed in
     `ids_file` when given (one per line: a bundle's test particles). The ordering is read from the sample
-    id, `nanoalloy-<ordering>-<index>`. Why: the same imaging on the bench's own particles says whether a
-    transfer gap lies in the structures or in the imaging."""
+    id, `nanoalloy-<ordering>-<index>`: the ordering built, which the MD's measured label can differ from for a
+    few particles (1 of 475 disordered ones in the transfer bench). Why: the same imaging on the bench's own
+    particles says whether a transfer gap lies in the structures or in the imaging."""
     import glob
 
     from ase.io import read
