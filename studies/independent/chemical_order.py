@@ -17,9 +17,7 @@ as it builds them (relaxed when the set relaxes).
 from __future__ import annotations
 
 import argparse
-import glob
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -44,15 +42,17 @@ def mixing(pos: np.ndarray, numbers: np.ndarray) -> tuple[float, float]:
 
 
 def md_particles(pattern: str, ids: str) -> dict[str, list[tuple[float, float]]]:
+    """The MD particles `particles_from` would image (`generate.md_frames`), each file read once."""
     from ase.io import read
 
-    keep = set(Path(ids).read_text().split()) if ids else None
+    by_file: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for f, k, _, ordering in generate.md_frames(pattern, ids):
+        by_file[f].append((k, ordering))
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for f in sorted(glob.glob(pattern)):
-        for atoms in read(f, index=":"):
-            sid = str(atoms.info.get("sample_id", ""))
-            if keep is None or sid in keep:
-                out[sid.split("-", 1)[-1].rsplit("-", 1)[0]].append(mixing(atoms.positions, atoms.numbers))
+    for f, wanted in by_file.items():
+        frames = read(f, index=":")
+        for k, ordering in wanted:
+            out[ordering].append(mixing(frames[k].positions, frames[k].numbers))
     return out
 
 
@@ -60,7 +60,7 @@ def set_particles(name: str, n: int, seed: int, pixel_A: float) -> dict[str, lis
     p = generate.resolve_set(generate.load_factors(), name, overrides={"pixel_size_A": pixel_A})
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for i in range(n):
-        rng = np.random.default_rng(generate.micrograph_seed(seed, p.get("draws_as") or p["set"], i))
+        rng = np.random.default_rng(generate.set_micrograph_seed(p, seed, i))
         d = generate.draw(p, rng)
         pos, numbers, _ = generate.alloy_particle(d, rng)
         out[d["ordering"]].append(mixing(pos, numbers))

@@ -1071,10 +1071,15 @@ def micrograph_seed(seed: int, set_name: str, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), zlib.crc32(set_name.encode()), int(index)]).generate_state(1)[0])
 
 
+def set_micrograph_seed(p: Mapping[str, Any], seed: int, index: int) -> int:
+    """The seed of a resolved set's micrograph `index`: its own name's, or with `draws_as` the paired set's."""
+    return micrograph_seed(seed, p.get("draws_as") or p["set"], index)
+
+
 def make_micrograph(p: Mapping[str, Any], index: int, out_dir: Path, seed: int) -> list[dict[str, Any]]:
     """One micrograph of the resolved set p: its TIFF and its label rows (one per object)."""
     t0 = time.perf_counter()
-    s = micrograph_seed(seed, p.get("draws_as") or p["set"], index)  # draws_as: another set's draws, paired
+    s = set_micrograph_seed(p, seed, index)
     rng = np.random.default_rng(s)
     d = draw(p, rng)
     scene = BUILDERS[p.get("family", "cnt")](d, rng)
