@@ -89,6 +89,7 @@ LABEL_COLUMNS = (
     "direction_deg",
     "sampling_A",
     "seed",
+    "support_film",
 )
 
 
@@ -120,16 +121,16 @@ def campaign_tubes(config: str | os.PathLike, base: Path = Path("."), split: str
             continue
         for r in json.loads(manifest.read_text(encoding="utf-8"))["samples"]:
             if r.get("status") == "ok":
-                where[r["id"]] = (str(base / ispec["md"]["structures"]), ispec["imaging"])
+                where[r["id"]] = (str(base / ispec["md"]["structures"]), ispec["imaging"], film_paths(ispec, base))
                 by_group.setdefault(shard.group.name, []).append(r["id"])
     ok = [s for g, ids in by_group.items() if g not in missing for s in ids]
     side = split_structures(ok, spec["split"]["val"], spec["split"]["test"])
     per_class: dict[str, list[dict]] = {}
     for s in sorted(ok):
         if side[s] == split:
-            path, imaging = where[s]
+            path, imaging, films = where[s]
             label = group_of(s).split("-", 1)[1]  # "cnt-8-4" -> "8-4"
-            per_class.setdefault(label, []).append({"structure": s, "md": path, "imaging": imaging})
+            per_class.setdefault(label, []).append({"structure": s, "md": path, "imaging": imaging, "films": films})
     return {
         "classes": list(spec["classes"]),
         "per_class": per_class,
@@ -138,6 +139,13 @@ def campaign_tubes(config: str | os.PathLike, base: Path = Path("."), split: str
         "seed": int(cfg["campaign"]["seed"]),
         "split": spec["split"],
     }
+
+
+def film_paths(ispec: Mapping[str, Any], base: Path) -> list[str]:
+    """The support films' structure files of a tube's image spec, when its views lie on films (else [])."""
+    if not ispec["imaging"]["physics"].get("support_film", False):
+        return []
+    return [str(base / p) for p in (ispec.get("support") or {}).get("structures", [])]
 
 
 def choose(tubes: Mapping[str, Any], n: int, seed: int) -> list[dict]:
@@ -179,13 +187,36 @@ def _frame(path: str, structure: str):
     return _FRAMES[path][structure]
 
 
+_FILMS: dict[tuple[str, ...], list] = {}
+
+
+def _films(paths: Sequence[str]) -> list:
+    """The support films of these structure files (read once per process); a film campaign without any is refused."""
+    from hrtemflow.core.errors import HrtemflowError
+    from hrtemflow.imaging.shard import read_frames
+
+    key = tuple(paths)
+    if key not in _FILMS:
+        _FILMS[key] = [f for p in key for f in read_frames(Path(p))]
+        if key and not _FILMS[key]:
+            raise HrtemflowError(
+                f"support films are on but {', '.join(key)} hold no structure: run the amorphous shards"
+            )
+    return _FILMS[key]
+
+
 def make_one(job: Mapping[str, Any], folder: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """One micrograph: made, written as a calibrated TIFF, its labels.csv row returned."""
     from hrtemflow.apply.outputs import write_calibrated_tiff
     from hrtemflow.imaging.micrograph import tube_micrograph
 
     image, lab = tube_micrograph(
-        _frame(job["md"], job["structure"]), job["imaging"], job["seed"], chirality=job["chirality"], **options
+        _frame(job["md"], job["structure"]),
+        job["imaging"],
+        job["seed"],
+        chirality=job["chirality"],
+        films=_films(job.get("films") or ()),
+        **options,
     )
     name = f"{job['structure']}-r{job['repeat']:02d}.tif"
     write_calibrated_tiff(Path(folder) / name, image, (lab["pixel_size_A"], lab["pixel_size_A"]))

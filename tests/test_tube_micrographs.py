@@ -6,6 +6,7 @@ the campaign's draws; the scorer's matching and metrics against a hand computati
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from hrtemflow.apply.readers import read_micrograph  # noqa: E402
 from hrtemflow.apply.tube_calibration import match_tubes  # noqa: E402
 from hrtemflow.imaging import optics  # noqa: E402
 from hrtemflow.imaging.views import variant_rng  # noqa: E402
-from test_imaging import make_spec, nanotube, write_md_shard  # noqa: E402
+from test_imaging import amorphous_carbon, make_spec, nanotube, write_md_shard  # noqa: E402
 
 SEED = 11
 PIXEL_A = 0.375
@@ -99,6 +100,32 @@ def test_optics_are_the_campaigns_draw(micrograph):
     assert 2e5 <= lab["dose_e_per_A2"] <= 4e5
     assert abs(lab["tilt_deg"]) <= img["physics"]["tilt_deg"] + 1e-9
     assert lab["energy_kV"] == img["physics"]["energy_kV"]
+
+
+def test_a_tube_on_the_campaigns_film(micrograph, tmp_path):
+    """With the campaign's films and support_film on, the same tube lies where it lay, on a film after it along
+    the beam; with a share, some micrographs are on a film and some not, and the label says which."""
+    from hrtemflow.imaging.micrograph import tube_micrograph
+    from hrtemflow.imaging.shard import read_frames
+
+    film_md = write_md_shard(tmp_path / "mda", "amorphous", "amorphous", [amorphous_carbon(box=20.0, thickness=6.0)])
+    films = read_frames(Path(film_md["structures"]))
+    imaging = micrograph["spec"]["imaging"]
+    options = {"length_nm": (2.8, 3.2), "field_nm": 5.0, "pixel_size_A": PIXEL_A, "sampling_A": 0.2}
+    tube = read_frames(Path(micrograph["spec"]["md"]["structures"]))[0]
+    on = {**imaging, "physics": {**imaging["physics"], "support_film": True}}
+    image, lab = tube_micrograph(tube, on, SEED, films=films, **options)
+    bare = micrograph["label"]
+    assert lab["support_film"] == 1 and lab["film_atoms"] > 0 and bare["support_film"] == 0
+    assert lab["n_atoms"] == bare["n_atoms"] and all(lab[k] == bare[k] for k in ("x0", "y0", "x1", "y1", "defocus_nm"))
+    vacuum_side = image[:12, :12].std() / image[:12, :12].mean()  # the film's speckle where the bare one has none
+    assert vacuum_side > 1.5 * micrograph["image"][:12, :12].std() / micrograph["image"][:12, :12].mean()
+    share = {**imaging, "physics": {**imaging["physics"], "support_film": 0.5}}
+    drawn = [tube_micrograph(tube, share, s, films=films, **{**options, "sampling_A": 0.4})[1] for s in range(8)]
+    assert {d["support_film"] for d in drawn} == {0, 1}
+    assert all((d["film_atoms"] > 0) == bool(d["support_film"]) for d in drawn)
+    _, no_films = tube_micrograph(tube, on, SEED, films=(), **options)  # no films given: none drawn
+    assert no_films["support_film"] == 0 and no_films["x0"] == bare["x0"]
 
 
 # ---------------------------------------------------------------------------------------------
