@@ -397,10 +397,12 @@ def test_particle_micrographs_read_back_calibrated(particle_sets):
             if name == "na_all_factors":
                 assert int(r["ligand_atoms"]) > 0 and r["parametrization"] == "kirkland"
                 assert int(r["frozen_phonons"]) == 4 and float(r["gain_sigma"]) > 0
-            assert (int(r["relax_steps"]) > 0) == (name == "na_relaxed")  # minimised before imaging
+            assert (int(r["relax_steps"]) > 0) == (name != "NA0_ideal")  # every set but NA0 minimised before imaging
     ideal, relaxed = (read_labels(particle_sets / "sets" / n / "labels.csv")[0] for n in ("NA0_ideal", "na_relaxed"))
     same = ("ordering", "motif", "n_atoms", "n_co", "orientation_quat", "defocus_nm", "dose", "support_nm")
     assert all(ideal[k] == relaxed[k] for k in same)  # draws_as: NA0's draws, only the relaxation differs
+    every = read_labels(particle_sets / "sets" / "na_all_factors" / "labels.csv")[0]
+    assert all(every[k] == ideal[k] for k in ("ordering", "motif", "n_atoms", "n_co"))  # paired with NA0 as well
 
 
 def test_score_particles_through_predict(particle_sets, cnt_bundles, tmp_path):
