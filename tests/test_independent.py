@@ -86,6 +86,50 @@ def test_set_metrics_by_hand():
     assert 0 <= lo <= m["image_top1"] <= hi <= 1
 
 
+def test_set_metrics_take_predicts_tube_answer():
+    """Where predict answered the tube, that is the image's answer (a flagged tube has none); the windows'
+    mean is kept beside it."""
+    from studies.independent.score import set_metrics
+
+    classes = ["a", "b"]
+    windows = {"probs": [[0.6, 0.4], [0.3, 0.7]], "flags": ["", ""]}  # mean: b at 0.55
+    objects = [
+        {"file": "1", "truth": "a", **windows, "tube": {"probabilities": [0.9, 0.1], "ood": ""}},
+        {"file": "2", "truth": "a", **windows, "tube": {"probabilities": [0.9, 0.1], "ood": "ood"}},
+    ]
+    m = set_metrics(objects, classes)
+    assert m["image_top1"] == pytest.approx(0.5) and m["answered"] == pytest.approx(0.5)
+    assert m["image_top1_window_mean"] == 0.0
+    assert m["per_image"][0]["probability"] == pytest.approx(0.9) and m["per_image"][1]["answer"] is None
+    assert m["ece_image"] == pytest.approx(0.1) and m["ece_image_window_mean"] == pytest.approx(0.55)
+
+
+def test_a_prediction_is_stale_after_a_new_tube_calibration(tmp_path):
+    """Predictions made before `hrtemflow fit-tubes` wrote the bundle's calibration are made again."""
+    import os
+
+    from studies.independent.score import _fresh
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    card = {"task": "chirality", "dataset_sha256": "d"}
+    tif, regions, pred = tmp_path / "m.tif", tmp_path / "m.csv", tmp_path / "predictions.json"
+    for f in (tif, regions):
+        f.write_text("x")
+    doc = {"bundles": {"chirality": {"dataset_sha256": "d", "path": str(bundle)}}, "tubes_from": "user (--tube)"}
+    pred.write_text(json.dumps(doc))
+    assert _fresh(pred, card, bundle, tif, regions, True)
+    cal = bundle / "tube_calibration.json"
+    cal.write_text("{}")
+    later = pred.stat().st_mtime + 5
+    os.utime(cal, (later, later))
+    assert not _fresh(pred, card, bundle, tif, regions, True)
+    assert _fresh(pred, card, bundle, tif, regions, False)  # a particle's prediction has no tube answer
+    pred.write_text(json.dumps({**doc, "tubes_from": "found automatically"}))
+    os.utime(pred, (later + 1, later + 1))
+    assert _fresh(pred, card, bundle, tif, regions, False) and not _fresh(pred, card, bundle, tif, regions, True)
+
+
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     """Two ideal micrographs and one with every factor, through the package's command line."""
@@ -171,7 +215,7 @@ def test_score_through_predict(sets, cnt_bundles):
 
     ideal = table["sets"][0]
     rows = read_labels(sets / "sets" / "H0_ideal" / "labels.csv")
-    right = []
+    right, right_mean = [], []
     for row, per in zip(rows, ideal["per_image"]):
         stem = row["file"].rsplit(".", 1)[0]
         pred = json.loads((sets / "predictions" / "H0_ideal" / stem / "predictions.json").read_text())
@@ -183,15 +227,25 @@ def test_score_through_predict(sets, cnt_bundles):
             x0, y0, x1, y1 = reg["box_xyxy"]
             rel = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) - ends[0]
             assert abs(rel[0] * axis[1] - rel[1] * axis[0]) < 1.0
-        kept = [r["chirality"] for r in regions if r["chirality"]["ood"] not in ("ood", "vacuum")]
-        if kept:  # the image's answer: the mean of its unflagged windows' probabilities
-            mean = {c: np.mean([k["probabilities"][c] for k in kept]) for c in card["classes"]}
-            assert per["answer"] == max(mean, key=mean.get)
-            assert per["probability"] == pytest.approx(max(mean.values()), abs=1e-9)
-        else:
+        # the image's answer: predict's own answer on the tube given by its labelled end points
+        assert pred["tubes_from"] == "user (--tube)" and len(pred["tubes"]) == 1
+        tube = pred["tubes"][0]
+        assert np.allclose(np.array(tube["polyline_xy"]), ends, atol=0.01)
+        res_t = tube["chirality"]
+        if res_t["ood"] in ("ood", "vacuum"):
             assert per["answer"] is None
+        else:
+            probs = res_t["probabilities"]
+            assert per["answer"] == max(probs, key=probs.get)
+            assert per["probability"] == pytest.approx(max(probs.values()), abs=1e-9)
+            assert res_t["pool"] == "mean" and res_t["exponent"] == 1.0  # no tube_calibration.json in the bundle
         right.append(per["answer"] == row["label"])
+        kept = [r["chirality"] for r in regions if r["chirality"]["ood"] not in ("ood", "vacuum")]
+        mean = {c: np.mean([k["probabilities"][c] for k in kept]) for c in card["classes"]} if kept else {}
+        right_mean.append(bool(mean) and max(mean, key=mean.get) == row["label"])
     assert ideal["image_top1"] == pytest.approx(np.mean(right))
+    assert ideal["image_top1_window_mean"] == pytest.approx(np.mean(right_mean))
+    assert "predict's answer on the tube" in md and ideal["image_answer"].startswith("predict's tube answer")
     assert 0 <= ideal["confident_wrong"] <= 1 - ideal["image_top1"] + 1e-12
     # a second run predicts nothing again: the regions are rewritten only when they change
     pred = sets / "predictions" / "H0_ideal" / rows[0]["file"].rsplit(".", 1)[0] / "predictions.json"

@@ -16,8 +16,13 @@ process, which imports Keras once, or `one_process_per_image` for the console sc
 
 - per region (window): the class probabilities predict reports (temperature-scaled where a fitted
   temperature is found) and its flag; a region flagged `vacuum` or `ood` is left out of the answers;
-- per image (= per object: one tube or particle per micrograph): the mean of its unflagged windows' probabilities,
-  its argmax the answer; an image whose windows are all flagged has no answer, which counts as wrong;
+- per image (= per object: one tube or particle per micrograph): for a tube, predict's own per-tube answer on
+  the labelled axis, given as a microscopist gives a tube (`--tube x0,y0,x1,y1`): its windows pooled and
+  tempered as the bundle's `tube_calibration.json` says (`hrtemflow fit-tubes`; without one, their mean); a
+  tube predict flags (most windows `ood` or `vacuum`) has no answer. For a particle, the mean of its
+  unflagged windows' probabilities; an image whose windows are all flagged has no answer. No answer counts
+  as wrong. The mean of a tube's unflagged windows is kept beside predict's answer (`*_window_mean`), the
+  figure earlier runs reported;
 - top-1 and top-3 (per image and per region), ECE over 15 equal-width bins (on the answered images'
   confidences and on the unflagged regions'), the confident-and-wrong rate (an answer with top-1
   probability >= 0.8 that is wrong: out of all images), the share of regions flagged ood and vacuum,
@@ -46,14 +51,19 @@ from typing import Any
 import numpy as np
 
 from hrtemflow.core.atomic import write_if_changed
-from hrtemflow.core.calibration import ECE_BINS, calibration_check, expected_calibration_error
+from hrtemflow.core.calibration import (
+    ECE_BINS,
+    TUBE_CALIBRATION_FILE,
+    calibration_check,
+    expected_calibration_error,
+)
 
 from .generate import TASK_FAMILY, read_card, read_labels
 
 #: room round a particle's outermost atom centres in its region box (Å): about a metal atom's radius
 ATOM_RADIUS_A = 1.5
 #: the set each family's Δ column is measured against
-BASELINES = {"cnt": "H0_ideal", "nanoalloy": "NA0_ideal"}
+BASELINES = {"cnt": "H0_ideal", "nanoalloy": "na_relaxed"}  # the Δ column: what a factor costs against these
 #: what one object of a family is called in the table's text
 OBJECT_NAMES = {"cnt": "tube", "nanoalloy": "particle"}
 CONFIDENT = 0.8
@@ -166,15 +176,31 @@ def hrtemflow_exe() -> str:
     return str(here) if here.is_file() else (shutil.which("hrtemflow") or "hrtemflow")
 
 
-def _fresh(pred: Path, card: Mapping[str, Any], bundle: Path, tif: Path, regions: Path) -> bool:
-    """Whether predictions.json is there, newer than its micrograph and regions, and of this bundle."""
-    if not pred.is_file() or pred.stat().st_mtime < max(tif.stat().st_mtime, regions.stat().st_mtime):
+def _fresh(pred: Path, card: Mapping[str, Any], bundle: Path, tif: Path, regions: Path, tubes: bool) -> bool:
+    """Whether predictions.json is there, newer than its micrograph, its regions and the bundle's tube
+    calibration, of this bundle, and (for tubes) holds predict's answers on the given tubes."""
+    inputs = [tif, regions] + (
+        [bundle / TUBE_CALIBRATION_FILE] if tubes and (bundle / TUBE_CALIBRATION_FILE).is_file() else []
+    )
+    if not pred.is_file() or pred.stat().st_mtime < max(p.stat().st_mtime for p in inputs):
         return False
     try:
-        info = json.loads(pred.read_text(encoding="utf-8"))["bundles"][card["task"]]
+        doc = json.loads(pred.read_text(encoding="utf-8"))
+        info = doc["bundles"][card["task"]]
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    if tubes and doc.get("tubes_from") != "user (--tube)":
+        return False
     return info.get("dataset_sha256") == card.get("dataset_sha256") and Path(info["path"]) == Path(bundle)
+
+
+def tube_argv(rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """`--tube x0,y0,x1,y1` for each labelled tube of a micrograph, in the labels' order (predict names
+    them u01, u02, ...): the tube as a microscopist gives it, so predict answers it with its own pool."""
+    argv: list[str] = []
+    for r in rows:
+        argv += ["--tube", ",".join(f"{float(r[k]):.2f}" for k in ("x0", "y0", "x1", "y1"))]
+    return argv
 
 
 def predict_set(
@@ -195,7 +221,8 @@ def predict_set(
         tif = set_dir / name
         regions = pred_dir / "regions" / f"{Path(name).stem}.csv"
         write_regions(regions, rows, card)
-        if not rescore and _fresh(pred_dir / Path(name).stem / "predictions.json", card, bundle, tif, regions):
+        tubes = all(r.get("family", "cnt") == "cnt" for r in rows)
+        if not rescore and _fresh(pred_dir / Path(name).stem / "predictions.json", card, bundle, tif, regions, tubes):
             continue
         jobs.append(
             [
@@ -207,6 +234,7 @@ def predict_set(
                 str(pred_dir),
                 "--regions",
                 str(regions),
+                *(tube_argv(rows) if tubes else ["--no-tubes"]),
                 "--quiet",
             ]
         )
@@ -256,6 +284,18 @@ def read_objects(set_dir: Path, pred_dir: Path, card: Mapping[str, Any]) -> list
             rec = index[(name, int(str(region["label"]).split(":")[0]))]
             rec["probs"].append([float(res["probabilities"][c]) for c in classes])
             rec["flags"].append(res.get("ood", ""))
+        mine = [o for o in objects if o["file"] == name]
+        for j, t in enumerate(pred.get("tubes") or []):  # predict's answer on each given tube, in the labels' order
+            res = t.get(task)
+            if isinstance(res, Mapping) and j < len(mine):
+                probs = res.get("probabilities") or {}
+                mine[j]["tube"] = {
+                    "probabilities": [float(probs[c]) for c in classes] if probs else None,
+                    "ood": res.get("ood", ""),
+                    "windows_used": res.get("windows_used"),
+                    "pool": res.get("pool"),
+                    "exponent": res.get("exponent"),
+                }
     return objects
 
 
@@ -268,6 +308,21 @@ def _topk(probs: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
     return (np.argsort(-probs, axis=1)[:, :k] == truth[:, None]).any(axis=1)
 
 
+#: predict's flags of a tube that leave it without an answer a user would take
+NO_ANSWER_FLAGS = ("ood", "vacuum", "no window", "off the image")
+
+
+def image_answer(o: Mapping[str, Any], mean: np.ndarray | None) -> np.ndarray | None:
+    """An object's answer (class probabilities) or None: predict's tube answer where there is one (None when
+    predict flags the tube), else the mean of its unflagged windows."""
+    tube = o.get("tube")
+    if tube is None:
+        return mean
+    if tube.get("ood") in NO_ANSWER_FLAGS or not tube.get("probabilities"):
+        return None
+    return np.asarray(tube["probabilities"], dtype=np.float64)
+
+
 def set_metrics(objects: Sequence[Mapping[str, Any]], classes: Sequence[str], seed: int = 0) -> dict[str, Any]:
     """The figures of one set (see the module docstring)."""
     classes = list(classes)
@@ -275,9 +330,9 @@ def set_metrics(objects: Sequence[Mapping[str, Any]], classes: Sequence[str], se
     n = len(objects)
     truth = np.array([classes.index(o["truth"]) if o["truth"] in classes else -1 for o in objects])
     img_probs = np.full((n, len(classes)), np.nan)
-    per_obj = {
-        key: np.zeros(n) for key in ("answered", "top1", "topk", "cw", "regions", "kept", "r1", "rk", "ood", "vac")
-    }
+    mean_probs = np.full((n, len(classes)), np.nan)
+    keys = ("answered", "top1", "topk", "cw", "regions", "kept", "r1", "rk", "ood", "vac", "m_answered", "m_top1")
+    per_obj = {key: np.zeros(n) for key in keys}
     region_probs, region_truth, confusions = [], [], Counter()
     for i, o in enumerate(objects):
         probs = np.asarray(o["probs"], dtype=np.float64).reshape(-1, len(classes))
@@ -287,13 +342,19 @@ def set_metrics(objects: Sequence[Mapping[str, Any]], classes: Sequence[str], se
         per_obj["kept"][i] = keep.sum()
         per_obj["ood"][i] = (flags == "ood").sum()
         per_obj["vac"][i] = (flags == "vacuum").sum()
+        mean = None
         if keep.any():
             t = np.full(keep.sum(), truth[i])
             per_obj["r1"][i] = (probs[keep].argmax(axis=1) == t).sum()
             per_obj["rk"][i] = _topk(probs[keep], t, k).sum()
             region_probs.append(probs[keep])
             region_truth.append(t)
-            p = probs[keep].mean(axis=0)
+            mean = probs[keep].mean(axis=0)
+            mean_probs[i] = mean
+            per_obj["m_answered"][i] = 1
+            per_obj["m_top1"][i] = mean.argmax() == truth[i]
+        p = image_answer(o, mean)
+        if p is not None:
             img_probs[i] = p
             per_obj["answered"][i] = 1
             per_obj["top1"][i] = p.argmax() == truth[i]
@@ -307,6 +368,7 @@ def set_metrics(objects: Sequence[Mapping[str, Any]], classes: Sequence[str], se
 
     ratios = {
         "image_top1": ("top1", None),
+        "image_top1_window_mean": ("m_top1", None),
         f"image_top{k}": ("topk", None),
         "confident_wrong": ("cw", None),
         "answered": ("answered", None),
@@ -341,6 +403,17 @@ def set_metrics(objects: Sequence[Mapping[str, Any]], classes: Sequence[str], se
             )
     out["image_top1_answered"] = _num(per_obj["top1"][answered].mean()) if answered.any() else None
     out["ece_image"] = ece(img_probs[answered], truth[answered])
+    m_answered = per_obj["m_answered"] > 0
+    out["ece_image_window_mean"] = ece(mean_probs[m_answered], truth[m_answered])
+    tubes = [o["tube"] for o in objects if o.get("tube")]
+    out["image_answer"] = (
+        "predict's tube answer (pool {}, exponent {})".format(
+            "/".join(sorted({str(t.get("pool")) for t in tubes})),
+            "/".join(sorted({f"{float(t.get('exponent') or 1.0):.3g}" for t in tubes})),
+        )
+        if tubes
+        else "mean of the unflagged windows"
+    )
     out["ece_region"] = ece(rp, rt)
     # what a calibrated per-image answer with these top-1 probabilities reads on this many images
     ip = img_probs[answered]
@@ -410,18 +483,19 @@ def table_markdown(
     rows: Sequence[Mapping[str, Any]], own: Mapping[str, Any] | None, k: int, baseline: str = "H0_ideal"
 ) -> str:
     head = (
-        f"| set | images | windows | image top-1 % [95 %] | Δ vs {baseline.split('_')[0]} | image top-{k} % | "
+        f"| set | images | windows | image top-1 % [95 %] | Δ vs {baseline} | windows' mean top-1 % | "
+        f"image top-{k} % | "
         "answered % | "
         f"window top-1 % [95 %] | window top-{k} % | ECE image (if calibrated) | ECE window | "
         "confident & wrong % [95 %] | "
         "OOD % | vacuum % | commonest confusions |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     if own:
         ece_own = "-" if own.get("ece_region") is None else f"{own['ece_region']:.3f}"
         lines.append(
             f"| own test split | {own.get('n_images') or '-'} | - | {_pct(own.get('image_top1'))} (per structure) "
-            f"| - | - | - | {_ci(own, 'region_top1')} | {_pct(own.get(f'region_top{k}'))} | - | {ece_own} "
+            f"| - | - | - | - | {_ci(own, 'region_top1')} | {_pct(own.get(f'region_top{k}'))} | - | {ece_own} "
             "| - | - | - | - |"
         )
     base = next((r for r in rows if r["set"] == baseline), None)
@@ -439,7 +513,8 @@ def table_markdown(
         ece_r = "-" if r.get("ece_region") is None else f"{r['ece_region']:.3f}"
         lines.append(
             f"| {r['set']} | {r['n_images']} | {r['n_regions']} | {_ci(r, 'image_top1')} | {delta} | "
-            f"{_pct(r.get(f'image_top{k}'))} | {_pct(r.get('answered'))} | {_ci(r, 'region_top1')} | "
+            f"{_pct(r.get('image_top1_window_mean'))} | {_pct(r.get(f'image_top{k}'))} | {_pct(r.get('answered'))} | "
+            f"{_ci(r, 'region_top1')} | "
             f"{_pct(r.get(f'region_top{k}'))} | {ece_i} | {ece_r} | {_ci(r, 'confident_wrong')} | "
             f"{_pct(r.get('ood_flag_rate'))} | {_pct(r.get('vacuum_rate'))} | {conf} |"
         )
@@ -492,9 +567,16 @@ def score_sets(
     thing = OBJECT_NAMES.get(family, "object")
     md = (
         f"Bundle `{bundle}` ({card['task']}, {len(card['classes'])} classes, {card['input_size']} px at "
-        f"{card['pixel_size_A']:.4g} Å). Image = the mean of a {thing}'s unflagged windows (one {thing} per "
-        "micrograph); "
-        f"an image with every window flagged has no answer and counts as wrong. Confident & wrong: an answer with "
+        f"{card['pixel_size_A']:.4g} Å). One {thing} per micrograph. Image = "
+        + (
+            "predict's answer on the tube given by its end points (`--tube`), "
+            + "; ".join(sorted({r["image_answer"] for r in rows}))
+            + "; a tube predict flags ood or vacuum has no answer. The windows' mean: the mean of a tube's "
+            "unflagged windows (the answer of earlier runs)"
+            if family == "cnt"
+            else f"the mean of a {thing}'s unflagged windows; an image with every window flagged has no answer"
+        )
+        + f", which counts as wrong. Confident & wrong: an answer with "
         f"top-1 p >= {CONFIDENT} that is wrong, out of all images. Intervals: {BOOTSTRAP} bootstrap resamples of the "
         "images. Own test split: its windows are the region figures, its structures the image figure.\n\n"
         + table_markdown(rows, own, k, BASELINES.get(family, "H0_ideal"))
