@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 
 from ..core.atomic import plain_json, write_json_atomic
-from ..core.calibration import ECE_BINS, TUBE_CALIBRATION_FILE, calibration_check, expected_calibration_error
+from ..core.calibration import ECE_BINS, calibration_check, expected_calibration_error
 from ..core.errors import HrtemflowError
 
-CALIBRATION_FILE = TUBE_CALIBRATION_FILE
+CALIBRATION_FILE = "tube_calibration.json"
 #: the exponent is searched in this range (1: the pool as it is)
 EXPONENT_RANGE = (0.1, 100.0)
 #: how a tube's windows are pooled before the exponent (module docstring); a file without one means "mean"

@@ -19,9 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 ECE_BINS = 15
-#: a nanotube classifier's per-tube calibration, in its bundle: written by `hrtemflow fit-tubes`, read by
-#: predict (`apply.tube_calibration`) and, for freshness, by the independent scorer, which imports no stage
-TUBE_CALIBRATION_FILE = "tube_calibration.json"
 #: redraws of the calibrated null (the p-value's resolution is 1 / NULL_RESAMPLES)
 NULL_RESAMPLES = 2000
 
