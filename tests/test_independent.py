@@ -105,13 +105,14 @@ def test_set_metrics_take_predicts_tube_answer():
 
 
 def test_a_prediction_is_stale_after_a_new_tube_calibration(tmp_path):
-    """Predictions made before `hrtemflow fit-tubes` wrote the bundle's calibration are made again."""
+    """Predictions made before `hrtemflow fit-tubes` wrote the bundle's calibration, or before the evaluation
+    wrote the bundle's OOD statistics and window temperature, are made again."""
     import os
 
     from studies.independent.score import _fresh
 
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
+    bundle = tmp_path / "models" / "chirality"
+    bundle.mkdir(parents=True)
     card = {"task": "chirality", "dataset_sha256": "d"}
     tif, regions, pred = tmp_path / "m.tif", tmp_path / "m.csv", tmp_path / "predictions.json"
     for f in (tif, regions):
@@ -123,11 +124,17 @@ def test_a_prediction_is_stale_after_a_new_tube_calibration(tmp_path):
     cal.write_text("{}")
     later = pred.stat().st_mtime + 5
     os.utime(cal, (later, later))
-    assert not _fresh(pred, card, bundle, tif, regions, True)
-    assert _fresh(pred, card, bundle, tif, regions, False)  # a particle's prediction has no tube answer
+    assert not _fresh(pred, card, bundle, tif, regions, True) and not _fresh(pred, card, bundle, tif, regions, False)
     pred.write_text(json.dumps({**doc, "tubes_from": "found automatically"}))
     os.utime(pred, (later + 1, later + 1))
     assert _fresh(pred, card, bundle, tif, regions, False) and not _fresh(pred, card, bundle, tif, regions, True)
+    for i, newer in enumerate((bundle / "ood.npz", tmp_path / "reports" / "chirality" / "metrics.json")):
+        newer.parent.mkdir(parents=True, exist_ok=True)  # what the evaluate step writes after the model
+        newer.write_text("{}")
+        os.utime(newer, (later + 2 + 2 * i, later + 2 + 2 * i))
+        assert not _fresh(pred, card, bundle, tif, regions, False)
+        os.utime(pred, (later + 3 + 2 * i, later + 3 + 2 * i))
+        assert _fresh(pred, card, bundle, tif, regions, False)
 
 
 @pytest.fixture(scope="module")

@@ -51,12 +51,7 @@ from typing import Any
 import numpy as np
 
 from hrtemflow.core.atomic import write_if_changed
-from hrtemflow.core.calibration import (
-    ECE_BINS,
-    TUBE_CALIBRATION_FILE,
-    calibration_check,
-    expected_calibration_error,
-)
+from hrtemflow.core.calibration import ECE_BINS, calibration_check, expected_calibration_error
 
 from .generate import TASK_FAMILY, read_card, read_labels
 
@@ -177,11 +172,13 @@ def hrtemflow_exe() -> str:
 
 
 def _fresh(pred: Path, card: Mapping[str, Any], bundle: Path, tif: Path, regions: Path, tubes: bool) -> bool:
-    """Whether predictions.json is there, newer than its micrograph, its regions and the bundle's tube
-    calibration, of this bundle, and (for tubes) holds predict's answers on the given tubes."""
-    inputs = [tif, regions] + (
-        [bundle / TUBE_CALIBRATION_FILE] if tubes and (bundle / TUBE_CALIBRATION_FILE).is_file() else []
-    )
+    """Whether predictions.json is there, newer than its micrograph, its regions and every file of the bundle
+    (the model, its OOD statistics, a tube calibration) and its evaluation report (the window temperature,
+    `reports/<task>/metrics.json`, which the evaluate step writes after the model), of this bundle, and (for
+    tubes) holds predict's answers on the given tubes. A prediction made while the campaign still evaluated
+    the bundle is made again."""
+    report = bundle.parent.parent / "reports" / str(card.get("task")) / "metrics.json"
+    inputs = [tif, regions, *(f for f in bundle.iterdir() if f.is_file()), *([report] if report.is_file() else [])]
     if not pred.is_file() or pred.stat().st_mtime < max(p.stat().st_mtime for p in inputs):
         return False
     try:
