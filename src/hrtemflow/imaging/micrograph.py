@@ -18,7 +18,7 @@ Geometry (every draw from `views.view_rng(seed, 0)`, the optics from `views.vari
 - the field is square, `field_nm` (default L + 2·margin_nm) rounded up to an FFT-friendly number of
   detector pixels of `pixel_size_A`; the multislice grid samples it at <= the campaign's `sampling_A`;
 - with `films` (the campaign's support films, `imaging.shard.read_films`) and `support_film` in the physics,
-  the tube lies on a film as a training view does (`views._film_layer`, FILM_GAP_A after the tube along the
+  the tube lies on a film as a training view does (`views.lay_on_film`, FILM_GAP_A after the tube along the
   beam): on every micrograph when `support_film` is true, with that probability when it is a share; those
   draws come after all the others, so a micrograph without films is the one it was before films existed.
 
@@ -38,7 +38,7 @@ import numpy as np
 from ..core.ids import group_of
 from . import optics
 from .multislice import abtem_settings, exit_waves, view_images
-from .views import FILM_GAP_A, View, _film_layer, _place, _tile, draw_orientation, in_cell, rotation_matrix, view_rng
+from .views import View, _place, _tile, draw_orientation, in_cell, lay_on_film, rotation_matrix, view_rng
 
 #: the training windows' detector pixel of the chirality benches (2.4 nm over 64 px)
 PIXEL_SIZE_A = 0.375
@@ -59,16 +59,6 @@ def _cut_tube(atoms: Any, length_A: float) -> tuple[Any, np.ndarray]:
     tube = long[np.flatnonzero((z >= z0) & (z < z0 + length_A))]
     cx, cy = atoms.get_positions()[:, :2].mean(axis=0)
     return tube, np.array([[cx, cy, z0], [cx, cy, z0 + length_A]])
-
-
-def _on_film(share: bool | float, films: Sequence[Any], rng: np.random.Generator) -> bool:
-    """Whether the tube lies on a film: always when `share` is true, with probability `share` when it is a
-    number below 1 (one draw), never without films."""
-    if not films or share is False or not share:
-        return False
-    if share is True or float(share) >= 1.0:
-        return True
-    return bool(rng.random() < float(share))
 
 
 def _free_shift(ends_xy: np.ndarray, radius: float, fov: float, edge: float, rng: np.random.Generator) -> np.ndarray:
@@ -130,13 +120,7 @@ def tube_micrograph(
     placed = _place(tube, euler, fov / 2.0 + shift, fov, periodic=False)
     height = float(placed.positions[:, 2].max()) if len(placed) else 0.0
     n_tube = len(placed)
-    on_film = _on_film(physics.get("support_film", False), films, rng)
-    if on_film:
-        layer, _, _ = _film_layer(films[int(rng.integers(len(films)))], fov, float(physics["shift_fraction"]), rng)
-        if len(layer):
-            layer.positions[:, 2] += height + FILM_GAP_A
-            height = float(layer.positions[:, 2].max())
-            placed = placed + layer
+    placed, height, on_film = lay_on_film(placed, height, physics, films, fov, rng)
     gpts = optics.nice_size(fov / float(physics["sampling_A"]))
     view = View(in_cell(placed, fov, height), fov, gpts, euler, (float(shift[0]), float(shift[1])), phonon_seed)
 

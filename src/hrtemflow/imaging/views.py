@@ -168,6 +168,23 @@ def _film_layer(film, fov: float, shift_fraction: float, rng: np.random.Generato
     return _place(_tile(film, reps), (angle, 0.0, 0.0), fov / 2.0 + shift, fov, periodic=True), angle, shift
 
 
+def lay_on_film(obj, height: float, physics: Mapping, films: Sequence[Any], fov: float, rng: np.random.Generator):
+    """The placed object on one of `films`, FILM_GAP_A after its highest atom along the beam, when
+    `support_film` says so (true: always; a share: one draw); its new height and whether it lies on a film.
+    The draws come after all of the caller's, so an image without films keeps the draws it had before."""
+    if not films:
+        return obj, height, False
+    share = physics.get("support_film", False)
+    if share is not True and float(share) < 1.0 and not rng.random() < float(share):
+        return obj, height, False
+    layer, _, _ = _film_layer(films[int(rng.integers(len(films)))], fov, float(physics["shift_fraction"]), rng)
+    if len(layer):
+        layer.positions[:, 2] += height + FILM_GAP_A
+        height = float(layer.positions[:, 2].max())
+        obj = obj + layer
+    return obj, height, True
+
+
 def make_view(
     atoms,
     family: str,
@@ -194,17 +211,9 @@ def make_view(
     else:
         obj = _place(atoms, euler, fov / 2.0 + shift, fov, periodic=False)
     height = float(obj.positions[:, 2].max()) if len(obj) else 0.0
+    obj, height, on_film = lay_on_film(obj, height, physics, films, fov, rng)
     share = physics.get("support_film", False)
-    on_film: bool | None = None
-    if films and share is not True and float(share) < 1.0:  # a share: drawn per view, after the rest of the view
-        on_film = bool(rng.random() < float(share))
-    if films and on_film is not False:
-        film = films[int(rng.integers(len(films)))]
-        layer, _, _ = _film_layer(film, fov, frac, rng)
-        if len(layer):
-            layer.positions[:, 2] += height + FILM_GAP_A
-            height = float(layer.positions[:, 2].max())
-            obj = obj + layer
+    drawn = bool(films) and share is not True and float(share) < 1.0  # View.film: None unless a share was drawn
     gpts = optics.nice_size(fov / float(physics["sampling_A"]))
     return View(
         in_cell(obj, fov, height),
@@ -213,7 +222,7 @@ def make_view(
         tuple(float(e) for e in euler),
         (float(shift[0]), float(shift[1])),
         phonon_seed,
-        on_film,
+        on_film if drawn else None,
     )
 
 
