@@ -121,7 +121,7 @@ def campaign_tubes(config: str | os.PathLike, base: Path = Path("."), split: str
             continue
         for r in json.loads(manifest.read_text(encoding="utf-8"))["samples"]:
             if r.get("status") == "ok":
-                where[r["id"]] = (str(base / ispec["md"]["structures"]), ispec["imaging"], film_paths(ispec, base))
+                where[r["id"]] = (str(base / ispec["md"]["structures"]), ispec["imaging"], film_source(ispec, base))
                 by_group.setdefault(shard.group.name, []).append(r["id"])
     ok = [s for g, ids in by_group.items() if g not in missing for s in ids]
     side = split_structures(ok, spec["split"]["val"], spec["split"]["test"])
@@ -141,11 +141,10 @@ def campaign_tubes(config: str | os.PathLike, base: Path = Path("."), split: str
     }
 
 
-def film_paths(ispec: Mapping[str, Any], base: Path) -> list[str]:
-    """The support films' structure files of a tube's image spec, when its views lie on films (else [])."""
-    if not ispec["imaging"]["physics"].get("support_film", False):
-        return []
-    return [str(base / p) for p in (ispec.get("support") or {}).get("structures", [])]
+def film_source(ispec: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """What `imaging.shard.read_films` needs to read a tube's support films in a worker process (it decides
+    whether the views lie on films at all, and refuses a film campaign without any)."""
+    return {"spec": {k: ispec.get(k) for k in ("family", "support", "imaging")}, "base": str(base)}
 
 
 def choose(tubes: Mapping[str, Any], n: int, seed: int) -> list[dict]:
@@ -187,21 +186,18 @@ def _frame(path: str, structure: str):
     return _FRAMES[path][structure]
 
 
-_FILMS: dict[tuple[str, ...], list] = {}
+_FILMS: dict[str, list] = {}
 
 
-def _films(paths: Sequence[str]) -> list:
-    """The support films of these structure files (read once per process); a film campaign without any is refused."""
-    from hrtemflow.core.errors import HrtemflowError
-    from hrtemflow.imaging.shard import read_frames
+def _films(source: Mapping[str, Any] | None) -> list:
+    """The support films of a `film_source` (read once per process; [] without one)."""
+    from hrtemflow.imaging.shard import read_films
 
-    key = tuple(paths)
+    if not source:
+        return []
+    key = json.dumps(source, sort_keys=True)
     if key not in _FILMS:
-        _FILMS[key] = [f for p in key for f in read_frames(Path(p))]
-        if key and not _FILMS[key]:
-            raise HrtemflowError(
-                f"support films are on but {', '.join(key)} hold no structure: run the amorphous shards"
-            )
+        _FILMS[key] = read_films(source["spec"], Path(source["base"]))
     return _FILMS[key]
 
 
@@ -215,7 +211,7 @@ def make_one(job: Mapping[str, Any], folder: str, options: Mapping[str, Any]) ->
         job["imaging"],
         job["seed"],
         chirality=job["chirality"],
-        films=_films(job.get("films") or ()),
+        films=_films(job.get("films")),
         **options,
     )
     name = f"{job['structure']}-r{job['repeat']:02d}.tif"
