@@ -96,12 +96,15 @@ def test_set_metrics_take_predicts_tube_answer():
     objects = [
         {"file": "1", "truth": "a", **windows, "tube": {"probabilities": [0.9, 0.1], "ood": ""}},
         {"file": "2", "truth": "a", **windows, "tube": {"probabilities": [0.9, 0.1], "ood": "ood"}},
+        {"file": "3", "truth": "b", **windows, "tube": {"probabilities": [0.9, 0.1], "ood": "calibration"}},
     ]
     m = set_metrics(objects, classes)
-    assert m["image_top1"] == pytest.approx(0.5) and m["answered"] == pytest.approx(0.5)
-    assert m["image_top1_window_mean"] == 0.0
-    assert m["per_image"][0]["probability"] == pytest.approx(0.9) and m["per_image"][1]["answer"] is None
-    assert m["ece_image"] == pytest.approx(0.1) and m["ece_image_window_mean"] == pytest.approx(0.55)
+    assert m["image_top1"] == pytest.approx(1 / 3) and m["answered"] == pytest.approx(1 / 3)
+    assert m["image_top1_window_mean"] == pytest.approx(1 / 3)
+    assert m["per_image"][0]["probability"] == pytest.approx(0.9)
+    assert m["per_image"][1]["answer"] is None and m["per_image"][2]["answer"] is None
+    assert m["confident_wrong"] == 0.0  # the tube whose lattice disagrees with the pixel size: no answer
+    assert m["ece_image"] == pytest.approx(0.1) and m["ece_image_window_mean"] == pytest.approx(0.55 - 1 / 3)
 
 
 def test_a_prediction_is_stale_after_a_new_tube_calibration(tmp_path):
@@ -119,6 +122,10 @@ def test_a_prediction_is_stale_after_a_new_tube_calibration(tmp_path):
         f.write_text("x")
     doc = {"bundles": {"chirality": {"dataset_sha256": "d", "path": str(bundle)}}, "tubes_from": "user (--tube)"}
     pred.write_text(json.dumps(doc))
+    assert _fresh(pred, card, bundle, tif, regions, True)
+    pred.write_text(json.dumps({**doc, "tubes": [{"tube": "u01", "chirality": {"windows": 3, "ood": ""}}]}))
+    assert not _fresh(pred, card, bundle, tif, regions, True)  # made before predict read the tubes' lattice
+    pred.write_text(json.dumps({**doc, "tubes": [{"tube": "u01", "chirality": {"windows": 3, "lattice": {}}}]}))
     assert _fresh(pred, card, bundle, tif, regions, True)
     cal = bundle / "tube_calibration.json"
     cal.write_text("{}")

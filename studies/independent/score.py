@@ -188,6 +188,9 @@ def _fresh(pred: Path, card: Mapping[str, Any], bundle: Path, tif: Path, regions
         return False
     if tubes and doc.get("tubes_from") != "user (--tube)":
         return False
+    answers = [t.get(card["task"]) for t in doc.get("tubes") or [] if isinstance(t, Mapping)]
+    if tubes and any(isinstance(a, Mapping) and a.get("windows") and "lattice" not in a for a in answers):
+        return False  # made before predict read each tube's lattice (its "calibration" flag)
     return info.get("dataset_sha256") == card.get("dataset_sha256") and Path(info["path"]) == Path(bundle)
 
 
@@ -306,7 +309,7 @@ def _topk(probs: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
 
 
 #: predict's flags of a tube that leave it without an answer a user would take
-NO_ANSWER_FLAGS = ("ood", "vacuum", "no window", "off the image")
+NO_ANSWER_FLAGS = ("ood", "vacuum", "no window", "off the image", "calibration")
 
 
 def image_answer(o: Mapping[str, Any], mean: np.ndarray | None) -> np.ndarray | None:

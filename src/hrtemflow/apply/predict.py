@@ -30,11 +30,13 @@ import numpy as np
 from ..core.atomic import plain_json, write_json_atomic
 from ..core.errors import HrtemflowError
 from ..core.tasks import TASKS
+from ..core.tubes import tube_chiral_angle_deg
 from ..learn.bundle import Bundle, load_bundle
 from ..learn.card import ModelCard
 from ..learn.inference import IMG_BYTES_PER_BATCH, Net, run_net, softmax
 from ..learn.ood import majority_flag, ood_scores, structure_ratio, vacuum_gate
 from ..learn.preprocess import normalise
+from . import lattice
 from .conditions import assess
 from .options import Options, check_options, check_temperatures
 from .outputs import (
@@ -191,9 +193,12 @@ def _predict_tubes(
     orig_pixel_A: float,
     stride_fraction: float,
     tta: bool,
+    readings: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """One result per tube: the windows centred on its axis (`tubes.axis_centres`), combined into one
-    top-3 (`tubes.combine`), with how many windows were combined and the tube's OOD flag."""
+    top-3 (`tubes.combine`), with how many windows were combined and the tube's OOD flag; a tube in
+    distribution whose own lattice (`readings`, `lattice.read_tube_lattice`) disagrees with the pixel size
+    is flagged "calibration": its diameter in pixels, which the classifier reads, is not the training's."""
     w = b.size
     sy, sx = orig_pixel_A / pixel_yx[0], orig_pixel_A / pixel_yx[1]
     starts, owner = [], []
@@ -227,8 +232,32 @@ def _predict_tubes(
             probabilities={c: float(v) for c, v in zip(b.card.classes, p)},
             pools={k: {c: float(v) for c, v in zip(b.card.classes, q)} for k, q in pools.items()},
         )
+        if i < len(readings):
+            out["lattice"], out["ood"] = _lattice_verdict(readings[i], b.card, b.card.classes[order[0]], flag)
         results.append(out)
     return results
+
+
+def _lattice_verdict(reading: Mapping[str, Any], card: ModelCard, top: str, flag: str) -> tuple[dict[str, Any], str]:
+    """The tube's lattice reading with its verdict against the answer's chiral angle and the card's tilt, and
+    the tube's flag: "calibration" where a tube otherwise in distribution reads outside the band."""
+    nm = _chirality(top)
+    if nm is None:
+        return {**reading, "check": f"class {top!r} is not an (n,m): no chiral angle to check against"}, flag
+    out, why = lattice.check(reading, tube_chiral_angle_deg(*nm), _card_tilt(card))
+    verdict = {**reading, "out_of_range": out, "check": why}
+    return verdict, ("calibration" if out and flag in ("", "?") else flag)
+
+
+def _chirality(label: str) -> tuple[int, int] | None:
+    parts = label.split("-")
+    return (int(parts[0]), int(parts[1])) if len(parts) == 2 and all(p.isdigit() for p in parts) else None
+
+
+def _card_tilt(card: ModelCard) -> float | None:
+    """The training's largest out-of-plane tube tilt (deg) from the card; None when it does not record one."""
+    tilts = [c.get("tilt_deg") for c in card.imaging or [] if isinstance(c, Mapping) and c.get("tilt_deg") is not None]
+    return max(float(t) for t in tilts) if tilts else None
 
 
 def _regression_values(b: Bundle, outputs: np.ndarray) -> dict[str, tuple[float, float, str]]:
@@ -411,6 +440,10 @@ def analyse_micrograph(
         for key in per_tube:
             write_tube_overlay(out_dir / f"tubes_{key}.png", image, tube_json, key)
         echo(f"\n{source}: {len(tubes)} tube(s) ({_tubes_from(opt)})")
+        for rec in tube_json:
+            for key in per_tube:
+                if (res := rec.get(key) or {}).get("ood") == "calibration":
+                    echo(f"warning: {source}: tube {rec['tube']}: {key}: {res['lattice']['check']}", file=sys.stderr)
         if trows_:
             echo(format_table(*tube_table(trows_), opt.table_rows))
     record["n_regions"] = len(regions)
@@ -458,10 +491,11 @@ def _tubes_of(
             t.check(image.shape, source)
     else:
         tubes = find_tubes(image, px)
+    readings = [lattice.read_tube_lattice(image, t.points, px / 10.0) for t in tubes]
     per_tube = {}
     for b in bundles:
         img_b, pyx = resampled[b.pixel_size_A]
-        per_tube[key_of[id(b)]] = _predict_tubes(b, img_b, pyx, tubes, px, opt.stride_fraction, opt.tta)
+        per_tube[key_of[id(b)]] = _predict_tubes(b, img_b, pyx, tubes, px, opt.stride_fraction, opt.tta, readings)
     return tubes, per_tube
 
 

@@ -202,9 +202,13 @@ def imaging_conditions(attrs: dict) -> dict:
     """What a shard's images were taken with (energy, optics, detector and noise ranges, from its attrs),
     for a bundle's card: a network is for micrographs taken the same way (a phase plate, negative Cs)."""
     img = attrs.get("imaging") or {}
+    physics = img.get("physics") or {}
+    # the tubes' largest out-of-plane tilt (the schema's "CNT only"): predict's lattice check reads it
+    tilt = {"tilt_deg": physics["tilt_deg"]} if attrs.get("family") == "cnt" and "tilt_deg" in physics else {}
     return {
         "family": attrs.get("family"),
-        "energy_kV": (img.get("physics") or {}).get("energy_kV"),
+        "energy_kV": physics.get("energy_kV"),
+        **tilt,
         **{k: img.get(k) for k in ("optics", "detector", "noise")},
     }
 
