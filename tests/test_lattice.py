@@ -116,3 +116,29 @@ def test_predict_flags_a_tube_in_distribution_whose_lattice_is_off(chiral_tube):
     # 25° of tilt in training admits a lattice 2.9 % finer; a card without a tilt is read at the default 10°
     assert _lattice_verdict(off, SimpleNamespace(imaging=[{"family": "cnt", "tilt_deg": 25}]), "11-4", "")[1] == ""
     assert _lattice_verdict(off, SimpleNamespace(imaging=None), "11-4", "")[1] == "calibration"
+
+
+def test_the_lattice_study_reads_a_labelled_folder(chiral_tube, tmp_path, capsys):
+    """studies/lattice_reading.py on a folder of one tube, declared right and 2.85 % too small."""
+    import csv
+    import sys
+
+    import tifffile
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "studies"))
+    import lattice_reading
+
+    img, ends = chiral_tube
+    tifffile.imwrite(tmp_path / "t.tif", img)
+    with (tmp_path / "labels.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "chirality", "x0", "y0", "x1", "y1", "pixel_size_nm", "declared_pixel_scale"])
+        for scale in (1.0, 0.9723):
+            w.writerow(["t.tif", "11-4", *ends[0], *ends[1], scale * PX_A / 10, scale])
+    assert lattice_reading.main([str(tmp_path)]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    tubes, read, within, flagged = (int(row[i]) for i in (2, 3, 7, 8))
+    assert (tubes, read, within, flagged) == (2, 2, 2, 1)  # both read right; the mis-declared one flagged
+    assert lattice_reading.main([str(tmp_path / "missing")]) == 2
