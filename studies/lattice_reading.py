@@ -25,6 +25,7 @@ import numpy as np
 import tifffile
 
 from hrtemflow.apply import lattice
+from hrtemflow.core.ids import parse_chirality
 from hrtemflow.core.tubes import tube_chiral_angle_deg
 
 
@@ -35,7 +36,7 @@ def read_folder(folder: Path, tilt_deg: float) -> list[dict]:
         image = tifffile.imread(folder / r["file"])
         ends = [(float(r["x0"]), float(r["y0"])), (float(r["x1"]), float(r["y1"]))]
         reading = lattice.read_tube_lattice(image, ends, float(r["pixel_size_nm"]))
-        n, m = (int(v) for v in r["chirality"].split("-"))
+        n, m = parse_chirality(r["chirality"])
         tilt = math.radians(float(r.get("tilt_deg") or 0))
         truth = 1.0 / float(r.get("declared_pixel_scale") or 1.0) / math.cos(tilt)
         flagged, _ = lattice.check(reading, tube_chiral_angle_deg(n, m), tilt_deg)

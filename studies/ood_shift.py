@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import tube_micrographs as tm  # noqa: E402
+from hrtemflow.core.ids import parse_chirality  # noqa: E402
 
 WAYS = ("md", "ideal", "box", "boxmtf")
 BOX = 3  # the camera pixel is BOX x BOX of the image's
@@ -51,7 +52,7 @@ def _mtf(image: np.ndarray, c50: float) -> np.ndarray:
 def _ideal(frame, chirality: str):
     from ase.build import nanotube
 
-    n, m = (int(v) for v in chirality.split("-"))
+    n, m = parse_chirality(chirality)
     cells = max(1, round(frame.cell[2, 2] / nanotube(n, m, length=1, bond=1.42).cell[2, 2]))
     atoms = nanotube(n, m, length=cells, bond=1.42)
     atoms.info.update(frame.info)

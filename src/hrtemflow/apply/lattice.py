@@ -46,8 +46,8 @@ BESIDE_NM = (2.2, 3.3, 4.4)
 BESIDE_LEVEL = 0.1
 #: zero padding of the axial transform (finer sampling of a line's peak, no more resolution)
 PAD = 16
-#: the background under the layer lines is the profile's running minimum over this (1/nm), smoothed
-BACKGROUND_PER_NM = 0.6
+#: the profile beside the tube is smoothed over a quarter of this (1/nm): its speckle, not its Thon rings
+BESIDE_SMOOTH_PER_NM = 0.6
 #: a line is a local maximum this many times above its background (and above this share of the strongest)
 MIN_LINE_EXCESS, MIN_LINE_SHARE = 0.8, 0.05
 #: the lattice scale is searched within this factor of the declared pixel size
@@ -98,17 +98,13 @@ def _peak(k: np.ndarray, p: np.ndarray, i: int) -> float:
     return float(k[i] + (0.5 * (k[1] - k[0]) * (a - c) / den if den < 0 else 0.0))
 
 
-def fit_lines(k: np.ndarray, power: np.ndarray, beside: np.ndarray | None = None) -> dict[str, Any] | None:
+def fit_lines(k: np.ndarray, power: np.ndarray, beside: np.ndarray) -> dict[str, Any] | None:
     """The lattice scale (measured g / graphene g), chiral angle and lines that best explain the profile;
     `beside`: the same profile of strips beside the tube (a film's speckle through the same CTF), its background."""
-    dk = k[1] - k[0]
-    width = max(3, int(BACKGROUND_PER_NM / dk))
-    if beside is None:
-        background = ndimage.uniform_filter1d(ndimage.minimum_filter1d(power, width), width)
-    else:
-        background = ndimage.uniform_filter1d(beside, max(3, width // 4))
-        band = (k > 0.4 * G100_PER_NM) & (k < 1.2 * G100_PER_NM)
-        background = background * np.quantile(power[band] / np.maximum(background[band], 1e-300), BESIDE_LEVEL)
+    smooth = max(3, int(BESIDE_SMOOTH_PER_NM / (k[1] - k[0])) // 4)
+    background = ndimage.uniform_filter1d(beside, smooth)
+    band = (k > 0.4 * G100_PER_NM) & (k < 1.2 * G100_PER_NM)
+    background = background * np.quantile(power[band] / np.maximum(background[band], 1e-300), BESIDE_LEVEL)
     excess = power / np.maximum(background, 1e-300) - 1.0
     lo, hi = SCALE_RANGE
     inside = np.flatnonzero((k > 0.4 * G100_PER_NM) & (k < 1.02 * hi * G100_PER_NM))[1:-1]

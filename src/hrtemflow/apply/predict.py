@@ -29,6 +29,7 @@ import numpy as np
 
 from ..core.atomic import plain_json, write_json_atomic
 from ..core.errors import HrtemflowError
+from ..core.ids import parse_chirality
 from ..core.tasks import TASKS
 from ..core.tubes import tube_chiral_angle_deg
 from ..learn.bundle import Bundle, load_bundle
@@ -241,17 +242,13 @@ def _predict_tubes(
 def _lattice_verdict(reading: Mapping[str, Any], card: ModelCard, top: str, flag: str) -> tuple[dict[str, Any], str]:
     """The tube's lattice reading with its verdict against the answer's chiral angle and the card's tilt, and
     the tube's flag: "calibration" where a tube otherwise in distribution reads outside the band."""
-    nm = _chirality(top)
-    if nm is None:
+    try:
+        nm = parse_chirality(top)
+    except ValueError:
         return {**reading, "check": f"class {top!r} is not an (n,m): no chiral angle to check against"}, flag
     out, why = lattice.check(reading, tube_chiral_angle_deg(*nm), _card_tilt(card))
     verdict = {**reading, "out_of_range": out, "check": why}
     return verdict, ("calibration" if out and flag in ("", "?") else flag)
-
-
-def _chirality(label: str) -> tuple[int, int] | None:
-    parts = label.split("-")
-    return (int(parts[0]), int(parts[1])) if len(parts) == 2 and all(p.isdigit() for p in parts) else None
 
 
 def _card_tilt(card: ModelCard) -> float | None:
