@@ -52,7 +52,7 @@ BESIDE_SMOOTH_PER_NM = 0.6
 MIN_LINE_EXCESS, MIN_LINE_SHARE = 0.8, 0.05
 #: the lattice scale is searched within this factor of the declared pixel size
 SCALE_RANGE = (0.9, 1.1)
-#: spread of a reading on ideal tubes (Run 5: 90 % within 0.26 %): three of them are the band's margin
+#: three times a reading's spread on ideal tubes (Run 5: 90 % within 0.26 %); 0.5 % flags a validation tube
 MARGIN = 0.0075
 #: a reading is trusted when its chiral angle is the answer's within this (deg)
 ANGLE_AGREEMENT_DEG = 2.0
