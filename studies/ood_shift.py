@@ -34,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
+
+from studies.independent.generate import mtf  # noqa: E402  (the generator's camera MTF, as it applies it)
 
 import tube_micrographs as tm  # noqa: E402
 from hrtemflow.core.ids import parse_chirality  # noqa: E402
@@ -42,11 +45,6 @@ from hrtemflow.core.ids import parse_chirality  # noqa: E402
 WAYS = ("md", "ideal", "box", "boxmtf")
 BOX = 3  # the camera pixel is BOX x BOX of the image's
 DOSE_FACTOR = 1000.0  # boxmtf: imaged near noise-free, then counted at the drawn dose
-
-
-def _mtf(image: np.ndarray, c50: float) -> np.ndarray:
-    f = np.hypot(*np.meshgrid(2 * np.fft.fftfreq(image.shape[0]), 2 * np.fft.fftfreq(image.shape[1]), indexing="ij"))
-    return np.fft.ifft2(np.fft.fft2(image) / (1.0 + (f / c50) ** 2)).real
 
 
 def _ideal(frame, chirality: str):
@@ -87,7 +85,7 @@ def micrograph(way: str, job: dict, pixel_A: float, rng: np.random.Generator) ->
         for c in ("x0", "y0", "x1", "y1"):
             lab[c] = (lab[c] + 0.5) / BOX - 0.5
     if way == "boxmtf":
-        img = rng.poisson(np.clip(_mtf(img / DOSE_FACTOR, rng.uniform(0.3, 0.6)), 0.0, None))
+        img = rng.poisson(np.clip(mtf(img / DOSE_FACTOR, rng.uniform(0.3, 0.6)), 0.0, None))
     return np.asarray(img, dtype=np.float32), lab
 
 
