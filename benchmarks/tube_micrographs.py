@@ -307,6 +307,9 @@ def score(
     ood = np.array([bool(m["tube"] and str(m["tube"].get("ood", "") or "").strip()) for m in matches], bool)
     structure = np.array([str(m["label"].get("structure") or m["label"]["file"]) for m in matches])
     idx = np.flatnonzero(found)
+    # tubes whose lattice predict read, and those where the fitted weighing put its chiral angle in the answer
+    read = np.array([bool(m["tube"]) and math.isfinite(as_number(m["tube"].get("lattice_angle_deg"))) for m in matches])
+    weighed = np.array([bool(m["tube"]) and str(m["tube"].get("lattice_weighed")) == "True" for m in matches])
 
     def ci(values: np.ndarray, stat=np.mean) -> list[float | None]:
         return structure_ci(values, structure, stat, resamples=resamples) if n else [None, None]
@@ -355,6 +358,10 @@ def score(
         # what a calibrated answer with these top-1 probabilities reads on this many tubes (core.calibration)
         "ece_check": calibration_check(conf[idx], top1[idx]),
         "ood_flagged": int(ood.sum()),
+        "lattice_read": int(read.sum()),
+        "lattice_weighed": int(weighed.sum()),
+        "top1_lattice_weighed": float(top1[weighed].mean()) if weighed.any() else None,
+        "top1_found_not_weighed": float(top1[found & ~weighed].mean()) if (found & ~weighed).any() else None,
         "top1_in_distribution": float(top1[found & ~ood].mean()) if (found & ~ood).any() else None,
         "match_nm": match_nm,
         "match_distance_nm_median": float(np.median([m["distance_nm"] for m in matches if m["tube"]]))
@@ -440,6 +447,9 @@ def table(m: Mapping[str, Any]) -> str:
         f"{_pct(m['ece_check']['ece_if_calibrated_p95'])}) on {m['ece_check']['n']} tubes, "
         f"p = {_p(m['ece_check']['p_value'])}",
         f"  OOD-flagged {m['ood_flagged']}",
+        f"  lattice read on {m.get('lattice_read', 0)} found tubes, its chiral angle weighed in on "
+        f"{m.get('lattice_weighed', 0)} (top-1 there {_pct(m.get('top1_lattice_weighed'))}, on the other found "
+        f"tubes {_pct(m.get('top1_found_not_weighed'))})",
         f"  wrong top-1 among found: {s['errors']}; delta d < 0.01 nm: {s['delta_d_lt_0.01nm']}, "
         f"< 0.05 nm: {s['delta_d_lt_0.05nm']}; delta theta < 5 deg: {s['delta_theta_lt_5deg']}, "
         f"< 10 deg: {s['delta_theta_lt_10deg']}; both (< 0.01 nm, < 5 deg): "

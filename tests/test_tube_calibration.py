@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
+from hrtemflow.apply import lattice_fusion
 from hrtemflow.apply.tube_calibration import (
     CALIBRATION_FILE,
     find_calibration,
@@ -82,9 +83,9 @@ def test_a_calibration_counts_only_for_its_model_and_temperature(tmp_path):
 
     fitted = {"exponent": 2.5, "model_sha256": model_sha256(tmp_path), "window_temperature": 0.8}
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps(fitted))  # an earlier file: no pool, the mean
-    assert find_calibration(tmp_path, 0.8) == (("mean", 2.5), str(tmp_path / CALIBRATION_FILE))
+    assert find_calibration(tmp_path, 0.8) == (("mean", 2.5, None), str(tmp_path / CALIBRATION_FILE))
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps({**fitted, "pool": "geometric"}))
-    assert find_calibration(tmp_path, 0.8)[0] == ("geometric", 2.5)
+    assert find_calibration(tmp_path, 0.8)[0] == ("geometric", 2.5, None)
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps({**fitted, "pool": "median"}))
     cal, why = find_calibration(tmp_path, 0.8)
     assert cal is None and "median" in why
@@ -184,7 +185,12 @@ def test_fit_tubes_end_to_end_on_predict_output(cnt_bundles, tmp_path, capsys):
             pa = np.array([ta["chirality"]["probabilities"][c] for c in classes])
             assert ta["chirality"]["exponent"] == pytest.approx(cal["exponent"])
             assert ta["chirality"]["pool"] == cal["pool"]
-            np.testing.assert_allclose(pa, temper(pooled, cal["exponent"]), atol=1e-6)
+            network = temper(pooled, cal["exponent"])
+            if ta["chirality"]["lattice_weighed"]:  # the fit kept the lattice's angle: the weighing it fitted
+                assert cal["lattice"] is not None
+                angles = lattice_fusion.class_angles(classes)
+                network = lattice_fusion.fuse(pooled, [ta["chirality"]["lattice"]], angles, cal["lattice"])[0]
+            np.testing.assert_allclose(pa, network, atol=1e-6)
     # the tube benchmark compares both fitted pools on the same tubes, from the pools predict recorded
     from benchmarks import tube_micrographs as bench
 

@@ -197,8 +197,9 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[s
 
 def jsonable(res: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(res)
-    if "top" in out:
-        out["top"] = [{"class": c, "probability": p} for c, p in out["top"]]
+    for key in ("top", "network_top"):
+        if key in out:
+            out[key] = [{"class": c, "probability": p} for c, p in out[key]]
     if "values" in out:
         out["values"] = {k: {"value": v, "std": s, "unit": u} for k, (v, s, u) in out["values"].items()}
     return out
@@ -297,6 +298,8 @@ TUBE_COLUMNS = (
     "top3",
     "p3",
     "ood",
+    "lattice_angle_deg",
+    "lattice_weighed",
 )
 
 
@@ -345,14 +348,18 @@ def tube_rows(records: Sequence[Mapping[str, Any]], source: str, frame: int | No
                 row[f"top{j + 1}"] = top[j]["class"] if j < len(top) else None
                 row[f"p{j + 1}"] = round(top[j]["probability"], 4) if j < len(top) else None
             row["ood"] = res.get("ood", "")
+            reading = res.get("lattice") or {}
+            angle = reading.get("chiral_angle_deg") if reading.get("scale") is not None else None
+            row["lattice_angle_deg"] = None if angle is None else round(float(angle), 2)
+            row["lattice_weighed"] = bool(res.get("lattice_weighed", False))
             rows.append({k: row.get(k) for k in TUBE_COLUMNS})
     return rows
 
 
 def tube_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The terminal table a microscopist reads per tube: top-3 chiralities with probabilities, the
-    windows combined, the OOD flag."""
-    header = ["tube", "task", "from", "length nm", "windows", "1", "p1", "2", "p2", "3", "p3", "OOD"]
+    windows combined, the OOD flag, and the chiral angle the tube's lattice reads (* where it was weighed in)."""
+    header = ["tube", "task", "from", "length nm", "windows", "1", "p1", "2", "p2", "3", "p3", "OOD", "lattice"]
     body = [
         [
             str(r["tube"]),
@@ -362,6 +369,9 @@ def tube_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[
             f"{r['windows_used']}/{r['windows']}",
             *[s for j in (1, 2, 3) for s in (r[f"top{j}"] or "-", "-" if r[f"p{j}"] is None else f"{r[f'p{j}']:.2f}")],
             r["ood"] or "no",
+            "-"
+            if r.get("lattice_angle_deg") in (None, "")
+            else f"{float(r['lattice_angle_deg']):.1f}°" + ("*" if str(r.get("lattice_weighed")) == "True" else ""),
         ]
         for r in rows
     ]

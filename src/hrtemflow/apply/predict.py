@@ -37,7 +37,7 @@ from ..learn.card import ModelCard
 from ..learn.inference import IMG_BYTES_PER_BATCH, Net, run_net, softmax
 from ..learn.ood import majority_flag, ood_scores, structure_ratio, vacuum_gate
 from ..learn.preprocess import normalise
-from . import lattice
+from . import lattice, lattice_fusion
 from .conditions import assess
 from .options import Options, check_options, check_temperatures
 from .outputs import (
@@ -199,7 +199,9 @@ def _predict_tubes(
     """One result per tube: the windows centred on its axis (`tubes.axis_centres`), combined into one
     top-3 (`tubes.combine`), with how many windows were combined and the tube's OOD flag; a tube in
     distribution whose own lattice (`readings`, `lattice.read_tube_lattice`) disagrees with the pixel size
-    is flagged "calibration": its diameter in pixels, which the classifier reads, is not the training's."""
+    is flagged "calibration": its diameter in pixels, which the classifier reads, is not the training's. Where
+    the bundle's tube calibration weighs the lattice's chiral angle (`lattice_fusion`), a read tube's answer
+    is the network's pool times that angle's likelihood; `network_top` keeps the network's own top-3."""
     w = b.size
     sy, sx = orig_pixel_A / pixel_yx[0], orig_pixel_A / pixel_yx[1]
     starts, owner = [], []
@@ -212,6 +214,8 @@ def _predict_tubes(
         outputs, ood = _run_windows(b, image, starts, tta)
         probs = _class_probabilities(b, outputs)
     owner_arr = np.array(owner, dtype=int)
+    angles = lattice_fusion.class_angles(b.card.classes)
+    weigh_lattice = b.tube_calibration is not None and b.tube_calibration.lattice is not None and angles is not None
     results = []
     for i in range(len(tubes)):
         m = np.flatnonzero(owner_arr == i)
@@ -221,8 +225,11 @@ def _predict_tubes(
             results.append(out)
             continue
         p, flag, used, pools = combine(probs[m], ood["flag"][m], b.tube_calibration)
+        pool, exponent = (b.tube_calibration or ("mean", 1.0))[:2]
+        network = p
+        if weigh_lattice and i < len(readings) and lattice_fusion.usable(readings[i]):
+            p = lattice_fusion.fuse(pools[pool], [readings[i]], angles, b.tube_calibration.lattice)[0]
         order = np.argsort(-p)[:TOP_K]
-        pool, exponent = b.tube_calibration or ("mean", 1.0)
         out.update(
             windows_used=used,
             ood=flag,
@@ -232,6 +239,9 @@ def _predict_tubes(
             top=[(b.card.classes[j], float(p[j])) for j in order],
             probabilities={c: float(v) for c, v in zip(b.card.classes, p)},
             pools={k: {c: float(v) for c, v in zip(b.card.classes, q)} for k, q in pools.items()},
+            # the lattice's chiral angle weighed in (lattice_fusion), and the network's own top-3 beside it
+            lattice_weighed=p is not network,
+            network_top=[(b.card.classes[j], float(network[j])) for j in np.argsort(-network)[:TOP_K]],
         )
         if i < len(readings):
             out["lattice"], out["ood"] = _lattice_verdict(readings[i], b.card, b.card.classes[order[0]], flag)
@@ -516,12 +526,13 @@ def _bundle_info(b: Bundle) -> dict[str, Any]:
     if b.kind == "classification":
         info["temperature"], info["temperature_source"] = b.temperature, b.temperature_source
     if tube_bundle(b):
-        pool, exponent = b.tube_calibration or (None, None)
+        pool, exponent, weighing = b.tube_calibration or (None, None, None)
         info["tube_pool"], info["tube_exponent"], info["tube_exponent_source"] = (
             pool,
             exponent,
             b.tube_calibration_source,
         )
+        info["tube_lattice"] = weighing
     if b.ood is not None:
         info["ood_threshold"] = "score > 1: beyond the validation images' 99th percentile"
     if b.kind != "denoising":

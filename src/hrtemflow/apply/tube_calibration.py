@@ -16,10 +16,15 @@ micrographs). Two pools are fitted and the one with the lower likelihood loss ke
   windows rule out is ruled out, so the ranking can differ from the mean's. Each window's probabilities are
   mixed with 1 % of uniform first (GEOMETRIC_MIX), so that a window's zero is a finite penalty, not -inf.
 
-The file `tube_calibration.json` in the bundle holds the pool and its exponent with what they were fitted
-on; predict applies them only to the same model (the SHA-256 of model.keras) under the same window
-temperature, otherwise the mean is reported uncalibrated, with a note. Predict records both pools of every
-tube untempered (`pools`), so a refit needs no second run of the network.
+Where a tube's own graphene lattice gives its chiral angle (`lattice.read_tube_lattice`), the answer also
+weighs that angle (`lattice_fusion`: the pool tempered by its own exponent times the angle's likelihood, fitted
+on the same tubes); the fit is kept only where it lowers the likelihood loss of the tubes it applies to.
+
+The file `tube_calibration.json` in the bundle holds the pool and its exponent (and the lattice's parameters,
+`lattice`) with what they were fitted on; predict applies them only to the same model (the SHA-256 of
+model.keras) under the same window temperature, otherwise the mean is reported uncalibrated, with a note.
+Predict records both pools of every tube untempered (`pools`) and its lattice reading, so a refit needs no
+second run of the network.
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..core.atomic import plain_json, write_json_atomic
 from ..core.calibration import ECE_BINS, calibration_check, expected_calibration_error
 from ..core.errors import HrtemflowError
+from . import lattice_fusion
 
 CALIBRATION_FILE = "tube_calibration.json"
 #: the exponent is searched in this range (1: the pool as it is)
@@ -51,6 +57,15 @@ MIN_TUBES = 20
 MATCH_NM = 1.0
 LABEL_COLUMNS = ("file", "chirality", "x0", "y0", "x1", "y1")
 _TINY = 1e-300
+
+
+class TubeCalibration(NamedTuple):
+    """What predict applies to a tube's windows: the pool, its exponent, and the lattice angle's fitted
+    weighing (`lattice_fusion`; None: the answer is the network's alone)."""
+
+    pool: str
+    exponent: float
+    lattice: dict[str, float] | None = None
 
 
 def temper(probabilities: np.ndarray, exponent: float) -> np.ndarray:
@@ -115,9 +130,9 @@ def same_temperature(a: float | None, b: float | None) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-6)
 
 
-def find_calibration(bundle_dir: Path, temperature: float | None) -> tuple[tuple[str, float] | None, str]:
-    """The bundle's fitted (pool, exponent) and where they came from, or (None, why not): the file must name
-    this model and the window temperature it was fitted under."""
+def find_calibration(bundle_dir: Path, temperature: float | None) -> tuple[TubeCalibration | None, str]:
+    """The bundle's fitted calibration and where it came from, or (None, why not): the file must name this
+    model and the window temperature it was fitted under."""
     path = Path(bundle_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None, (
@@ -128,6 +143,8 @@ def find_calibration(bundle_dir: Path, temperature: float | None) -> tuple[tuple
         cal = json.loads(path.read_text(encoding="utf-8"))
         alpha = float(cal["exponent"])
         pool = str(cal.get("pool", "mean"))
+        fused = cal.get("lattice")
+        fused = None if fused is None else {k: float(fused[k]) for k in lattice_fusion.PARAMETERS}
     except (OSError, ValueError, KeyError, TypeError, RecursionError, AttributeError):
         return (
             None,
@@ -147,7 +164,9 @@ def find_calibration(bundle_dir: Path, temperature: float | None) -> tuple[tuple
         return None, (
             f"{path}: pool {pool!r} is none of {', '.join(POOLS)}: not applied; refit with `hrtemflow fit-tubes`"
         )
-    return (pool, alpha), str(path)
+    if fused is not None and not all(math.isfinite(v) for v in fused.values()):
+        return None, f"{path}: lattice parameters {fused} are not finite: not applied; refit with `hrtemflow fit-tubes`"
+    return TubeCalibration(pool, alpha, fused), str(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +297,7 @@ def predicted_tubes(predict_dir: Path, task: str) -> tuple[list[dict[str, Any]],
                     "exponent": res.get("exponent", 1.0),
                     "pool": res.get("pool", "mean"),
                     "pools": res.get("pools"),
+                    "lattice": res.get("lattice"),
                 }
             )
     return rows, info
@@ -347,6 +367,9 @@ def fit_tubes(
     alpha = best["exponent"]
     p = pooled["mean"]  # the uncalibrated mean, as predict reports it without a calibration
     q = temper(pooled[chosen], alpha)
+    fused = fit_lattice(pooled[chosen], [m["tube"].get("lattice") for m in found], y, classes, alpha)
+    if fused is not None and fused["kept"]:
+        q = fused_answers(q, pooled[chosen], [m["tube"].get("lattice") for m in found], classes, fused)
     result = {
         "pool": chosen,
         "exponent": alpha,
@@ -367,10 +390,71 @@ def fit_tubes(
         "ece_check_tempered": best["ece_check"],
         "mean_p1_mean": float(p.max(axis=1).mean()),
         "mean_p1_tempered": float(q.max(axis=1).mean()),
+        # the answer predict gives (with the lattice where it is kept) on all the fitted tubes
+        "answer": pool_scores(q, y, 1.0) | {"exponent": None, "lattice": bool(fused and fused["kept"])},
+        "lattice": fused if fused is not None and fused["kept"] else None,
+        "lattice_fit": fused,
         "fitted_on": {"predict": str(predict_dir), "labels": str(labels_csv), "match_nm": match_nm},
         "how": "each pool of the windows (mean; geometric, of the windows mixed with "
         f"{GEOMETRIC_MIX:g} uniform) tempered by the exponent minimising the NLL of the labelled tubes predict "
-        "found (bounded search over log exponent); the pool with the lower NLL is applied",
+        "found (bounded search over log exponent); the pool with the lower NLL is applied; on the tubes whose lattice "
+        "was read, that pool is weighed by the lattice angle's likelihood (lattice_fusion), kept where it lowers "
+        "their NLL",
     }
     write_json_atomic(bundle_dir / CALIBRATION_FILE, plain_json(result))
     return result
+
+
+def fit_lattice(
+    pooled: np.ndarray,
+    readings: Sequence[Mapping[str, Any] | None],
+    labels: np.ndarray,
+    classes: Sequence[str],
+    exponent: float,
+) -> dict[str, Any] | None:
+    """The lattice angle's weighing fitted on the labelled tubes whose lattice was read, with its scores on them
+    against the pool alone; `kept` where it lowers their NLL out of sample (two-fold: each half scored by the
+    weighing fitted on the other; in sample, four free parameters always gain a little). None when the classes
+    are no (n,m) or fewer than MIN_TUBES tubes were read."""
+    angles = lattice_fusion.class_angles(classes)
+    read = np.array([lattice_fusion.usable(r) for r in readings], dtype=bool)
+    if angles is None or read.sum() < MIN_TUBES:
+        return None
+    rs = [r for r, ok in zip(readings, read) if ok]
+    p, y = pooled[read], labels[read]
+    params = lattice_fusion.fit(p, rs, y, angles, exponent)
+    alone = pool_scores(p, y, exponent)
+    with_lattice = pool_scores(lattice_fusion.fuse(p, rs, angles, params), y, 1.0)
+    halves = np.arange(len(y)) % 2
+    crossed = np.empty_like(p)
+    for h in (0, 1):
+        fit_on, score_on = np.flatnonzero(halves != h), np.flatnonzero(halves == h)
+        half = lattice_fusion.fit(p[fit_on], [rs[i] for i in fit_on], y[fit_on], angles, exponent)
+        crossed[score_on] = lattice_fusion.fuse(p[score_on], [rs[i] for i in score_on], angles, half)
+    return {
+        **params,
+        "tubes_read": int(read.sum()),
+        "tubes": len(readings),
+        "pool_alone": alone,
+        "with_lattice": with_lattice,
+        "with_lattice_two_fold": pool_scores(crossed, y, 1.0),
+        "kept": bool(nll(crossed, y) < alone["nll"]),
+    }
+
+
+def fused_answers(
+    answers: np.ndarray,
+    pooled: np.ndarray,
+    readings: Sequence[Mapping[str, Any] | None],
+    classes: Sequence[str],
+    params: Mapping[str, float],
+) -> np.ndarray:
+    """`answers` (the pool's calibrated answers), replaced by the lattice's weighing where a tube was read."""
+    out = np.array(answers, dtype=np.float64, copy=True)
+    angles = lattice_fusion.class_angles(classes)
+    if angles is None:
+        return out
+    for i, r in enumerate(readings):
+        if lattice_fusion.usable(r):
+            out[i] = lattice_fusion.fuse(pooled[i], [r], angles, params)[0]
+    return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -373,7 +374,7 @@ def scaled(tube: Tube, sx: float, sy: float) -> list[tuple[float, float]]:
 
 
 def combine(
-    probabilities: np.ndarray, flags: np.ndarray, calibration: tuple[str, float] | None = None
+    probabilities: np.ndarray, flags: np.ndarray, calibration: Sequence[Any] | None = None
 ) -> tuple[np.ndarray, str, int, dict[str, np.ndarray]]:
     """One tube's class probabilities from its windows' (already temperature-scaled) probabilities:
     the windows in distribution (all windows when none is) pooled and tempered by the bundle's fitted
@@ -395,5 +396,5 @@ def combine(
     pools = pool_windows(probabilities[keep])
     if calibration is None:
         return pools["mean"], flag, int(keep.sum()), pools
-    pool, exponent = calibration
+    pool, exponent = calibration[0], calibration[1]
     return temper(pools[pool], exponent), flag, int(keep.sum()), pools

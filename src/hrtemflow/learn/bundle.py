@@ -41,9 +41,9 @@ class Bundle:
     temperature_source: str = ""
     ood: dict | None = None
     notes: list[str] = field(default_factory=list)
-    #: per-tube answers only (`apply.tube_calibration`): the pool and exponent combining a tube's windows,
-    #: and where they came from
-    tube_calibration: tuple[str, float] | None = None
+    #: per-tube answers only (`apply.tube_calibration.TubeCalibration`): the pool and exponent combining a
+    #: tube's windows and the lattice angle's weighing (or None), and where they came from
+    tube_calibration: tuple[str, float, dict | None] | None = None
     tube_calibration_source: str = ""
 
     @property
