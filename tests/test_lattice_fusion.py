@@ -91,7 +91,7 @@ def test_nothing_to_fuse_without_chiralities_or_readings():
 
 def test_a_calibration_with_bad_lattice_parameters_is_refused(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"weights")
-    params = {"exponent": 1.5, "sigma_deg": 0.2, "e0": -2.0, "e1": -0.5}
+    params = {"exponent": 1.5, "sigma_deg": 0.2, "sigma_one_line_deg": 1.0, "e0": -2.0, "e1": -0.5}
     fitted = {"exponent": 2.0, "pool": "mean", "model_sha256": model_sha256(tmp_path), "window_temperature": 0.9}
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps({**fitted, "lattice": {**params, "tubes_read": 40}}))
     cal, _ = find_calibration(tmp_path, 0.9)
@@ -122,7 +122,7 @@ def test_predict_weighs_the_lattice_angle_as_the_calibration_says(cnt_bundles, t
     model = tmp_path / "chirality"
     shutil.copytree(cnt_bundles["models"]["chirality"], model)
     temperature, _ = find_temperature(model, ModelCard.read(model))
-    params = {"exponent": 1.3, "sigma_deg": 0.5, "e0": -3.0, "e1": 0.0}
+    params = {"exponent": 1.3, "sigma_deg": 0.5, "sigma_one_line_deg": 1.5, "e0": -3.0, "e1": 0.0}
     cal = {"pool": "mean", "exponent": 1.7, "model_sha256": model_sha256(model), "window_temperature": temperature}
     (model / CALIBRATION_FILE).write_text(json.dumps({**cal, "lattice": params}))
     tube = ",".join(f"{v:.2f}" for xy in ends for v in xy)
@@ -145,3 +145,15 @@ def test_predict_weighs_the_lattice_angle_as_the_calibration_says(cnt_bundles, t
         (row,) = list(csv.DictReader(fh))
     assert float(row["lattice_angle_deg"]) == 30.0 and row["lattice_weighed"] == "True"
     assert "30.0°*" in printed
+
+
+def test_a_one_line_reading_only_says_near_armchair():
+    """(10,9) at 28.3° shows its two lines merged into one at 30°: that reading keeps (10,9) in play against
+    (10,10), where a two-line reading at 30° with its narrow spread rules it out."""
+    angles = lattice_fusion.class_angles(["10-9", "10-10"])
+    params = {"exponent": 1.0, "sigma_deg": 0.2, "sigma_one_line_deg": 1.5, "e0": -8.0, "e1": 0.0}
+    one = {"scale": 1.0, "chiral_angle_deg": 30.0, "strength": 50.0, "lines_per_nm": [4.06]}
+    two = {**one, "lines_per_nm": [4.06, 4.02]}
+    l_one, l_two = np.exp(lattice_fusion.log_likelihood([one, two], angles, params))
+    assert 0.3 < l_one[0] / l_one[1] < 0.7
+    assert l_two[0] / l_two[1] < 1e-3
