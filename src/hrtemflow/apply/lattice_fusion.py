@@ -14,10 +14,9 @@ tube's angle (a film's speckle, a bent tube), falling with the reading's strengt
 one, which reads as 30°: a one-line reading only says "near 30°", so it has its own, wider σ₁. α, σ, σ₁, e₀
 and e₁ are fitted together by likelihood on the same labelled validation tubes as the pool's exponent
 (`hrtemflow fit-tubes`), so a lattice that reads badly on a kind of micrograph (a film under the tubes) is
-trusted as little as it earns there. The
-angle does not depend on the pixel size or on the tube's tilt (both scale the two lines alike), so a
-miscalibrated micrograph still gives the right angle; its diameter is `lattice.check`'s business.
-A tube without a reading keeps the pool's own calibration.
+trusted as little as it earns there. The angle does not depend on the pixel size or on the tube's tilt (both
+scale the two lines alike), so a miscalibrated micrograph still gives the right angle; its diameter is
+`lattice.check`'s business. A tube without a reading keeps the pool's own calibration.
 """
 
 from __future__ import annotations

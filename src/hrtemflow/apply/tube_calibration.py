@@ -18,7 +18,8 @@ micrographs). Two pools are fitted and the one with the lower likelihood loss ke
 
 Where a tube's own graphene lattice gives its chiral angle (`lattice.read_tube_lattice`), the answer also
 weighs that angle (`lattice_fusion`: the pool tempered by its own exponent times the angle's likelihood, fitted
-on the same tubes); the fit is kept only where it lowers the likelihood loss of the tubes it applies to.
+on the same tubes); the fit is kept only where it lowers the likelihood loss of the tubes it applies to out of
+sample (two-fold).
 
 The file `tube_calibration.json` in the bundle holds the pool and its exponent (and the lattice's parameters,
 `lattice`) with what they were fitted on; predict applies them only to the same model (the SHA-256 of
@@ -367,9 +368,10 @@ def fit_tubes(
     alpha = best["exponent"]
     p = pooled["mean"]  # the uncalibrated mean, as predict reports it without a calibration
     q = temper(pooled[chosen], alpha)
-    fused = fit_lattice(pooled[chosen], [m["tube"].get("lattice") for m in found], y, classes, alpha)
+    readings = [m["tube"].get("lattice") for m in found]
+    fused = fit_lattice(pooled[chosen], readings, y, classes, alpha)
     if fused is not None and fused["kept"]:
-        q = fused_answers(q, pooled[chosen], [m["tube"].get("lattice") for m in found], classes, fused)
+        q = fused_answers(q, pooled[chosen], readings, classes, fused)
     result = {
         "pool": chosen,
         "exponent": alpha,
@@ -399,7 +401,7 @@ def fit_tubes(
         f"{GEOMETRIC_MIX:g} uniform) tempered by the exponent minimising the NLL of the labelled tubes predict "
         "found (bounded search over log exponent); the pool with the lower NLL is applied; on the tubes whose lattice "
         "was read, that pool is weighed by the lattice angle's likelihood (lattice_fusion), kept where it lowers "
-        "their NLL",
+        "their NLL out of sample (two-fold)",
     }
     write_json_atomic(bundle_dir / CALIBRATION_FILE, plain_json(result))
     return result
@@ -414,7 +416,7 @@ def fit_lattice(
 ) -> dict[str, Any] | None:
     """The lattice angle's weighing fitted on the labelled tubes whose lattice was read, with its scores on them
     against the pool alone; `kept` where it lowers their NLL out of sample (two-fold: each half scored by the
-    weighing fitted on the other; in sample, four free parameters always gain a little). None when the classes
+    weighing fitted on the other; in sample, five free parameters always gain a little). None when the classes
     are no (n,m) or fewer than MIN_TUBES tubes were read."""
     angles = lattice_fusion.class_angles(classes)
     read = np.array([lattice_fusion.usable(r) for r in readings], dtype=bool)
@@ -452,9 +454,7 @@ def fused_answers(
     """`answers` (the pool's calibrated answers), replaced by the lattice's weighing where a tube was read."""
     out = np.array(answers, dtype=np.float64, copy=True)
     angles = lattice_fusion.class_angles(classes)
-    if angles is None:
-        return out
-    for i, r in enumerate(readings):
-        if lattice_fusion.usable(r):
-            out[i] = lattice_fusion.fuse(pooled[i], [r], angles, params)[0]
+    read = np.array([lattice_fusion.usable(r) for r in readings], dtype=bool)
+    if angles is not None and read.any():
+        out[read] = lattice_fusion.fuse(pooled[read], [r for r, ok in zip(readings, read) if ok], angles, params)
     return out
