@@ -370,8 +370,8 @@ def tube_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[
             *[s for j in (1, 2, 3) for s in (r[f"top{j}"] or "-", "-" if r[f"p{j}"] is None else f"{r[f'p{j}']:.2f}")],
             r["ood"] or "no",
             "-"
-            if r.get("lattice_angle_deg") in (None, "")
-            else f"{float(r['lattice_angle_deg']):.1f}°" + ("*" if str(r.get("lattice_weighed")) == "True" else ""),
+            if r["lattice_angle_deg"] is None
+            else f"{r['lattice_angle_deg']:.1f}°" + ("*" if r["lattice_weighed"] else ""),
         ]
         for r in rows
     ]

@@ -227,7 +227,8 @@ def _predict_tubes(
         p, flag, used, pools = combine(probs[m], ood["flag"][m], b.tube_calibration)
         pool, exponent = (b.tube_calibration or ("mean", 1.0))[:2]
         network = p
-        if weigh_lattice and i < len(readings) and lattice_fusion.usable(readings[i]):
+        weighed = weigh_lattice and i < len(readings) and lattice_fusion.usable(readings[i])
+        if weighed:
             p = lattice_fusion.fuse(pools[pool], [readings[i]], angles, b.tube_calibration.lattice)[0]
         order = np.argsort(-p)[:TOP_K]
         out.update(
@@ -240,7 +241,7 @@ def _predict_tubes(
             probabilities={c: float(v) for c, v in zip(b.card.classes, p)},
             pools={k: {c: float(v) for c, v in zip(b.card.classes, q)} for k, q in pools.items()},
             # the lattice's chiral angle weighed in (lattice_fusion), and the network's own top-3 beside it
-            lattice_weighed=p is not network,
+            lattice_weighed=weighed,
             network_top=[(b.card.classes[j], float(network[j])) for j in np.argsort(-network)[:TOP_K]],
         )
         if i < len(readings):
