@@ -310,6 +310,12 @@ def score(
     # tubes whose lattice predict read, and those where the fitted weighing put its chiral angle in the answer
     read = np.array([bool(m["tube"]) and math.isfinite(as_number(m["tube"].get("lattice_angle_deg"))) for m in matches])
     weighed = np.array([bool(m["tube"]) and str(m["tube"].get("lattice_weighed")) == "True" for m in matches])
+    # the diameter the tube's walls say (where the calibration maps them), against the label's
+    from hrtemflow.core.tubes import GRAPHENE_A, tube_diameter_A
+
+    d_read = np.array([as_number(m["tube"].get("diameter_nm")) if m["tube"] else math.nan for m in matches])
+    d_off = d_read - np.array([tube_diameter_A(*_nm(t), GRAPHENE_A) / 10.0 for t in truth])
+    walls = np.isfinite(d_off)
 
     def ci(values: np.ndarray, stat=np.mean) -> list[float | None]:
         return structure_ci(values, structure, stat, resamples=resamples) if n else [None, None]
@@ -362,6 +368,9 @@ def score(
         "lattice_weighed": int(weighed.sum()),
         "top1_lattice_weighed": float(top1[weighed].mean()) if weighed.any() else None,
         "top1_found_not_weighed": float(top1[found & ~weighed].mean()) if (found & ~weighed).any() else None,
+        "walls_read": int(walls.sum()),
+        "diameter_error_abs_median_nm": float(np.median(np.abs(d_off[walls]))) if walls.any() else None,
+        "diameter_error_abs_q90_nm": float(np.quantile(np.abs(d_off[walls]), 0.9)) if walls.any() else None,
         "top1_in_distribution": float(top1[found & ~ood].mean()) if (found & ~ood).any() else None,
         "match_nm": match_nm,
         "match_distance_nm_median": float(np.median([m["distance_nm"] for m in matches if m["tube"]]))
@@ -427,6 +436,10 @@ def _fmt_ci(v: Any, ci: Sequence[Any], pct: bool = True) -> str:
     return f"{f(v)} [{f(lo) if lo is not None else '-'}, {f(hi) if hi is not None else '-'}]"
 
 
+def _nm_or_dash(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _pct(v: Any) -> str:
     return "-" if v is None else f"{100 * v:.1f} %"
 
@@ -450,6 +463,9 @@ def table(m: Mapping[str, Any]) -> str:
         f"  lattice read on {m.get('lattice_read', 0)} found tubes, its chiral angle weighed in on "
         f"{m.get('lattice_weighed', 0)} (top-1 there {_pct(m.get('top1_lattice_weighed'))}, on the other found "
         f"tubes {_pct(m.get('top1_found_not_weighed'))})",
+        f"  walls read on {m.get('walls_read', 0)} found tubes, their diameter off by "
+        f"{_nm_or_dash(m.get('diameter_error_abs_median_nm'))} nm in the median, "
+        f"{_nm_or_dash(m.get('diameter_error_abs_q90_nm'))} nm at the 90th percentile",
         f"  wrong top-1 among found: {s['errors']}; delta d < 0.01 nm: {s['delta_d_lt_0.01nm']}, "
         f"< 0.05 nm: {s['delta_d_lt_0.05nm']}; delta theta < 5 deg: {s['delta_theta_lt_5deg']}, "
         f"< 10 deg: {s['delta_theta_lt_10deg']}; both (< 0.01 nm, < 5 deg): "

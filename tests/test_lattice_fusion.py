@@ -32,7 +32,7 @@ def _tubes(n: int, seed: int, outliers: float, sigma: float = 0.15):
     """Tubes whose network pools put the truth and its angle neighbour near level (the truth ahead 60 % of the
     time), and lattice readings at the true angle ± sigma, a share `outliers` of them weak and anywhere."""
     rng = np.random.default_rng(seed)
-    angles = lattice_fusion.class_angles(CLASSES)
+    angles = lattice_fusion.class_geometry(CLASSES)[:, 0]
     partner = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4, 6: 7, 7: 6}
     y = rng.integers(0, len(CLASSES), n)
     pooled = np.full((n, len(CLASSES)), 0.02)
@@ -60,7 +60,7 @@ def test_the_fit_learns_the_readings_spread_and_fixes_angle_neighbours():
     assert fitted["with_lattice"]["top1"] > 0.85 > fitted["pool_alone"]["top1"] + 0.2
     # on new tubes the fitted weighing carries over
     pooled2, readings2, y2 = _tubes(400, 1, outliers=0.15)
-    fused = lattice_fusion.fuse(pooled2, readings2, lattice_fusion.class_angles(CLASSES), fitted)
+    fused = lattice_fusion.fuse(pooled2, readings2, lattice_fusion.class_geometry(CLASSES), fitted)
     assert np.mean(fused.argmax(axis=1) == y2) > 0.85
     assert nll(fused, y2) < nll(temper(pooled2, 1.0), y2)
 
@@ -78,6 +78,56 @@ def test_readings_that_say_nothing_are_not_kept():
     assert not fitted["kept"] and fitted["with_lattice_two_fold"]["nll"] > fitted["pool_alone"]["nll"]
 
 
+def _diameter_neighbours(n: int, seed: int):
+    """Tubes of one chiral angle whose network pools put the truth and its diameter neighbour near level (the
+    truth ahead 60 % of the time), their walls read as a faint or bright line about the radius: dark 0.04 nm
+    inside it, bright 0.12 nm outside, each ± 0.015 nm; a tenth of them faint (contrast 1-3) and anywhere.
+    No lattice angle: each zigzag reads 0°, which tells them nothing."""
+    classes = ["15-0", "16-0", "17-0", "18-0"]
+    geometry = lattice_fusion.class_geometry(classes)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(classes), n)
+    pooled = np.full((n, len(classes)), 0.02)
+    readings = []
+    for i, c in enumerate(y):
+        other = c + 1 if c == 0 or (c < len(classes) - 1 and rng.random() < 0.5) else c - 1
+        lead = rng.random() < 0.6
+        pooled[i, c], pooled[i, other] = (0.5, 0.38) if lead else (0.38, 0.5)
+        r = geometry[c, 1]
+        if rng.random() < 0.1:
+            walls = {"radius_dark_nm": rng.uniform(0.3, 0.9), "radius_bright_nm": rng.uniform(0.3, 0.9)}
+            walls |= {"contrast_dark": rng.uniform(1, 3), "contrast_bright": rng.uniform(1, 3)}
+        else:
+            walls = {
+                "radius_dark_nm": r - 0.04 + rng.normal(0, 0.015),
+                "radius_bright_nm": r + 0.12 + rng.normal(0, 0.015),
+            }
+            walls |= {"contrast_dark": rng.uniform(15, 60), "contrast_bright": rng.uniform(10, 40)}
+        readings.append({"scale": None, "reason": "lattice not resolved", "walls": walls})
+    return classes, pooled / pooled.sum(axis=1, keepdims=True), readings, y
+
+
+def test_the_walls_radius_tells_diameter_neighbours_apart():
+    classes, pooled, readings, y = _diameter_neighbours(400, 5)
+    fitted = fit_lattice(pooled, readings, y, classes, exponent=1.0)
+    assert fitted["kept"] and fitted["angles_read"] == 0 and fitted["walls"]["tubes_read"] == 400
+    assert fitted["walls"]["kept"] and fitted["walls"]["nll_with_walls"] < fitted["walls"]["nll_angle_alone"]
+    # the map of the two radii to the tube's: a + b = 1 and the offsets cancel; its spread about 0.015/sqrt(2)
+    assert fitted["wall_dark"] + fitted["wall_bright"] == pytest.approx(1.0, abs=0.05)
+    assert 0.005 < fitted["wall_sigma_nm"] < 0.02 and fitted["walls"]["radius_error_abs_median_nm"] < 0.015
+    assert lattice_fusion.outlier_share(1.2, fitted["w0"], fitted["w1"]) > 0.5
+    assert lattice_fusion.outlier_share(30.0, fitted["w0"], fitted["w1"]) < 0.05
+    assert fitted["pool_alone"]["top1"] == pytest.approx(0.6, abs=0.06)
+    assert fitted["with_lattice_two_fold"]["top1"] > 0.85
+    classes2, pooled2, readings2, y2 = _diameter_neighbours(400, 6)
+    fused = lattice_fusion.fuse(pooled2, readings2, lattice_fusion.class_geometry(classes2), fitted)
+    assert np.mean(fused.argmax(axis=1) == y2) > 0.85
+    # the radius the walls say, on the bright tubes, within three of its spreads
+    bright = np.array([r["walls"]["contrast_dark"] > 10 for r in readings2])
+    off = lattice_fusion.tube_radius(readings2, fitted)[bright] - lattice_fusion.class_geometry(classes2)[y2[bright], 1]
+    assert np.quantile(np.abs(off), 0.95) < 0.03
+
+
 def test_nothing_to_fuse_without_chiralities_or_readings():
     pooled, readings, y = _tubes(30, 4, outliers=0.0)
     assert fit_lattice(pooled, readings, y, ["a", "b", "c", "d", "e", "f", "g", "h"], 1.0) is None
@@ -85,8 +135,9 @@ def test_nothing_to_fuse_without_chiralities_or_readings():
     assert fit_lattice(pooled, unread, y, CLASSES, 1.0) is None
     assert not lattice_fusion.usable(None) and not lattice_fusion.usable({"scale": 1.0, "strength": 0.0})
     np.testing.assert_allclose(
-        lattice_fusion.class_angles(["8-0", "8-8", "11-4"]), [0.0, 30.0, tube_chiral_angle_deg(11, 4)]
+        lattice_fusion.class_geometry(["8-0", "8-8", "11-4"])[:, 0], [0.0, 30.0, tube_chiral_angle_deg(11, 4)]
     )
+    np.testing.assert_allclose(lattice_fusion.class_geometry(["8-8"])[0, 1], 0.5425, atol=1e-3)
 
 
 def test_a_calibration_with_bad_lattice_parameters_is_refused(tmp_path):
@@ -108,8 +159,8 @@ def test_a_calibration_with_bad_lattice_parameters_is_refused(tmp_path):
 
 def test_predict_weighs_the_lattice_angle_as_the_calibration_says(cnt_bundles, tmp_path, capsys):
     """An (8,8) tube at 0.375 Å given by its ends: its lattice reads 30°, so the fitted weighing lowers the
-    zigzag (8,0) against the network's own answer, exactly by the angle's likelihood; the CSV and the table
-    carry the reading."""
+    zigzag (8,0) against the network's own answer, exactly by the angle's and the walls' likelihood; the CSV and
+    the table carry both readings."""
     from hrtemflow.cli import main
     from hrtemflow.learn.bundle import find_temperature
     from hrtemflow.learn.card import ModelCard
@@ -123,6 +174,9 @@ def test_predict_weighs_the_lattice_angle_as_the_calibration_says(cnt_bundles, t
     shutil.copytree(cnt_bundles["models"]["chirality"], model)
     temperature, _ = find_temperature(model, ModelCard.read(model))
     params = {"exponent": 1.3, "sigma_deg": 0.5, "sigma_one_line_deg": 1.5, "e0": -3.0, "e1": 0.0}
+    # the walls' map as the 71-class bench's validation tubes fitted it, a spread of 0.01 nm
+    params |= {"wall_dark": 0.68, "wall_bright": 0.32, "wall_offset_nm": -0.015, "wall_sigma_nm": 0.01}
+    params |= {"w0": 2.0, "w1": -2.0}
     cal = {"pool": "mean", "exponent": 1.7, "model_sha256": model_sha256(model), "window_temperature": temperature}
     (model / CALIBRATION_FILE).write_text(json.dumps({**cal, "lattice": params}))
     tube = ",".join(f"{v:.2f}" for xy in ends for v in xy)
@@ -136,7 +190,7 @@ def test_predict_weighs_the_lattice_angle_as_the_calibration_says(cnt_bundles, t
     assert res["lattice"]["chiral_angle_deg"] == 30.0 and res["lattice_weighed"]
     classes = list(res["probabilities"])
     pool = np.array([res["pools"]["mean"][c] for c in classes])
-    expected = lattice_fusion.fuse(pool, [res["lattice"]], lattice_fusion.class_angles(classes), params)[0]
+    expected = lattice_fusion.fuse(pool, [res["lattice"]], lattice_fusion.class_geometry(classes), params)[0]
     np.testing.assert_allclose([res["probabilities"][c] for c in classes], expected, atol=1e-6)
     network = dict((d["class"], d["probability"]) for d in res["network_top"])
     np.testing.assert_allclose([network[c] for c in network], temper(pool, 1.7)[[classes.index(c) for c in network]])
@@ -145,12 +199,16 @@ def test_predict_weighs_the_lattice_angle_as_the_calibration_says(cnt_bundles, t
         (row,) = list(csv.DictReader(fh))
     assert float(row["lattice_angle_deg"]) == 30.0 and row["lattice_weighed"] == "True"
     assert "30.0°*" in printed
+    # the walls' diameter, through the map, is (8,8)'s within a few hundredths of a nm, and the table shows it
+    d = float(row["diameter_nm"])
+    assert d == pytest.approx(res["diameter_nm"], abs=1e-3) and d == pytest.approx(1.085, abs=0.05)
+    assert f"{d:.3f}*" in printed
 
 
 def test_a_one_line_reading_only_says_near_armchair():
     """(10,9) at 28.3° shows its two lines merged into one at 30°: that reading keeps (10,9) in play against
     (10,10), where a two-line reading at 30° with its narrow spread rules it out."""
-    angles = lattice_fusion.class_angles(["10-9", "10-10"])
+    angles = lattice_fusion.class_geometry(["10-9", "10-10"])
     params = {"exponent": 1.0, "sigma_deg": 0.2, "sigma_one_line_deg": 1.5, "e0": -8.0, "e1": 0.0}
     one = {"scale": 1.0, "chiral_angle_deg": 30.0, "strength": 50.0, "lines_per_nm": [4.06]}
     two = {**one, "lines_per_nm": [4.06, 4.02]}

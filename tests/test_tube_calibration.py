@@ -188,8 +188,8 @@ def test_fit_tubes_end_to_end_on_predict_output(cnt_bundles, tmp_path, capsys):
             network = temper(pooled, cal["exponent"])
             if ta["chirality"]["lattice_weighed"]:  # the fit kept the lattice's angle: the weighing it fitted
                 assert cal["lattice"] is not None
-                angles = lattice_fusion.class_angles(classes)
-                network = lattice_fusion.fuse(pooled, [ta["chirality"]["lattice"]], angles, cal["lattice"])[0]
+                geometry = lattice_fusion.class_geometry(classes)
+                network = lattice_fusion.fuse(pooled, [ta["chirality"]["lattice"]], geometry, cal["lattice"])[0]
             np.testing.assert_allclose(pa, network, atol=1e-6)
     # the tube benchmark compares both fitted pools on the same tubes, from the pools predict recorded
     from benchmarks import tube_micrographs as bench

@@ -176,7 +176,7 @@ def test_predict_answers_per_tube_in_the_table_csv_and_json(cnt_bundles, two_tub
     assert list(rows[0]) == [
         "source", "frame", "tube", "from", "task", "x0_px", "y0_px", "x1_px", "y1_px", "length_nm",
         "windows", "windows_used", "top1", "p1", "top2", "p2", "top3", "p3", "ood", "lattice_angle_deg",
-        "lattice_weighed",
+        "lattice_weighed", "diameter_nm",
     ]  # fmt: skip
     mine = [r for r in rows if r["source"].endswith("two_tubes.npy")]
     assert len(mine) == 2 and not [r for r in rows if r["source"].endswith("vacuum.npy")]

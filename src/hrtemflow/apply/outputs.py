@@ -300,6 +300,7 @@ TUBE_COLUMNS = (
     "ood",
     "lattice_angle_deg",
     "lattice_weighed",
+    "diameter_nm",
 )
 
 
@@ -351,6 +352,7 @@ def tube_rows(records: Sequence[Mapping[str, Any]], source: str, frame: int | No
             reading = res.get("lattice") or {}
             angle = reading.get("chiral_angle_deg") if reading.get("scale") is not None else None
             row["lattice_angle_deg"] = None if angle is None else round(float(angle), 2)
+            row["diameter_nm"] = None if res.get("diameter_nm") is None else round(float(res["diameter_nm"]), 3)
             row["lattice_weighed"] = bool(res.get("lattice_weighed", False))
             rows.append({k: row.get(k) for k in TUBE_COLUMNS})
     return rows
@@ -358,8 +360,9 @@ def tube_rows(records: Sequence[Mapping[str, Any]], source: str, frame: int | No
 
 def tube_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The terminal table a microscopist reads per tube: top-3 chiralities with probabilities, the
-    windows combined, the OOD flag, and the chiral angle the tube's lattice reads (* where it was weighed in)."""
-    header = ["tube", "task", "from", "length nm", "windows", "1", "p1", "2", "p2", "3", "p3", "OOD", "lattice"]
+    windows combined, the OOD flag, the chiral angle the tube's lattice reads and the diameter its walls read
+    (* where they were weighed in)."""
+    header = ["tube", "task", "from", "length nm", "windows", "1", "p1", "2", "p2", "3", "p3", "OOD", "lattice", "d nm"]
     body = [
         [
             str(r["tube"]),
@@ -372,6 +375,7 @@ def tube_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[
             "-"
             if r["lattice_angle_deg"] is None
             else f"{r['lattice_angle_deg']:.1f}°" + ("*" if r["lattice_weighed"] else ""),
+            "-" if r.get("diameter_nm") is None else f"{r['diameter_nm']:.3f}" + ("*" if r["lattice_weighed"] else ""),
         ]
         for r in rows
     ]

@@ -37,7 +37,7 @@ from ..learn.card import ModelCard
 from ..learn.inference import IMG_BYTES_PER_BATCH, Net, run_net, softmax
 from ..learn.ood import majority_flag, ood_scores, structure_ratio, vacuum_gate
 from ..learn.preprocess import normalise
-from . import lattice, lattice_fusion
+from . import lattice, lattice_fusion, tube_profile
 from .conditions import assess
 from .options import Options, check_options, check_temperatures
 from .outputs import (
@@ -200,8 +200,9 @@ def _predict_tubes(
     top-3 (`tubes.combine`), with how many windows were combined and the tube's OOD flag; a tube in
     distribution whose own lattice (`readings`, `lattice.read_tube_lattice`) disagrees with the pixel size
     is flagged "calibration": its diameter in pixels, which the classifier reads, is not the training's. Where
-    the bundle's tube calibration weighs the lattice's chiral angle (`lattice_fusion`), a read tube's answer
-    is the network's pool times that angle's likelihood; `network_top` keeps the network's own top-3."""
+    the bundle's tube calibration weighs the tube's own readings (`lattice_fusion`: the lattice's chiral angle,
+    the walls' radius), a read tube's answer is the network's pool times their likelihood; `network_top` keeps
+    the network's own top-3."""
     w = b.size
     sy, sx = orig_pixel_A / pixel_yx[0], orig_pixel_A / pixel_yx[1]
     starts, owner = [], []
@@ -214,8 +215,8 @@ def _predict_tubes(
         outputs, ood = _run_windows(b, image, starts, tta)
         probs = _class_probabilities(b, outputs)
     owner_arr = np.array(owner, dtype=int)
-    angles = lattice_fusion.class_angles(b.card.classes)
-    weigh_lattice = b.tube_calibration is not None and b.tube_calibration.lattice is not None and angles is not None
+    geometry = lattice_fusion.class_geometry(b.card.classes)
+    weighing = None if b.tube_calibration is None or geometry is None else b.tube_calibration.lattice
     results = []
     for i in range(len(tubes)):
         m = np.flatnonzero(owner_arr == i)
@@ -227,9 +228,9 @@ def _predict_tubes(
         p, flag, used, pools = combine(probs[m], ood["flag"][m], b.tube_calibration)
         pool, exponent = (b.tube_calibration or ("mean", 1.0))[:2]
         network = p
-        weighed = weigh_lattice and i < len(readings) and lattice_fusion.usable(readings[i])
+        weighed = weighing is not None and i < len(readings) and lattice_fusion.usable(readings[i], weighing)
         if weighed:
-            p = lattice_fusion.fuse(pools[pool], [readings[i]], angles, b.tube_calibration.lattice)[0]
+            p = lattice_fusion.fuse(pools[pool], [readings[i]], geometry, weighing)[0]
         order = np.argsort(-p)[:TOP_K]
         out.update(
             windows_used=used,
@@ -246,6 +247,13 @@ def _predict_tubes(
         )
         if i < len(readings):
             out["lattice"], out["ood"] = _lattice_verdict(readings[i], b.card, b.card.classes[order[0]], flag)
+            if (
+                weighing is not None
+                and lattice_fusion.weighs_walls(weighing)
+                and lattice_fusion.walls_read(readings[i])
+            ):
+                # the tube's diameter its walls say, through the fitted map
+                out["diameter_nm"] = float(2.0 * lattice_fusion.tube_radius([readings[i]], weighing)[0])
         results.append(out)
     return results
 
@@ -499,7 +507,14 @@ def _tubes_of(
             t.check(image.shape, source)
     else:
         tubes = find_tubes(image, px)
-    readings = [lattice.read_tube_lattice(image, t.points, px / 10.0) for t in tubes]
+    # the tube's own readings: its layer lines (chiral angle, scale) and its walls (radius)
+    readings = [
+        {
+            **lattice.read_tube_lattice(image, t.points, px / 10.0),
+            "walls": tube_profile.read_tube_walls(image, t.points, px / 10.0),
+        }
+        for t in tubes
+    ]
     per_tube = {}
     for b in bundles:
         img_b, pyx = resampled[b.pixel_size_A]

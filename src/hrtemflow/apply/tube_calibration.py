@@ -16,16 +16,16 @@ micrographs). Two pools are fitted and the one with the lower likelihood loss ke
   windows rule out is ruled out, so the ranking can differ from the mean's. Each window's probabilities are
   mixed with 1 % of uniform first (GEOMETRIC_MIX), so that a window's zero is a finite penalty, not -inf.
 
-Where a tube's own graphene lattice gives its chiral angle (`lattice.read_tube_lattice`), the answer also
-weighs that angle (`lattice_fusion`: the pool tempered by its own exponent times the angle's likelihood, fitted
-on the same tubes); the fit is kept only where it lowers the likelihood loss of the tubes it applies to out of
-sample (two-fold).
+Where a tube's own graphene lattice gives its chiral angle (`lattice.read_tube_lattice`) and its walls its
+radius (`tube_profile.read_tube_walls`), the answer also weighs them (`lattice_fusion`: the pool tempered by its
+own exponent times the readings' likelihood, fitted on the same tubes); the fit is kept only where it lowers the
+likelihood loss of the tubes it applies to out of sample (two-fold).
 
 The file `tube_calibration.json` in the bundle holds the pool and its exponent (and the lattice's parameters,
 `lattice`) with what they were fitted on; predict applies them only to the same model (the SHA-256 of
 model.keras) under the same window temperature, otherwise the mean is reported uncalibrated, with a note.
-Predict records both pools of every tube untempered (`pools`) and its lattice reading, so a refit needs no
-second run of the network.
+Predict records both pools of every tube untempered (`pools`) and its readings (`lattice`, with `walls`), so a
+refit needs no second run of the network.
 """
 
 from __future__ import annotations
@@ -145,7 +145,12 @@ def find_calibration(bundle_dir: Path, temperature: float | None) -> tuple[TubeC
         alpha = float(cal["exponent"])
         pool = str(cal.get("pool", "mean"))
         fused = cal.get("lattice")
-        fused = None if fused is None else {k: float(fused[k]) for k in lattice_fusion.PARAMETERS}
+        if fused is not None:
+            # the walls' parameters are there together or not at all (a weighing of the angle alone)
+            names = lattice_fusion.PARAMETERS + (
+                lattice_fusion.WALL_PARAMETERS if any(k in fused for k in lattice_fusion.WALL_PARAMETERS) else ()
+            )
+            fused = {k: float(fused[k]) for k in names}
     except (OSError, ValueError, KeyError, TypeError, RecursionError, AttributeError):
         return (
             None,
@@ -414,34 +419,68 @@ def fit_lattice(
     classes: Sequence[str],
     exponent: float,
 ) -> dict[str, Any] | None:
-    """The lattice angle's weighing fitted on the labelled tubes whose lattice was read, with its scores on them
-    against the pool alone; `kept` where it lowers their NLL out of sample (two-fold: each half scored by the
-    weighing fitted on the other; in sample, five free parameters always gain a little). None when the classes
-    are no (n,m) or fewer than MIN_TUBES tubes were read."""
-    angles = lattice_fusion.class_angles(classes)
+    """The weighing of the tube's own angle and walls fitted on the labelled tubes that have either reading, with
+    its scores on them against the pool alone; `kept` where it lowers their NLL out of sample (two-fold: each half
+    scored by the weighing fitted on the other; in sample, up to eight free parameters always gain a little). None when
+    the classes are no (n,m) or fewer than MIN_TUBES tubes were read. `walls`: how far the walls' radius is off
+    the truth on them (nm)."""
+    geometry = lattice_fusion.class_geometry(classes)
     read = np.array([lattice_fusion.usable(r) for r in readings], dtype=bool)
-    if angles is None or read.sum() < MIN_TUBES:
+    if geometry is None or read.sum() < MIN_TUBES:
         return None
     rs = [r for r, ok in zip(readings, read) if ok]
     p, y = pooled[read], labels[read]
-    params = lattice_fusion.fit(p, rs, y, angles, exponent)
     alone = pool_scores(p, y, exponent)
-    with_lattice = pool_scores(lattice_fusion.fuse(p, rs, angles, params), y, 1.0)
-    halves = np.arange(len(y)) % 2
-    crossed = np.empty_like(p)
-    for h in (0, 1):
-        fit_on, score_on = np.flatnonzero(halves != h), np.flatnonzero(halves == h)
-        half = lattice_fusion.fit(p[fit_on], [rs[i] for i in fit_on], y[fit_on], angles, exponent)
-        crossed[score_on] = lattice_fusion.fuse(p[score_on], [rs[i] for i in score_on], angles, half)
+    # the walls are weighed only where they gain out of sample over the angle alone: a tube's projected width
+    # is its radius only as far as its cross-section is round (chirality-all.md, sixth run)
+    tried = {}
+    for walls_on in (False, True):
+        params = lattice_fusion.fit(p, rs, y, geometry, exponent, walls=walls_on)
+        if walls_on and not lattice_fusion.weighs_walls(params):
+            continue  # too few walls read
+        tried[walls_on] = (params, _two_fold(p, rs, y, geometry, exponent, walls_on))
+    walls_kept = True in tried and nll(tried[True][1], y) < nll(tried[False][1], y)
+    params, crossed = tried[walls_kept]
+    with_lattice = pool_scores(lattice_fusion.fuse(p, rs, geometry, params), y, 1.0)
+    walls_two_fold = {"nll_angle_alone": nll(tried[False][1], y)}
+    if True in tried:
+        walls_two_fold["nll_with_walls"] = nll(tried[True][1], y)
+        walls_two_fold["wall_sigma_nm_fitted"] = tried[True][0]["wall_sigma_nm"]
+    walls = None
+    if True in tried:
+        off = lattice_fusion.tube_radius(rs, tried[True][0]) - geometry[y, 1]
+        off = off[np.isfinite(off)]
+        walls = {
+            "kept": walls_kept,
+            **walls_two_fold,
+            "tubes_read": len(off),
+            "radius_error_abs_median_nm": float(np.median(np.abs(off))),
+            "radius_error_abs_q90_nm": float(np.quantile(np.abs(off), 0.9)),
+        }
     return {
         **params,
         "tubes_read": int(read.sum()),
+        "angles_read": int(sum(lattice_fusion.angle_read(r) for r in rs)),
+        "walls": walls,
         "tubes": len(readings),
         "pool_alone": alone,
         "with_lattice": with_lattice,
         "with_lattice_two_fold": pool_scores(crossed, y, 1.0),
         "kept": bool(nll(crossed, y) < alone["nll"]),
     }
+
+
+def _two_fold(
+    p: np.ndarray, rs: Sequence[Mapping[str, Any]], y: np.ndarray, geometry: np.ndarray, exponent: float, walls: bool
+) -> np.ndarray:
+    """Each tube's weighed answer from the weighing fitted on the other half of the tubes."""
+    halves = np.arange(len(y)) % 2
+    crossed = np.empty_like(p)
+    for h in (0, 1):
+        fit_on, score_on = np.flatnonzero(halves != h), np.flatnonzero(halves == h)
+        half = lattice_fusion.fit(p[fit_on], [rs[i] for i in fit_on], y[fit_on], geometry, exponent, walls=walls)
+        crossed[score_on] = lattice_fusion.fuse(p[score_on], [rs[i] for i in score_on], geometry, half)
+    return crossed
 
 
 def fused_answers(
@@ -451,10 +490,10 @@ def fused_answers(
     classes: Sequence[str],
     params: Mapping[str, float],
 ) -> np.ndarray:
-    """`answers` (the pool's calibrated answers), replaced by the lattice's weighing where a tube was read."""
+    """`answers` (the pool's calibrated answers), replaced by the weighing where a tube was read."""
     out = np.array(answers, dtype=np.float64, copy=True)
-    angles = lattice_fusion.class_angles(classes)
-    read = np.array([lattice_fusion.usable(r) for r in readings], dtype=bool)
-    if angles is not None and read.any():
-        out[read] = lattice_fusion.fuse(pooled[read], [r for r, ok in zip(readings, read) if ok], angles, params)
+    geometry = lattice_fusion.class_geometry(classes)
+    read = np.array([lattice_fusion.usable(r, params) for r in readings], dtype=bool)
+    if geometry is not None and read.any():
+        out[read] = lattice_fusion.fuse(pooled[read], [r for r, ok in zip(readings, read) if ok], geometry, params)
     return out

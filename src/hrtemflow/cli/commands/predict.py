@@ -151,9 +151,9 @@ def register(subparsers) -> None:
         "fits by likelihood the exponent that tempers each pool of a tube's window probabilities (the mean, p ∝ "
         "mean^exponent; the geometric, p ∝ exp(exponent x mean log p)); the better pool is saved as "
         "tube_calibration.json in the bundle, which predict then applies. With the mean, top-1 and top-3 do not "
-        "change. Where predict read a tube's chiral angle from its graphene lattice, the fit also weighs that angle "
-        "in (its spread and how often a reading of a given strength is wrong) and keeps it only where it lowers the "
-        "likelihood loss.",
+        "change. Where predict read a tube's chiral angle from its graphene lattice and its radius from its walls, "
+        "the fit also weighs them in (the walls' map to a radius, the spreads, how often a reading is wrong) and keeps "
+        "them only where they lower the likelihood loss out of sample.",
     )
     t.add_argument("predict_dir", type=Path, help="the --out folder of `hrtemflow predict` on the labelled micrographs")
     t.add_argument(
@@ -284,11 +284,24 @@ def _fit_tubes(args: argparse.Namespace) -> int:
     )
     fit = r.get("lattice_fit")
     if fit is None:
-        print("fit-tubes: the lattice's chiral angle is not weighed in (fewer than 20 tubes read, or no (n,m) classes)")
+        print("fit-tubes: the tube's own readings are not weighed in (fewer than 20 tubes read, or no (n,m) classes)")
     else:
+        walls = fit.get("walls")
         print(
-            f"fit-tubes: lattice chiral angle read on {fit['tubes_read']} of {fit['tubes']} tubes, spread "
-            f"{fit['sigma_deg']:.2f}°; on them top-1 {100 * fit['pool_alone']['top1']:.1f} -> "
+            f"fit-tubes: lattice chiral angle read on {fit['angles_read']} of {fit['tubes']} tubes, spread "
+            f"{fit['sigma_deg']:.2f}°; "
+            + (
+                f"walls read on {walls['tubes_read']}, radius off by {walls['radius_error_abs_median_nm']:.4f} nm "
+                f"(median; 90 % within {walls['radius_error_abs_q90_nm']:.4f}), "
+                + (
+                    f"weighed in (spread {fit['wall_sigma_nm']:.4f} nm); "
+                    if walls["kept"]
+                    else "not weighed (no gain over the angle out of sample); "
+                )
+                if walls
+                else "walls not weighed; "
+            )
+            + f"on the {fit['tubes_read']} read tubes top-1 {100 * fit['pool_alone']['top1']:.1f} -> "
             f"{100 * fit['with_lattice']['top1']:.1f} %, NLL {fit['pool_alone']['nll']:.3f} -> "
             f"{fit['with_lattice']['nll']:.3f} (two-fold, out of sample: {fit['with_lattice_two_fold']['nll']:.3f}): "
             + ("weighed in" if fit["kept"] else "not kept (no gain out of sample)"),
