@@ -4,8 +4,9 @@ Why: the 71-class chirality classifier's errors are neighbours (83 % of them und
 angle, most of nearly equal diameter: (10,8) against (9,9), 0.003 nm and 3.7°; the rest neighbours of one
 angle: (16,0) against (17,0), 0.078 nm), and it sees 2.4 nm of tube at a time. The whole tube gives both
 coordinates of its (n,m) directly: its layer lines the chiral angle to 0.04° in the median
-(`lattice.read_tube_lattice`), its walls averaged over 10-20 nm the radius to 0.013 nm (`tube_profile`;
-chirality-all.md, sixth run). So the answer is
+(`lattice.read_tube_lattice`), its walls averaged over 10-20 nm its projected radius to 0.006 nm in the median
+(`tube_profile`; chirality-all.md, sixth run: a projected radius is the tube's only as far as the tube is round, so
+`tube_calibration.fit_lattice` keeps the walls only where they gain over the angle out of sample). So the answer is
 
     p(c) ∝ pool(c)^α · L(θ_read | θ_c) · L(r_read | r_c)
 
