@@ -233,3 +233,20 @@ def test_finder_benchmark_finds_the_tube_and_measures_its_ends(micrograph, tmp_p
     # given end to end, each found end is measured against the labelled end nearest it
     along, _ = tube_finder.end_errors(lab, {"x0_px": 50.0, "y0_px": 20.0, "x1_px": 10.0, "y1_px": 20.0})
     assert along == pytest.approx([0.0, 0.0])
+
+
+def test_finder_cost_times_this_finder_beside_an_earlier_commit(micrograph, tmp_path):
+    """`benchmarks/tube_finder_cost.py` on the one micrograph, against HEAD's finder: both timed; a revision git
+    does not know is refused with its name."""
+    import shutil
+
+    from benchmarks import tube_finder_cost
+
+    folder = tmp_path / "micrographs"
+    folder.mkdir()
+    shutil.copy(micrograph["root"] / micrograph["row"]["file"], folder)
+    bench.write_labels(folder / "labels.csv", [micrograph["row"]])
+    spent = tube_finder_cost.main([str(folder), "--against", "HEAD", "--n", "1"])
+    assert spent["then_s"] > 0 and spent["now_s"] > 0
+    with pytest.raises(SystemExit, match="no-such-revision"):
+        tube_finder_cost.main([str(folder), "--against", "no-such-revision"])
