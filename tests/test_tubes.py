@@ -199,6 +199,18 @@ def test_a_faint_tube_near_focus_is_found_whole_once():
     assert first_whole <= 1 and found_whole >= first_whole + 2, (first_whole, found_whole)
 
 
+def test_the_faint_pass_does_not_carry_a_tube_into_its_neighbour():
+    """The two-tube micrograph at 1500 e-/Å²: the faint pass's long line carries the (12,12) tube's contrast along
+    the (8,8) tube's axis, and a faint (8,8) then runs on across its neighbour; the clear (8,8) is kept."""
+    images, ends = tube_micrograph(
+        [(8, 8, 30, 25.0, (50.0, 55.0)), (12, 12, 32, 115.0, (115.0, 95.0))], dose=1500.0, seeds=tuple(range(6))
+    )
+    for img in images:
+        found = find_tubes(img, PX_A)
+        assert all(any(_matches(t, true) for true in ends) for t in found), [t.points for t in found]
+        assert all(any(_matches(t, true) for t in found) for true in ends), [t.points for t in found]
+
+
 # ------------------------------------------------------------------------------ through predict
 
 

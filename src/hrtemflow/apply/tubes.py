@@ -365,6 +365,18 @@ def _parallel(one: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.nd
     return math.degrees(math.acos(min(1.0, cos))) <= JOIN_ANGLE_DEG
 
 
+def _touches(one: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray], p: float) -> bool:
+    """Whether two tubes' axes cross or come within WALLS_A of each other."""
+    (a, b), (c, d) = one, other
+
+    def side(o: np.ndarray, q: np.ndarray, r: np.ndarray) -> float:
+        return float((q[0] - o[0]) * (r[1] - o[1]) - (q[1] - o[1]) * (r[0] - o[0]))
+
+    if side(a, b, c) * side(a, b, d) < 0 and side(c, d, a) * side(c, d, b) < 0:
+        return True
+    return any(_near(q, other, p) for q in one) or any(_near(q, one, p) for q in other)
+
+
 def _merged(
     found: list[tuple[float, tuple[np.ndarray, np.ndarray]]],
     faint: tuple[float, tuple[np.ndarray, np.ndarray]],
@@ -372,13 +384,17 @@ def _merged(
 ) -> list[tuple[float, tuple[np.ndarray, np.ndarray]]]:
     """The tubes found with one faint-pass tube merged in: added where it lies on none of them; where the
     first pass found the same tube in pieces (a near-focus tube's contrast breaks along it), the faint
-    tube, longer than FAINT_LONGER times its longest piece, replaces them; otherwise the first pass's."""
+    tube, longer than FAINT_LONGER times its longest piece, replaces them, unless it runs into another tube
+    (the long line carries that tube's contrast along its own axis, and the faint tube on past its end);
+    otherwise the first pass's."""
     length, ends = faint
     on = [i for i, (_, e) in enumerate(found) if _near(0.5 * (e[0] + e[1]), ends, p) and _parallel(e, ends)]
     if not on:
         if any(_near(0.5 * (ends[0] + ends[1]), e, p) for _, e in found):
             return found  # across a clear tube: one tube's walls, or a crossing the user should give
         return [*found, faint]
+    if any(_touches(ends, e, p) for i, (_, e) in enumerate(found) if i not in on):
+        return found
     if length > FAINT_LONGER * max(found[i][0] for i in on):
         return [f for i, f in enumerate(found) if i not in on] + [faint]
     return found
