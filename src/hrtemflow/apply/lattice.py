@@ -62,7 +62,7 @@ DEFAULT_TILT_DEG = 10.0
 MIN_LENGTH_NM = 4.0
 
 
-def _strip(
+def axis_strip(
     image: np.ndarray,
     p0: np.ndarray,
     p1: np.ndarray,
@@ -157,13 +157,13 @@ def read_tube_lattice(image: np.ndarray, points: Sequence[tuple[float, float]], 
     inset = int(round(END_INSET_NM / pixel_nm))
     if 0.5 / pixel_nm < 1.1 * SCALE_RANGE[1] * G100_PER_NM:
         return {"scale": None, "reason": f"pixel size {pixel_nm:.4f} nm too coarse for the 0.213 nm lattice"}
-    k, power = layer_line_profile(_strip(image, p0, p1, half, inset), pixel_nm)
+    k, power = layer_line_profile(axis_strip(image, p0, p1, half, inset), pixel_nm)
     # the median over strips on both sides: a strip that catches the tube (bent, or its axis given loosely)
     # or a neighbour does not make the background
     outside = float(np.median(image))
     beside = np.median(
         [
-            layer_line_profile(_strip(image, p0, p1, half, inset, o, outside), pixel_nm)[1]
+            layer_line_profile(axis_strip(image, p0, p1, half, inset, o, outside), pixel_nm)[1]
             for o in np.outer(BESIDE_NM, (-1, 1)).ravel() / pixel_nm
         ],
         axis=0,

@@ -442,17 +442,16 @@ def fit_lattice(
     walls_kept = True in tried and nll(tried[True][1], y) < nll(tried[False][1], y)
     params, crossed = tried[walls_kept]
     with_lattice = pool_scores(lattice_fusion.fuse(p, rs, geometry, params), y, 1.0)
-    walls_two_fold = {"nll_angle_alone": nll(tried[False][1], y)}
-    if True in tried:
-        walls_two_fold["nll_with_walls"] = nll(tried[True][1], y)
-        walls_two_fold["wall_sigma_nm_fitted"] = tried[True][0]["wall_sigma_nm"]
     walls = None
     if True in tried:
-        off = lattice_fusion.tube_radius(rs, tried[True][0]) - geometry[y, 1]
+        with_walls, crossed_with_walls = tried[True]
+        off = lattice_fusion.tube_radius(rs, with_walls) - geometry[y, 1]
         off = off[np.isfinite(off)]
         walls = {
             "kept": walls_kept,
-            **walls_two_fold,
+            "nll_angle_alone": nll(tried[False][1], y),
+            "nll_with_walls": nll(crossed_with_walls, y),
+            "wall_sigma_nm_fitted": with_walls["wall_sigma_nm"],
             "tubes_read": len(off),
             "radius_error_abs_median_nm": float(np.median(np.abs(off))),
             "radius_error_abs_q90_nm": float(np.quantile(np.abs(off), 0.9)),

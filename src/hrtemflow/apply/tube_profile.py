@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .lattice import END_INSET_NM, MIN_LENGTH_NM, _strip
+from .lattice import END_INSET_NM, MIN_LENGTH_NM, axis_strip
 
 #: the profile is read this far (nm) either side of the axis: the widest tube's radius (0.7) and its fringes
 HALF_WIDTH_NM = 1.5
@@ -96,7 +96,7 @@ def read_tube_walls(image: np.ndarray, points: Sequence[tuple[float, float]], pi
     u = (p1 - p0) / length_px
     v = np.array([-u[1], u[0]])
     # the axis as given can be off by a pixel and a fraction of a degree: refine it on pieces of the tube
-    strip = _strip(image, p0, p1, half, inset)
+    strip = axis_strip(image, p0, p1, half, inset)
     pieces = np.array_split(np.arange(strip.shape[0]), PIECES)
     mids = np.array([inset + float(np.mean(ix)) for ix in pieces])
     cent = np.array([_centre(strip[ix].mean(axis=0), t, reach, search) for ix in pieces])
