@@ -341,12 +341,19 @@ def _pieces(cmap: np.ndarray, p: float, min_length_A: float) -> list[tuple[np.nd
     return pieces
 
 
-def _tubes_on(cmap: np.ndarray, p: float, min_length_A: float) -> list[tuple[float, tuple[np.ndarray, np.ndarray]]]:
-    """(length in Å, (end, end)) of the tubes one contrast map shows: pieces joined, ends refined."""
+def _tubes_on(
+    cmap: np.ndarray,
+    p: float,
+    min_length_A: float,
+    pieces: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    search_A: float = END_SEARCH_A,
+) -> list[tuple[float, tuple[np.ndarray, np.ndarray]]]:
+    """(length in Å, (end, end)) of the tubes on one contrast map: its own pieces, or `pieces` found on another
+    map (in this map's pixels), joined, their ends refined on this map within `search_A`."""
     vacuum = float(np.median(cmap))
     found = []
-    for a, b in _join(_pieces(cmap, p, min_length_A), p):
-        a, b = _inside(_refined_ends(cmap, vacuum, a, b, p), cmap.shape)
+    for a, b in _join(_pieces(cmap, p, min_length_A) if pieces is None else pieces, p):
+        a, b = _inside(_refined_ends(cmap, vacuum, a, b, p, search_A), cmap.shape)
         found.append((float(np.hypot(*(b - a))) * p, (a, b)))
     return [f for f in found if f[0] >= min_length_A]
 
@@ -410,17 +417,15 @@ def find_tubes(image: np.ndarray, pixel_A: float, *, min_length_A: float = MIN_T
     found = [(length, _unbinned(ends, factor)) for length, ends in _tubes_on(cmap, pixel_A * factor, min_length_A)]
     if math.isfinite(_threshold(cmap)):
         faint_map, coarse = contrast_map(image, pixel_A, FAINT_ALONG_A, FAINT_DIRECTIONS, FAINT_PIXEL_A)
-        vacuum, p = float(np.median(cmap)), pixel_A * factor
-        for a, b in _join(_pieces(faint_map, pixel_A * coarse, min_length_A), pixel_A * coarse):
-            a, b = ((q - (factor - 1) / 2) / factor for q in _unbinned((a, b), coarse))  # on the first map
-            # the faint map gives the axis and the part of the tube it sees; the ends are placed on the first
-            # map, whose 15 Å line blurs them less than the faint pass's 40 Å, and whose fitted step weighs
-            # the whole fall, so a profile too noisy to threshold still places them
-            a, b = _refined_ends(cmap, vacuum, a, b, p, END_SEARCH_FAINT_A)
-            a, b = _inside((a, b), cmap.shape)
-            length, ends = float(np.hypot(*(b - a))) * p, _unbinned((a, b), factor)
-            if length >= min_length_A:
-                found = _merged(found, (length, ends), pixel_A)
+        # the faint map gives the axis and the part of the tube it sees; the ends are placed on the first map,
+        # whose 15 Å line blurs them less than the faint pass's 40 Å, and whose fitted step weighs the whole
+        # fall, so a profile too noisy to threshold still places them
+        pieces = [
+            tuple((q - (factor - 1) / 2) / factor for q in _unbinned(ends, coarse))  # on the first map
+            for ends in _pieces(faint_map, pixel_A * coarse, min_length_A)
+        ]
+        for length, ends in _tubes_on(cmap, pixel_A * factor, min_length_A, pieces, END_SEARCH_FAINT_A):
+            found = _merged(found, (length, _unbinned(ends, factor)), pixel_A)
     found.sort(key=lambda f: -f[0])
     return [
         Tube(f"t{i + 1:02d}", "auto", tuple((float(x), float(y)) for x, y in ends)) for i, (_, ends) in enumerate(found)
