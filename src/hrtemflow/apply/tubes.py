@@ -34,7 +34,7 @@ import numpy as np
 from ..core.errors import HrtemflowError
 from ..learn.ood import majority_flag
 from .regions import MAX_COORDINATE
-from .tube_calibration import pool_windows, temper
+from .tube_calibration import pool_windows, segment_distance, temper
 
 #: a polyline of more points than this is not a tube a person drew
 MAX_TUBE_POINTS = 1000
@@ -360,10 +360,7 @@ def _tubes_on(
 
 def _near(point: np.ndarray, ends: tuple[np.ndarray, np.ndarray], p: float) -> bool:
     """Whether a point lies within WALLS_A of a tube's axis (between its ends)."""
-    a, b = ends
-    d = b - a
-    t = min(max(float((point - a) @ d) / max(float(d @ d), 1e-9), 0.0), 1.0)
-    return float(np.hypot(*(point - a - t * d))) * p <= WALLS_A
+    return float(segment_distance(np.asarray(point)[None], *ends)[0]) * p <= WALLS_A
 
 
 def _parallel(one: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> bool:
